@@ -1,0 +1,33 @@
+# Two entry points (README): `make demo` and `make test`. Both create/refresh .venv only when
+# pyproject.toml changed (the stamp file carries its hash), so repeated runs skip the install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/vpns-deploy
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+DEMO := runs/demo
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	@start=$$(date +%s); \
+	$(CLI) train --arch digits_cnn --data digits --out $(DEMO)/digits_cnn.pt --overwrite && \
+	$(CLI) compress $(DEMO)/digits_cnn.pt --arch digits_cnn --data digits --sparsity 0.9 \
+	    --epochs-mask 10 --epochs-tune 10 --batch-size 64 --out $(DEMO)/vpns-s0.9 --overwrite && \
+	$(CLI) export $(DEMO)/vpns-s0.9 && \
+	$(CLI) report $(DEMO)/vpns-s0.9 && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; artifacts in $(DEMO)/vpns-s0.9"
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

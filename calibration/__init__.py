@@ -1,0 +1,1 @@
+"""Feeding real images to exported graphs: parity, accuracy and latency measurement."""

@@ -1,0 +1,1 @@
+"""The staged pipeline: run directories, manifests and the stages that fill them."""

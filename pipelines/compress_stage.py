@@ -1,0 +1,122 @@
+"""Stage `compress`: load model and data, run the method, write the run directory in one piece."""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vpns_deploy.atomic import atomic_torch_save
+from pipelines.run_dir import RunDir, now, staged_directory, versions
+from vpns_deploy.compress import compress
+from vpns_deploy.config import DEVIATIONS, CompressConfig
+from vpns_deploy.data import Splits, absolute_spec, load_splits
+from vpns_deploy.device import resolve_device
+from vpns_deploy.errors import UserError
+from vpns_deploy.evaluate import top1
+from vpns_deploy.models import LoadedModel, load_model
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import PromptedNet
+
+SCHEMA = 1
+PRUNABLE_TEXT = "every Conv2d and Linear weight (stem and classifier included); BN and biases never"
+
+
+def prepare_inputs(
+    model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig,
+    num_classes: int | None = None, trust_pickle: bool = False,
+) -> tuple[LoadedModel, Splits]:
+    """Everything that can be wrong with the inputs is found here, before any file is written."""
+    splits = load_splits(data_spec)
+    if num_classes is not None and num_classes != splits.num_classes:
+        raise UserError(
+            f"class-count mismatch: --num-classes {num_classes} but the data has {splits.num_classes} classes",
+            "leave --num-classes out or pass matching data",
+        )
+    splits.train = splits.train.subset(cfg.train_subset, cfg.seed)
+    splits.test = splits.test.subset(cfg.test_subset, cfg.seed)
+    loaded = load_model(model_path, arch, splits.num_classes, trust_pickle)
+    channels = splits.train.image_shape[0]
+    if loaded.inputs.channels != channels:
+        raise UserError(
+            f"the model takes {loaded.inputs.channels}-channel images but the data has {channels} channels",
+            "pass data or an --arch that match",
+        )
+    return loaded, splits
+
+
+def _save_network(run: RunDir, name: str, net: torch.nn.Module, arch: str | None) -> None:
+    # Built-in/torchvision archs: a plain state dict (safe to load). A user's pickled module stays a
+    # pickle; the loader verifies its sha256 against the manifest before unpickling it.
+    obj = {k: v.detach().cpu() for k, v in net.state_dict().items()} if arch else net.cpu()
+    atomic_torch_save(run.file(name), obj)
+    run.record(name, format="state_dict" if arch else "pickled_module")
+
+
+def run_compress(
+    model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig, out: Path,
+    overwrite: bool = False, num_classes: int | None = None, trust_pickle: bool = False,
+    reporter: Reporter | None = None,
+) -> Path:
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle)
+    dense = copy.deepcopy(loaded.net).to(device).eval()
+    dense_top1 = top1(PromptedNet(dense, loaded.inputs, None).to(device), splits.test, device, prompted=False)
+    reporter.line(
+        f"{cfg.method} {cfg.sparsity:.0%} on {device}: {len(splits.train)} train / {len(splits.test)} test "
+        f"images, dense top-1 {dense_top1:.2%}"
+    )
+    with staged_directory(out, overwrite) as tmp:
+        run = RunDir(tmp)
+        with reporter:
+            result = compress(loaded, splits, cfg, device, reporter)
+        baked = result.masks.baked(result.model.net).eval()
+        shipped = PromptedNet(baked, loaded.inputs, result.model.prompt).to(device).eval()
+        final = {
+            "top1_plain": top1(shipped, splits.test, device, prompted=False),
+            "top1_prompted": top1(shipped, splits.test, device, prompted=True) if result.prompt_spec else None,
+        }
+        _save_network(run, "model.pt", baked, loaded.arch)
+        _save_network(run, "dense.pt", dense, loaded.arch)
+        atomic_torch_save(run.file("masks.pt"), result.masks.masks())
+        run.record("masks.pt")
+        if result.model.prompt is not None:
+            atomic_torch_save(run.file("prompt.pt"), {k: v.cpu() for k, v in result.model.prompt.state_dict().items()})
+            run.record("prompt.pt")
+        run.manifest.update({
+            "schema": SCHEMA,
+            "created": now(),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "config": cfg.to_dict(),
+            "model": {"source": str(Path(model_path).resolve()), "sha256": loaded.sha256, "arch": loaded.arch,
+                      "num_classes": loaded.num_classes, "inputs": loaded.inputs.to_dict()},
+            "data": {"spec": absolute_spec(splits.spec), "fingerprint": splits.fingerprint, "classes": splits.train.classes,
+                     "image_shape": list(splits.train.image_shape), "train_images": len(splits.train),
+                     "test_images": len(splits.test), "augment": vars(splits.augment)},
+            "prompt": result.prompt_spec.to_dict() if result.prompt_spec else None,
+            "method": {"name": cfg.method, "prunable": PRUNABLE_TEXT, "stages": result.stage_plans,
+                       "label_mapping": "identity", "deviations": list(DEVIATIONS)},
+            "device": str(device),
+            "seed": cfg.seed,
+            "versions": versions(),
+            "metrics": {
+                "dense_top1": dense_top1,
+                **final,
+                "sparsity": result.masks.sparsity(),
+                "prunable_weights": result.masks.total,
+                "per_layer": [vars(s) | {"sparsity": s.sparsity} for s in result.masks.stats()],
+                "epochs": [r.to_dict() for r in result.history],
+            },
+            "timings": {"stage_seconds": result.stage_seconds, "total_seconds": time.perf_counter() - t_start},
+        })
+        run.save()
+    reporter.line(
+        f"done: sparsity {result.masks.sparsity():.2%}, top-1 {final['top1_plain']:.2%} without prompt"
+        + (f", {final['top1_prompted']:.2%} with" if final["top1_prompted"] is not None else "")
+        + f" (dense {dense_top1:.2%}) -> {out}"
+    )
+    return Path(out)

@@ -1,0 +1,63 @@
+"""Rebuild a run's networks and prompt from its verified artifacts (no masking code needed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipelines.run_dir import RunDir
+from vpns_deploy.data import ImageSet, load_splits
+from vpns_deploy.errors import UserError
+from vpns_deploy.models.registry import InputSpec, get_arch
+from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
+
+
+@dataclass
+class LoadedRun:
+    run: RunDir
+    compressed: nn.Module
+    dense: nn.Module
+    inputs: InputSpec
+    prompt: VisualPrompt | None
+
+    def prompted(self, prompt: bool = True) -> PromptedNet:
+        return PromptedNet(self.compressed, self.inputs, self.prompt if prompt else None).eval()
+
+    def dense_model(self) -> PromptedNet:
+        return PromptedNet(self.dense, self.inputs, None).eval()
+
+    def test_split(self, data_spec: str | None = None) -> ImageSet:
+        """The test images the run was measured on (same subset), from its data or an override."""
+        m = self.run.manifest
+        test = load_splits(data_spec or m["data"]["spec"]).test
+        if test.num_classes != int(m["model"]["num_classes"]):
+            raise UserError(
+                f"class-count mismatch: the data has {test.num_classes} classes, the run's model "
+                f"{m['model']['num_classes']}",
+                "pass --data with the classes the run was trained on",
+            )
+        return test.subset(m["config"]["test_subset"], int(m["config"]["seed"]))
+
+
+def _network(run: RunDir, name: str) -> nn.Module:
+    path = run.verified(name)
+    meta = run.manifest["model"]
+    if run.manifest["artifacts"][name].get("format") == "pickled_module":
+        # Our own artifact, sha256-verified above; the user trusted the source with --trust-pickle.
+        return torch.load(path, map_location="cpu", weights_only=False).eval()
+    net = get_arch(meta["arch"]).build(int(meta["num_classes"]))
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def load_run(path: Path) -> LoadedRun:
+    run = RunDir.open(path)
+    inputs = InputSpec.from_dict(run.manifest["model"]["inputs"])
+    prompt = None
+    if run.manifest.get("prompt"):
+        prompt = VisualPrompt(PromptSpec.from_dict(run.manifest["prompt"]))
+        prompt.load_state_dict(torch.load(run.verified("prompt.pt"), map_location="cpu", weights_only=True))
+        prompt.eval()
+    return LoadedRun(run, _network(run, "model.pt"), _network(run, "dense.pt"), inputs, prompt)

@@ -1,0 +1,188 @@
+"""Stage `report`: measured accuracy, size and ONNX Runtime CPU latency, dense vs compressed."""
+from __future__ import annotations
+
+import gzip
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.table import Table
+from torch import nn
+
+from calibration.accuracy import ort_top1
+from calibration.feeds import nhwc_uint8
+from calibration.latency import measure_latency
+from calibration.session import cpu_session, cpu_threads
+from export.onnx_export import export_onnx
+from pipelines.export_stage import DENSE_ONNX, MODEL_ONNX
+from pipelines.load_run import load_run
+from pipelines.run_dir import now, versions
+from vpns_deploy.atomic import atomic_write_json, atomic_write_text
+from vpns_deploy.device import resolve_device
+from vpns_deploy.errors import UserError
+from vpns_deploy.evaluate import top1
+from vpns_deploy.progress import Reporter, out_console
+from vpns_deploy.prompts import Normalize
+
+LATENCY_BATCHES = (1, 64)
+
+
+def _counts(net: nn.Module) -> dict[str, int]:
+    params = [p.detach() for p in net.parameters()]
+    return {"params": sum(p.numel() for p in params), "nonzero": sum(int(torch.count_nonzero(p)) for p in params)}
+
+
+def _gz_bytes(path: Path) -> int:
+    return len(gzip.compress(path.read_bytes(), compresslevel=6))
+
+
+def _batch(images: np.ndarray, n: int) -> np.ndarray:
+    reps = -(-n // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:n])
+
+
+def _latencies(path: Path, sample: np.ndarray, threads: int) -> dict[str, dict]:
+    session = cpu_session(path, threads)
+    return {str(b): measure_latency(session, _batch(sample, b)).to_dict() for b in LATENCY_BATCHES}
+
+
+class _NormalizedNet(nn.Module):
+    """The network alone, fed already-normalised float NCHW: the baseline for preprocessing overhead."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter | None = None) -> dict:
+    reporter = reporter or Reporter()
+    loaded = load_run(run_dir)
+    run = loaded.run
+    if "export" not in run.manifest:
+        raise UserError(f"{run_dir} has not been exported yet", f"run: vpns-deploy export {run_dir}")
+    model_onnx, dense_onnx = run.verified(MODEL_ONNX), run.verified(DENSE_ONNX)
+    ships_prompt = bool(run.manifest["export"]["ships_prompt"])
+    test = loaded.test_split(data_spec)
+    device = resolve_device("auto")
+    threads = cpu_threads()
+
+    reporter.line(f"measuring top-1 on {len(test)} test images (PyTorch on {device}, ONNX Runtime CPU)")
+    accuracy = {
+        "dense": {"pytorch": top1(loaded.dense_model().to(device), test, device, prompted=False),
+                  "onnxruntime": ort_top1(cpu_session(dense_onnx, threads), test)},
+        "compressed": {
+            "pytorch_no_prompt": top1(loaded.prompted(False).to(device), test, device, prompted=False),
+            "pytorch_prompt": (top1(loaded.prompted(True).to(device), test, device, prompted=True)
+                               if loaded.prompt is not None else None),
+            "onnxruntime": ort_top1(cpu_session(model_onnx, threads), test),
+        },
+    }
+    accuracy["compressed"]["pytorch"] = accuracy["compressed"][
+        "pytorch_prompt" if ships_prompt else "pytorch_no_prompt"
+    ]
+
+    reporter.line(f"measuring ONNX Runtime CPU latency ({threads} threads), batch {LATENCY_BATCHES}")
+    sample = nhwc_uint8(test, 0, 64)
+    latency = {"dense": _latencies(dense_onnx, sample, threads),
+               "compressed": _latencies(model_onnx, sample, threads)}
+    with tempfile.TemporaryDirectory() as tmp:
+        net_only = Path(tmp) / "network.onnx"
+        with torch.no_grad():
+            x01 = torch.from_numpy(sample[:2]).permute(0, 3, 1, 2).float() / 255
+            if ships_prompt:
+                x01 = loaded.prompt(x01)
+            normalised = Normalize(loaded.inputs)(x01)
+        export_onnx(_NormalizedNet(loaded.compressed), normalised.contiguous(), net_only, input_name="x")
+        net_sample = np.repeat(normalised[:1].numpy(), 64, axis=0)
+        session = cpu_session(net_only, threads)
+        latency["network_only"] = {
+            str(b): measure_latency(session, np.ascontiguousarray(net_sample[:b])).to_dict() for b in LATENCY_BATCHES
+        }
+    overhead = {
+        b: {"ms": latency["compressed"][b]["median_ms"] - latency["network_only"][b]["median_ms"],
+            "fraction": 1 - latency["network_only"][b]["median_ms"] / latency["compressed"][b]["median_ms"]}
+        for b in latency["compressed"]
+    }
+    counts = {"dense": _counts(loaded.dense), "compressed": _counts(loaded.compressed)}
+    files = {
+        name: {"bytes": run.file(name).stat().st_size, "gzip_bytes": _gz_bytes(run.file(name))}
+        for name in (MODEL_ONNX, DENSE_ONNX, "model.pt", "dense.pt")
+    }
+    report = {
+        "created": now(),
+        "run": str(Path(run_dir)),
+        "method": run.manifest["config"]["method"],
+        "sparsity_target": run.manifest["config"]["sparsity"],
+        "sparsity_prunable": run.manifest["metrics"]["sparsity"],
+        "ships_prompt": ships_prompt,
+        "test_images": len(test),
+        "accuracy": accuracy,
+        "counts": counts,
+        "files": files,
+        "latency_ms": latency,
+        "preprocessing_overhead": overhead,
+        "machine": {"threads": threads, "provider": "CPUExecutionProvider", **versions()},
+    }
+    atomic_write_json(run.file("report.json"), report)
+    atomic_write_text(run.file("report.md"), render_markdown(report))
+    run.record("report.json")
+    run.record("report.md")
+    run.save()
+    out_console.print(render_table(report))
+    return report
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2%}"
+
+
+def _rows(r: dict) -> list[tuple[str, str, str]]:
+    a, c, f, lat = r["accuracy"], r["counts"], r["files"], r["latency_ms"]
+    rows = [
+        ("top-1, PyTorch", _pct(a["dense"]["pytorch"]), _pct(a["compressed"]["pytorch"])),
+        ("top-1, ONNX Runtime", _pct(a["dense"]["onnxruntime"]), _pct(a["compressed"]["onnxruntime"])),
+        ("top-1 without prompt (PyTorch)", _pct(a["dense"]["pytorch"]), _pct(a["compressed"]["pytorch_no_prompt"])),
+        ("top-1 with prompt (PyTorch)", "—", _pct(a["compressed"]["pytorch_prompt"])),
+        ("parameters", f"{c['dense']['params']:,}", f"{c['compressed']['params']:,}"),
+        ("non-zero parameters", f"{c['dense']['nonzero']:,}", f"{c['compressed']['nonzero']:,}"),
+        ("ONNX file (gzip)", f"{f[DENSE_ONNX]['bytes'] / 1e6:.2f} MB ({f[DENSE_ONNX]['gzip_bytes'] / 1e6:.2f})",
+         f"{f[MODEL_ONNX]['bytes'] / 1e6:.2f} MB ({f[MODEL_ONNX]['gzip_bytes'] / 1e6:.2f})"),
+    ]
+    for b in lat["dense"]:
+        d, m = lat["dense"][b], lat["compressed"][b]
+        rows.append((f"ORT CPU latency, batch {b} (median / p90)",
+                     f"{d['median_ms']:.2f} / {d['p90_ms']:.2f} ms", f"{m['median_ms']:.2f} / {m['p90_ms']:.2f} ms"))
+    for b, o in r["preprocessing_overhead"].items():
+        rows.append((f"folded preprocessing, batch {b}", "", f"{o['ms']:+.3f} ms ({o['fraction']:+.1%})"))
+    return rows
+
+
+def _title(r: dict) -> str:
+    return (f"{r['method']} at {r['sparsity_prunable']:.1%} sparsity — ships "
+            f"{'with' if r['ships_prompt'] else 'without'} the prompt; {r['test_images']} test images")
+
+
+def render_table(r: dict) -> Table:
+    table = Table(title=_title(r))
+    table.add_column("measure")
+    table.add_column("dense", justify="right")
+    table.add_column("compressed", justify="right")
+    for row in _rows(r):
+        table.add_row(*row)
+    return table
+
+
+def render_markdown(r: dict) -> str:
+    lines = [f"# vpns-deploy report: {r['run']}", "", _title(r) + ".", "",
+             "| measure | dense | compressed |", "|---|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in _rows(r)]
+    m = r["machine"]
+    lines += ["", f"Measured {r['created']} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
+              f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",
+              "Latency: 5 warm-up runs, then median and p90 of at least 20 timed runs. The preprocessing "
+              "overhead is the shipped graph minus the same network fed pre-normalised float input.", ""]
+    return "\n".join(lines)

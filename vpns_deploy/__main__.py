@@ -1,0 +1,3 @@
+from vpns_deploy.cli import main
+
+main()

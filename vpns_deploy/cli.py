@@ -1,0 +1,171 @@
+"""The `vpns-deploy` command line: thin wrappers over the pipeline stages."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vpns_deploy.config import DEVIATIONS, METHODS, PROMPT_KINDS, CompressConfig
+from vpns_deploy.data import DATA_SPEC_HELP
+from vpns_deploy.errors import UserError
+from vpns_deploy.models.registry import BUILTIN
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    help="Compress vision models with VPNs (visual prompt + learned masks), export them for deployment "
+    "with the prompt folded in, and measure what you ship.\n\n"
+    "Typical use: [bold]compress[/] MODEL -> [bold]export[/] RUN_DIR -> [bold]report[/] RUN_DIR.",
+)
+
+_defaults = CompressConfig()
+ARCH_HELP = f"Architecture of a state-dict MODEL: {', '.join(sorted(BUILTIN))}, or a torchvision name (e.g. resnet18)."
+DATA_HELP = f"Data set: {DATA_SPEC_HELP}."
+
+
+def friendly(fn):
+    """Bad input -> one line on stderr and exit code 2; Ctrl-C -> exit 130. No tracebacks, no partial runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing half-written was kept", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly
+def train(
+    arch: Annotated[str, typer.Option(help=ARCH_HELP)],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    out: Annotated[Path, typer.Option(help="Where to write the trained state dict.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 15,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle SGD).")] = 0.1,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    overwrite: bool = False,
+) -> None:
+    """Train a dense model from scratch (the demo's pretrained model; a reference for small data sets)."""
+    from vpns_deploy.atomic import atomic_torch_save
+    from vpns_deploy.data import load_splits
+    from vpns_deploy.device import resolve_device
+    from vpns_deploy.models import get_arch
+    from vpns_deploy.pretrain import PretrainConfig, pretrain
+    from vpns_deploy.progress import Reporter
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists", "pass --overwrite or another --out")
+    spec, splits, dev = get_arch(arch), load_splits(data), resolve_device(device)
+    cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    net, acc = pretrain(spec, splits, cfg, dev, Reporter())
+    atomic_torch_save(out, {k: v.cpu() for k, v in net.state_dict().items()})
+    typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
+
+
+@app.command(
+    help="Find a sparse subnetwork and fine-tune it; writes a run directory.\n\n"
+    "[bold]vpns[/]: stage 1 trains per-weight scores and the visual prompt with the weights frozen "
+    "(two optimiser steps per batch: a prompted pass on un-augmented images, then an un-prompted pass on "
+    "augmented images); the mask keeps the global top-k |score| (straight-through gradient), re-selected "
+    "after every step. Stage 2 fixes the mask and trains weights, BN and prompt. "
+    "[bold]hydra[/]: the same without prompt, one step per batch. [bold]magnitude[/]: global |W| top-k, "
+    "then fine-tuning for epochs-mask + epochs-tune epochs. VPNs steps twice per batch, so give the "
+    "baselines twice the epochs for an equal number of optimiser steps.\n\n"
+    "Prunable: every Conv2d and Linear weight, stem and classifier included; BN and biases never.\n\n"
+    "Deviations from the reference code: " + "; ".join(DEVIATIONS) + ".",
+)
+@friendly
+def compress(
+    model: Annotated[Path, typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP)] = None,
+    sparsity: Annotated[float, typer.Option(help="Fraction of prunable weights removed, in (0, 1).")] = _defaults.sparsity,
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = _defaults.method,
+    epochs_mask: Annotated[int, typer.Option(help="Stage-1 (mask finding) epochs.")] = _defaults.epochs_mask,
+    epochs_tune: Annotated[int, typer.Option(help="Stage-2 (subnetwork tuning) epochs.")] = _defaults.epochs_tune,
+    batch_size: int = _defaults.batch_size,
+    prompt: Annotated[str, typer.Option(help="pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned (sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; expected mask at evaluation).")] = _defaults.prompt,
+    pad: Annotated[Optional[int], typer.Option(help="Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")] = None,
+    seed: int = _defaults.seed,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = _defaults.device,
+    train_subset: Annotated[Optional[int], typer.Option(help="Use N class-balanced training images (quick runs).")] = None,
+    test_subset: Annotated[Optional[int], typer.Option(help="Evaluate on N class-balanced test images (default: all).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the model's head; must match the data (default: the data's).")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory (only once the new run is complete).")] = False,
+) -> None:
+    from pipelines.compress_stage import run_compress
+    from pipelines.run_dir import DEFAULT_RUNS
+
+    cfg = CompressConfig(
+        method=method, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
+        batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
+        train_subset=train_subset, test_subset=test_subset,
+    )
+    if out is None:
+        out = DEFAULT_RUNS / f"{arch or model.stem}-{method}-s{sparsity:g}-seed{seed}"
+    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle)
+    typer.echo(str(out))
+
+
+RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."
+
+
+def _run_dir(run_dir: Optional[Path]) -> Path:
+    from pipelines.run_dir import latest_run
+
+    return run_dir if run_dir is not None else latest_run()
+
+
+@app.command()
+@friendly
+def export(
+    run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
+    prompt: Annotated[bool, typer.Option("--prompt/--no-prompt", help="Fold the learned prompt into the graph (default) or ship the network without it.")] = True,
+    data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity images).")] = None,
+) -> None:
+    """Write model.onnx (uint8 NHWC in, prompt folded into the preprocessing) and dense.onnx.
+
+    Each graph passes onnx's checker and strict shape inference, then ONNX Runtime must reproduce the
+    PyTorch logits on real test images; a graph that fails is never written.
+    """
+    from pipelines.export_stage import run_export
+
+    run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data)
+
+
+@app.command()
+@friendly
+def report(
+    run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
+    data: Annotated[Optional[str], typer.Option(help="Override the run's data.")] = None,
+) -> None:
+    """Measure dense vs compressed: top-1 (PyTorch and ONNX Runtime), sizes, ORT CPU latency.
+
+    Writes report.json and report.md into the run directory.
+    """
+    from pipelines.report_stage import run_report
+
+    run_report(_run_dir(run_dir), data_spec=data)
+
+
+def main() -> None:
+    app(prog_name="vpns-deploy")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""VPNs and its baselines as stage plans over the shared training loop (shared/docs/VPNS.md §1, §2)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.optim import SGD, Adam
+from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
+
+from vpns_deploy.config import CompressConfig, default_pad
+from vpns_deploy.data.dataset import Splits
+from vpns_deploy.masks import MaskSet
+from vpns_deploy.models.checkpoint import LoadedModel
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
+from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, run_stage
+
+
+@dataclass
+class CompressResult:
+    model: PromptedNet  # masked network (+ prompt), still with scores
+    masks: MaskSet
+    prompt_spec: PromptSpec | None
+    history: list[EpochRecord] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_plans: dict[str, dict] = field(default_factory=dict)
+
+
+def build_prompt_spec(cfg: CompressConfig, image_shape: tuple[int, int, int]) -> PromptSpec:
+    c, h, w = image_shape
+    return PromptSpec(cfg.prompt, c, (h, w), cfg.pad if cfg.pad is not None else default_pad(min(h, w)))
+
+
+def _weights(net: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in net.named_parameters() if not n.endswith("scores")]
+
+
+def _mask_stage(model: PromptedNet, masks: MaskSet, cfg: CompressConfig) -> StagePlan:
+    o, e = cfg.optim, cfg.epochs_mask
+    for p in model.parameters():
+        p.requires_grad_(False)
+    masks.set_scores_trainable(True)
+    opt = Adam(masks.scores(), lr=o.lr_scores, weight_decay=o.wd_scores)
+    optimizers = [(opt, CosineAnnealingLR(opt, T_max=e))]
+    passes: tuple[str, ...] = (PLAIN,)
+    if model.prompt is not None:
+        model.prompt.delta.requires_grad_(True)
+        popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
+        optimizers.append((popt, MultiStepLR(popt, milestones=[int(0.5 * e), int(0.72 * e)], gamma=0.1)))
+        passes = (PROMPTED, PLAIN)
+    sparsity = cfg.sparsity
+    return StagePlan(
+        "mask", e, optimizers, passes, after_step=lambda: masks.update_from_scores(sparsity),
+        describe={"trains": "scores" + (" + prompt" if model.prompt is not None else ""),
+                  "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes)},
+    )
+
+
+def _tune_stage(model: PromptedNet, masks: MaskSet, cfg: CompressConfig, epochs: int) -> StagePlan:
+    o = cfg.optim
+    masks.set_scores_trainable(False)
+    masks.zero_pruned_weights()
+    weights = _weights(model.net)
+    for p in weights:
+        p.requires_grad_(True)
+    opt = SGD(weights, lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
+    optimizers = [(opt, CosineAnnealingLR(opt, T_max=epochs))]
+    passes: tuple[str, ...] = (PLAIN,)
+    if model.prompt is not None:
+        model.prompt.delta.requires_grad_(True)
+        popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
+        optimizers.append((popt, CosineAnnealingLR(popt, T_max=epochs)))
+        passes = (PROMPTED, PLAIN)
+    return StagePlan(
+        "tune", epochs, optimizers, passes,
+        describe={"trains": "weights + BN affine" + (" + prompt" if model.prompt is not None else ""),
+                  "frozen": "scores and mask", "passes": list(passes)},
+    )
+
+
+def compress(
+    loaded: LoadedModel,
+    splits: Splits,
+    cfg: CompressConfig,
+    device: torch.device,
+    reporter: Reporter,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> CompressResult:
+    torch.manual_seed(cfg.seed)
+    net = loaded.net.to(device)
+    masks = MaskSet.attach(net)
+    prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if cfg.uses_prompt else None
+    prompt = VisualPrompt(prompt_spec).to(device) if prompt_spec is not None else None
+    model = PromptedNet(net, loaded.inputs, prompt).to(device)
+    result = CompressResult(model, masks, prompt_spec)
+
+    def run(plan: StagePlan) -> None:
+        t0 = time.perf_counter()
+        result.history += run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter, on_epoch)
+        result.stage_seconds[plan.name] = time.perf_counter() - t0
+        result.stage_plans[plan.name] = {"epochs": plan.epochs, **plan.describe}
+
+    if cfg.method == "magnitude":
+        masks.update_from_magnitude(cfg.sparsity)
+    else:
+        masks.init_scores_scaled()
+        masks.update_from_scores(cfg.sparsity)
+        run(_mask_stage(model, masks, cfg))
+    tune_epochs = cfg.tune_epochs_effective
+    if tune_epochs > 0:
+        run(_tune_stage(model, masks, cfg, tune_epochs))
+    else:
+        masks.set_scores_trainable(False)
+        masks.zero_pruned_weights()
+    model.eval()
+    return result

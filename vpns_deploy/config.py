@@ -1,0 +1,110 @@
+"""Every default of a compression run, in one place (CLI, recipes and tests read them from here)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Method = Literal["vpns", "hydra", "magnitude"]
+PromptKind = Literal["pad", "expand", "fix", "random"]
+
+METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude")
+PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
+
+# Paper seeds are 7, 9 and 17 (shared/docs/VPNS.md §1); the first is the default.
+DEFAULT_SEED = 7
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
+
+    lr_scores: float = 1e-4  # Adam, coupled weight decay, cosine per epoch
+    wd_scores: float = 1e-4
+    lr_prompt_mask: float = 1e-4  # Adam in stage 1, multistep x0.1 at 50 % and 72 % of the stage
+    wd_prompt_mask: float = 1e-4
+    lr_prompt_tune: float = 0.01  # SGD in stage 2, cosine
+    lr_weights: float = 0.01  # SGD in stage 2, cosine
+    momentum: float = 0.9
+    wd_tune: float = 1e-4
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """One compression run: what to prune, how, and on what budget."""
+
+    method: Method = "vpns"
+    sparsity: float = 0.9
+    epochs_mask: int = 30
+    epochs_tune: int = 30
+    batch_size: int = 256
+    prompt: PromptKind = "pad"
+    pad: int | None = None  # None: 7 % of the image side (16 px of 224 in the paper), at least 1
+    seed: int = DEFAULT_SEED
+    device: str = "auto"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        from vpns_deploy.errors import UserError
+
+        if not 0.0 < self.sparsity < 1.0:
+            raise UserError(
+                f"sparsity must lie strictly between 0 and 1, got {self.sparsity}",
+                "pass e.g. --sparsity 0.9 (90 % of prunable weights removed)",
+            )
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}", f"choose one of {', '.join(METHODS)}")
+        if self.prompt not in PROMPT_KINDS:
+            raise UserError(f"unknown prompt {self.prompt!r}", f"choose one of {', '.join(PROMPT_KINDS)}")
+        if self.epochs_mask < 0 or self.epochs_tune < 0:
+            raise UserError("epoch counts must be >= 0", "pass --epochs-mask/--epochs-tune >= 0")
+        if self.method != "magnitude" and self.epochs_mask == 0:
+            raise UserError(
+                f"{self.method} needs at least one mask-finding epoch",
+                "pass --epochs-mask >= 1 (or --method magnitude, which needs none)",
+            )
+        if self.batch_size < 1:
+            raise UserError("batch size must be >= 1", "pass --batch-size 256 or similar")
+        if self.pad is not None and self.pad < 1:
+            raise UserError(f"--pad must be >= 1, got {self.pad}", "pass e.g. --pad 2")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}", "or leave it out")
+
+    @property
+    def uses_prompt(self) -> bool:
+        return self.method == "vpns"
+
+    @property
+    def passes_per_batch(self) -> int:
+        """VPNs steps twice per batch (prompted + un-prompted pass), the baselines once."""
+        return 2 if self.method == "vpns" else 1
+
+    @property
+    def tune_epochs_effective(self) -> int:
+        """Magnitude has no mask search, so its whole epoch budget goes to fine-tuning."""
+        return self.epochs_mask + self.epochs_tune if self.method == "magnitude" else self.epochs_tune
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_pad(image_size: int) -> int:
+    """The paper's 16-px frame on 224-px images, scaled to the data's side."""
+    return max(1, round(image_size * 16 / 224))
+
+
+# Deviations from the reference implementation; written into --help and every manifest.
+DEVIATIONS: tuple[str, ...] = (
+    "exact global top-k (ties broken by index) instead of |s| > kth-value, so the sparsity is exact",
+    "identity label mapping (the model's head already matches the data's classes; no FLM)",
+    "native resolution, no resize to 224; prompt frame scaled to 7 % of the side",
+    "no model selection on the test set: the last epoch of stage 2 is reported",
+    "weights, biases and BN affine are frozen in stage 1 (equivalent: no optimiser held them)",
+    "pruned weights are zeroed once at the start of stage 2 and stay exactly zero",
+    "prompt in stage 1: Adam with multistep x0.1 at 50 %/72 % of the stage (the paper's runner)",
+    "the random prompt uses its expected mask (coverage probability) at evaluation and export",
+    "HYDRA uses the same score optimiser (Adam) as VPNs, so only the prompt and second pass differ",
+)

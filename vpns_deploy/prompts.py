@@ -1,0 +1,136 @@
+"""Visual prompts (shared/docs/VPNS.md §3): a learnable tensor added to the [0,1] image, then clamped."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vpns_deploy.errors import UserError
+from vpns_deploy.models.registry import InputSpec
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Geometry of a prompt; saved in the manifest so a run's prompt can be rebuilt exactly."""
+
+    kind: str  # pad | expand | fix | random
+    channels: int
+    input_size: tuple[int, int]
+    pad: int
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        h, w = self.input_size
+        return (h + 2 * self.pad, w + 2 * self.pad) if self.kind == "expand" else (h, w)
+
+    @property
+    def squash(self) -> bool:
+        """pad is identity (an exact no-op at zero init); the others go through a sigmoid."""
+        return self.kind != "pad"
+
+    @property
+    def square(self) -> int:
+        """fix/random: the square side with about the parameter count of a pad frame."""
+        h, _ = self.output_size
+        return min(h, max(1, round(math.sqrt(4 * self.pad * h - 4 * self.pad**2))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptSpec":
+        return cls(d["kind"], int(d["channels"]), tuple(d["input_size"]), int(d["pad"]))
+
+
+def _region(spec: PromptSpec) -> torch.Tensor:
+    """The fixed 0/1 mask M of the learnable region (for random: its expected coverage)."""
+    h, w = spec.output_size
+    m = torch.zeros(1, h, w)
+    p = spec.pad
+    if spec.kind == "pad":
+        if 2 * p > min(h, w):
+            raise UserError(f"--pad {p} is larger than half the {h}x{w} image", "pass a smaller --pad")
+        m[:, :p, :] = 1
+        m[:, h - p :, :] = 1
+        m[:, :, :p] = 1
+        m[:, :, w - p :] = 1
+    elif spec.kind == "expand":
+        m[:] = 1
+        m[:, p : h - p, p : w - p] = 0
+    elif spec.kind == "fix":
+        m[:, : spec.square, : spec.square] = 1
+    else:  # random: probability that a uniformly placed square covers each pixel
+        s = spec.square
+        m[:] = torch.outer(_coverage(h, s), _coverage(w, s))
+    return m
+
+
+def _coverage(n: int, s: int) -> torch.Tensor:
+    positions = n - s + 1
+    i = torch.arange(n)
+    lo = torch.clamp(i - s + 1, min=0)
+    hi = torch.clamp(i, max=n - s)
+    return (hi - lo + 1).clamp(min=0).float() / positions
+
+
+class VisualPrompt(nn.Module):
+    """x' = clamp(pad(x) + g(P) * M, 0, 1); P starts at zero."""
+
+    def __init__(self, spec: PromptSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        h, w = spec.output_size
+        self.delta = nn.Parameter(torch.zeros(spec.channels, h, w))
+        self.register_buffer("region", _region(spec))
+
+    def _padding(self) -> tuple[int, int, int, int]:
+        p = self.spec.pad if self.spec.kind == "expand" else 0
+        return (p, p, p, p)
+
+    def additive(self) -> torch.Tensor:
+        """g(P) * M: the constant that export folds into the graph (eval-mode mask)."""
+        g = torch.sigmoid(self.delta) if self.spec.squash else self.delta
+        return g * self.region
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self._padding()):
+            x = F.pad(x, self._padding())
+        if self.spec.kind == "random" and self.training:
+            h, w = self.spec.output_size
+            s = self.spec.square
+            top = int(torch.randint(0, h - s + 1, (1,)))
+            left = int(torch.randint(0, w - s + 1, (1,)))
+            m = torch.zeros_like(self.region)
+            m[:, top : top + s, left : left + s] = 1
+            add = torch.sigmoid(self.delta) * m
+        else:
+            add = self.additive()
+        return torch.clamp(x + add, 0.0, 1.0)
+
+
+class Normalize(nn.Module):
+    def __init__(self, inputs: InputSpec) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(inputs.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(inputs.std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class PromptedNet(nn.Module):
+    """[0,1] image -> (prompt) -> normalise -> network; `prompted=False` skips the prompt."""
+
+    def __init__(self, net: nn.Module, inputs: InputSpec, prompt: VisualPrompt | None) -> None:
+        super().__init__()
+        self.net = net
+        self.normalize = Normalize(inputs)
+        self.prompt = prompt
+
+    def forward(self, x: torch.Tensor, prompted: bool = True) -> torch.Tensor:
+        if prompted and self.prompt is not None:
+            x = self.prompt(x)
+        return self.net(self.normalize(x))

@@ -1,0 +1,135 @@
+"""The training loop every stage shares: passes per batch, optimiser steps, per-epoch metrics."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from vpns_deploy.data.batches import num_batches, train_batches
+from vpns_deploy.data.dataset import Splits
+from vpns_deploy.evaluate import top1
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import PromptedNet
+
+PROMPTED, PLAIN = "prompted", "plain"
+
+
+@dataclass
+class StagePlan:
+    """One training stage. Each batch runs every pass in `passes`, each with its own optimiser step.
+
+    `prompted` takes an un-augmented batch through the prompt; `plain` an augmented batch without
+    it (shared/docs/VPNS.md §1). `after_step` runs after every optimiser step (mask re-selection).
+    """
+
+    name: str
+    epochs: int
+    optimizers: list[tuple[Optimizer, LRScheduler | None]]  # None: the plan steps its own schedule
+    passes: tuple[str, ...]
+    after_step: Callable[[], None] | None = None
+    describe: dict = field(default_factory=dict)
+
+
+@dataclass
+class EpochRecord:
+    stage: str
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc_plain: float
+    test_acc_prompted: float | None
+    train_seconds: float
+    eval_seconds: float
+    optimizer_steps: int
+    images_seen: int
+    lr: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _status(loss: float, acc: float) -> str:
+    return f"loss {loss:.3f}  acc {acc:6.2%}"
+
+
+def run_stage(
+    model: PromptedNet,
+    plan: StagePlan,
+    splits: Splits,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    reporter: Reporter,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> list[EpochRecord]:
+    """Train for plan.epochs; returns one record per epoch (test top-1 after each)."""
+    train, test = splits.train, splits.test
+    has_prompt = model.prompt is not None
+    # Separate, independently shuffled streams for the two passes (the reference's two loaders).
+    gens = {p: torch.Generator().manual_seed(seed * 1000 + i) for i, p in enumerate((PROMPTED, PLAIN))}
+    all_opts = [opt for opt, _ in plan.optimizers]
+    history: list[EpochRecord] = []
+    steps_per_epoch = num_batches(len(train), batch_size)
+    for epoch in range(1, plan.epochs + 1):
+        model.train()
+        streams = {
+            p: train_batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment)
+            for p in plan.passes
+        }
+        loss_sum = correct = seen = steps = 0
+        t0 = time.perf_counter()
+        label = f"{plan.name} {epoch}/{plan.epochs}"
+        with reporter.task(label, steps_per_epoch) as bar:
+            for _ in range(steps_per_epoch):
+                for p in plan.passes:
+                    x, y = next(streams[p])
+                    logits = model(x, prompted=p == PROMPTED)
+                    loss = F.cross_entropy(logits, y)
+                    for opt in all_opts:
+                        opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for opt in all_opts:
+                        opt.step()
+                    if plan.after_step is not None:
+                        plan.after_step()
+                    steps += 1
+                    if p == plan.passes[-1]:  # the logged train metrics come from the last pass
+                        loss_sum += loss.item() * len(y)
+                        correct += int((logits.argmax(1) == y).sum())
+                        seen += len(y)
+                bar.advance(_status(loss_sum / max(seen, 1), correct / max(seen, 1)))
+        train_seconds = time.perf_counter() - t0
+        lrs = {f"{i}": opt.param_groups[0]["lr"] for i, (opt, _) in enumerate(plan.optimizers)}
+        for _, sched in plan.optimizers:
+            if sched is not None:
+                sched.step()
+        t1 = time.perf_counter()
+        acc_plain = top1(model, test, device, prompted=False)
+        acc_prompted = top1(model, test, device, prompted=True) if has_prompt else None
+        record = EpochRecord(
+            stage=plan.name,
+            epoch=epoch,
+            train_loss=loss_sum / max(seen, 1),
+            train_acc=correct / max(seen, 1),
+            test_acc_plain=acc_plain,
+            test_acc_prompted=acc_prompted,
+            train_seconds=train_seconds,
+            eval_seconds=time.perf_counter() - t1,
+            optimizer_steps=steps,
+            images_seen=seen * len(plan.passes),
+            lr=lrs,
+        )
+        history.append(record)
+        prompted_txt = f"  test(prompt) {acc_prompted:6.2%}" if acc_prompted is not None else ""
+        reporter.line(
+            f"{label:>10}  {_status(record.train_loss, record.train_acc)}  test {acc_plain:6.2%}"
+            f"{prompted_txt}  {train_seconds:6.1f}s"
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+    return history
