@@ -18,7 +18,7 @@ class DeployGraph(nn.Module):
 
     def __init__(self, net: nn.Module, inputs: InputSpec, prompt: VisualPrompt | None) -> None:
         super().__init__()
-        self.net = net.eval()
+        self.net = net.eval().to(memory_format=torch.contiguous_format)  # plain NCHW in the graph
         self.register_buffer("mean", torch.tensor(inputs.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(inputs.std, dtype=torch.float32).view(1, -1, 1, 1))
         self.has_prompt = prompt is not None

@@ -62,6 +62,8 @@ def run_compress(
 ) -> Path:
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists", "pass --out to another directory or --overwrite")
     device = resolve_device(cfg.device)
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle)
     dense = copy.deepcopy(loaded.net).to(device).eval()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -163,7 +164,17 @@ def report(
     run_report(_run_dir(run_dir), data_spec=data)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, CI timeouts) unwinds like Ctrl-C, so partial run directories are removed."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _interrupt_on_sigterm()
     app(prog_name="vpns-deploy")
 
 

@@ -90,8 +90,8 @@ def compress(
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> CompressResult:
     torch.manual_seed(cfg.seed)
-    net = loaded.net.to(device)
-    masks = MaskSet.attach(net)
+    net = loaded.net.to(device, memory_format=torch.channels_last)
+    masks = MaskSet.attach(net)  # masks and scores take the weights' (channels-last) layout
     prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if cfg.uses_prompt else None
     prompt = VisualPrompt(prompt_spec).to(device) if prompt_spec is not None else None
     model = PromptedNet(net, loaded.inputs, prompt).to(device)

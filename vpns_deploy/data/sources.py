@@ -74,7 +74,7 @@ def _find_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def _decode_folder(folder: Path, classes: list[str] | None) -> dict:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image, UnidentifiedImageError
 
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
     classes = classes or found
@@ -89,8 +89,9 @@ def _decode_folder(folder: Path, classes: list[str] | None) -> dict:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                images.append(decode_image(read_file(str(path)), mode=ImageReadMode.RGB))
-            except RuntimeError as exc:
+                with Image.open(path) as im:
+                    images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
+            except (UnidentifiedImageError, OSError) as exc:
                 raise UserError(f"cannot decode image {path} ({exc})", "remove or replace that file") from None
             labels.append(label)
     if not images:

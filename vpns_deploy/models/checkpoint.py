@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +32,18 @@ def _read(path: Path, trust_pickle: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc) and "weights_only" not in str(exc):
-            raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})", _SAVE_HINT) from None
+        # The safe unpickler names the class it refused ("Unsupported global"); anything else it
+        # cannot parse is simply not a checkpoint.
+        if "Unsupported global" not in str(exc):
+            raise UserError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})", _SAVE_HINT) from None
         if not trust_pickle:
             raise UserError(
                 f"{path} contains pickled Python objects (e.g. a whole nn.Module), and loading them can run "
                 "arbitrary code",
                 "save model.state_dict() and pass --arch, or pass --trust-pickle if you trust the file",
             ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})", _SAVE_HINT) from None
+    except Exception as exc:  # torch raises RuntimeError, zip, EOF, index errors on garbage
+        raise UserError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})", _SAVE_HINT) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the user vouched for it, but it still must load
@@ -55,6 +56,21 @@ _SAVE_HINT = "save it with torch.save(model.state_dict(), PATH)"
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else exc.__class__.__name__)[:160]
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of torch's long weights-only message, else the first line."""
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error" in line:
+            tail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            if tail.startswith("Unsupported operand"):
+                return "unrecognised content: neither a torch.save zip nor a pickle"
+            if tail:
+                return tail[:160]
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
+        return next((ln for ln in lines[1:] if "WeightsUnpickler" not in ln), lines[1])[:160]
+    return _first_line(exc)
 
 
 def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:

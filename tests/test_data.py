@@ -1,0 +1,120 @@
+"""Data specs on real files: ImageFolder, tar (cached by hash), torchvision CIFAR batches, digits."""
+from __future__ import annotations
+
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vpns_deploy.data import AugmentPolicy, load_splits
+from vpns_deploy.data.batches import augment
+from vpns_deploy.errors import UserError
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VPNS_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", (size, size), (50 * i, 10 * j, 7)).save(d / f"{j}.png")
+    return root
+
+
+def test_digits_is_embedded_and_split_deterministically():
+    a, b = load_splits("digits"), load_splits("digits")
+    assert len(a.train) + len(a.test) == 1797
+    assert a.train.image_shape == (1, 8, 8) and a.num_classes == 10
+    assert torch.equal(a.test.labels, b.test.labels) and a.train.images.dtype == torch.uint8
+    assert a.augment.hflip is False  # digits are not mirror-symmetric
+
+
+def test_imagefolder_reads_real_images(tmp_path):
+    splits = load_splits(f"imagefolder:{_folder(tmp_path / 'd')}")
+    assert splits.train.classes == ["cat", "dog"]
+    assert splits.train.images.shape == (6, 3, 8, 8)
+    assert splits.train.images[3, 0, 0, 0] == 50  # the dog images' red channel
+
+
+def test_imagefolder_accepts_val_instead_of_test(tmp_path):
+    root = _folder(tmp_path / "d")
+    (root / "test").rename(root / "val")
+    assert len(load_splits(f"imagefolder:{root}").test) == 6
+
+
+def test_tar_is_extracted_once_into_the_cache(tmp_path, cache):
+    root = _folder(tmp_path / "d")
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root / "train", arcname="train")
+        tar.add(root / "test", arcname="test")
+    first = load_splits(f"tar:{archive}")
+    extracted = list((cache / "datasets").iterdir())
+    assert len(extracted) == 1 and (extracted[0] / ".complete").exists()
+    stamp = (extracted[0] / "tree").stat().st_mtime_ns
+    second = load_splits(f"tar:{archive}")
+    assert (extracted[0] / "tree").stat().st_mtime_ns == stamp  # not extracted again
+    assert torch.equal(first.train.images, second.train.images)
+    assert not (tmp_path / "d" / ".." / "train").exists()  # nothing extracted next to the archive
+
+
+def test_corrupt_tar_is_a_clear_error(tmp_path, cache):
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not a tar at all")
+    with pytest.raises(UserError, match="not a readable tar archive"):
+        load_splits(f"tar:{bad}")
+
+
+def test_cifar10_python_batches_load_without_unpickling_code(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    splits = load_splits(f"cifar10:{tmp_path}")
+    assert len(splits.train) == 20 and splits.train.image_shape == (3, 32, 32)
+    assert splits.train.classes[3] == "c3"
+
+
+def test_cifar10_batch_with_code_is_refused(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(pickle.dumps({"data": Evil(), "labels": []}))
+    with pytest.raises(UserError, match="not a CIFAR-10 python batch"):
+        load_splits(f"cifar10:{tmp_path}")
+
+
+def test_subset_is_class_balanced_and_seeded(digits_splits):
+    sub = digits_splits.train.subset(100, seed=3)
+    counts = torch.bincount(sub.labels, minlength=10)
+    assert len(sub) == 100 and counts.min() == 10 and counts.max() == 10
+    assert torch.equal(sub.labels, digits_splits.train.subset(100, seed=3).labels)
+    assert not torch.equal(sub.images, digits_splits.train.subset(100, seed=4).images)
+
+
+def test_augment_crops_and_flips_in_bounds():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    outs = [augment(x, AugmentPolicy(crop_pad=1, hflip=True), gen) for _ in range(20)]
+    assert all(o.shape == x.shape for o in outs)
+    assert any(not torch.equal(o, x) for o in outs)
+    # Every output value is either an input value or zero padding.
+    allowed = set(x.flatten().tolist()) | {0.0}
+    assert all(set(o.flatten().tolist()) <= allowed for o in outs)

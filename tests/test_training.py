@@ -1,0 +1,105 @@
+"""The two VPNs stages on real data: what each trains, what it must leave alone."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vpns_deploy.compress import _mask_stage, _tune_stage, build_prompt_spec, compress
+from vpns_deploy.config import CompressConfig
+from vpns_deploy.masks import MaskSet
+from vpns_deploy.models import load_model
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import PromptedNet, VisualPrompt
+from vpns_deploy.trainer import run_stage
+
+CPU = torch.device("cpu")
+
+
+def _setup(digits_model, digits_splits, method="vpns"):
+    cfg = CompressConfig(method=method, sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64)
+    loaded = load_model(digits_model, "digits_cnn", 10)
+    masks = MaskSet.attach(loaded.net)
+    prompt = VisualPrompt(build_prompt_spec(cfg, digits_splits.train.image_shape)) if cfg.uses_prompt else None
+    model = PromptedNet(loaded.net, loaded.inputs, prompt)
+    masks.init_scores_scaled()
+    masks.update_from_scores(cfg.sparsity)
+    return cfg, model, masks
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digits_splits):
+    cfg, model, masks = _setup(digits_model, digits_splits)
+    before = _snapshot(model)
+    plan = _mask_stage(model, masks, cfg)
+    hist = run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
+    after = _snapshot(model)
+    weights = [k for k in before if k.endswith(("weight", "bias")) and "prompt" not in k]
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)  # conv, linear, BN affine
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))  # BN drifts
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("scores"))
+    assert not torch.equal(before["prompt.delta"], after["prompt.delta"])
+    assert masks.sparsity() == pytest.approx(0.8, abs=1e-4)
+    steps = -(-len(digits_splits.train) // cfg.batch_size)
+    assert hist[0].optimizer_steps == 2 * steps  # prompted + un-prompted pass per batch
+
+
+def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, digits_splits):
+    cfg, model, masks = _setup(digits_model, digits_splits)
+    run_stage(model, _mask_stage(model, masks, cfg), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    mask_before = masks.masks()
+    scores_before = [s.detach().clone() for s in masks.scores()]
+    kept_before = [m.weight[m.mask.bool()].clone() for _, m in masks.layers]
+    run_stage(model, _tune_stage(model, masks, cfg, 2), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    mask_after = masks.masks()
+    assert all(torch.equal(mask_before[k], mask_after[k]) for k in mask_before)
+    assert all(torch.equal(a, b) for a, b in zip(scores_before, masks.scores()))
+    for _, m in masks.layers:
+        assert torch.count_nonzero(m.weight[~m.mask.bool()]) == 0
+    assert any(not torch.equal(a, m.weight[m.mask.bool()]) for a, (_, m) in zip(kept_before, masks.layers))
+
+
+def test_pad_prompt_changes_only_the_frame(digits_model, digits_splits):
+    cfg, model, masks = _setup(digits_model, digits_splits)
+    run_stage(model, _mask_stage(model, masks, cfg), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    p = model.prompt
+    pad = p.spec.pad
+    add = p.additive()
+    assert add.abs().sum() > 0
+    assert torch.count_nonzero(add[:, pad:-pad, pad:-pad]) == 0
+    x = torch.rand(3, 1, 8, 8) * 0.5 + 0.25
+    y = p(x)
+    assert torch.equal(y[..., pad:-pad, pad:-pad], x[..., pad:-pad, pad:-pad])
+    assert not torch.equal(y, x)
+
+
+def test_hydra_has_no_prompt_and_one_step_per_batch(digits_model, digits_splits):
+    cfg = CompressConfig(method="hydra", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64)
+    loaded = load_model(digits_model, "digits_cnn", 10)
+    result = compress(loaded, digits_splits, cfg, CPU, Reporter(quiet=True))
+    assert result.model.prompt is None
+    steps = -(-len(digits_splits.train) // 64)
+    assert [r.optimizer_steps for r in result.history] == [steps, steps]
+    assert [r.test_acc_prompted for r in result.history] == [None, None]
+
+
+def test_magnitude_spends_the_whole_budget_on_tuning(digits_model, digits_splits):
+    cfg = CompressConfig(method="magnitude", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64)
+    result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
+    assert [r.stage for r in result.history] == ["tune", "tune"]
+    assert result.masks.sparsity() == pytest.approx(0.8, abs=1e-4)
+
+
+def test_same_seed_same_result(digits_model, digits_splits):
+    def once():
+        cfg = CompressConfig(sparsity=0.9, epochs_mask=1, epochs_tune=1, batch_size=128)
+        res = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
+        return res.masks.masks(), copy.deepcopy(res.model.prompt.delta.detach())
+
+    (m1, p1), (m2, p2) = once(), once()
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert torch.equal(p1, p2)
