@@ -81,6 +81,21 @@ def _tune_stage(model: PromptedNet, masks: MaskSet, cfg: CompressConfig, epochs:
     )
 
 
+def dense_finetune(
+    loaded: LoadedModel, splits: Splits, cfg: CompressConfig, epochs: int, device: torch.device,
+    reporter: Reporter,
+) -> list[EpochRecord]:
+    """The upper reference: every weight trained with stage 2's optimiser, nothing pruned."""
+    torch.manual_seed(cfg.seed)
+    net = loaded.net.to(device, memory_format=torch.channels_last)
+    model = PromptedNet(net, loaded.inputs, None).to(device)
+    o = cfg.optim
+    opt = SGD(net.parameters(), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
+    plan = StagePlan("finetune", epochs, [(opt, CosineAnnealingLR(opt, T_max=epochs))], (PLAIN,),
+                     describe={"trains": "all weights", "passes": [PLAIN]})
+    return run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter)
+
+
 def compress(
     loaded: LoadedModel,
     splits: Splits,

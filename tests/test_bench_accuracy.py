@@ -1,0 +1,36 @@
+"""The accuracy benchmark's code path on a tiny real grid: JSON, resume, plot."""
+from __future__ import annotations
+
+import json
+
+from bench.accuracy import grid, main, parse_args
+
+
+def test_grid_gives_extra_seeds_only_where_asked():
+    args = parse_args(["--model", "m", "--arch", "a", "--data", "d"])
+    cells = grid(args)
+    assert ("vpns", 0.9, 9) in cells and ("vpns", 0.5, 9) not in cells
+    assert ("dense", None, 7) in cells and len([c for c in cells if c[0] == "hydra"]) == 4
+
+
+def test_tiny_grid_writes_json_and_plot_and_resumes(tmp_path, digits_model, capsys):
+    out = tmp_path / "accuracy.json"
+    argv = ["--model", str(digits_model), "--arch", "digits_cnn", "--data", "digits",
+            "--methods", "dense,hydra,vpns", "--sparsities", "0.9", "--seeds", "7", "--extra-seeds", "",
+            "--epochs", "1", "--batch-size", "64", "--train-subset", "300", "--test-subset", "200",
+            "--out", str(out), "--runs", str(tmp_path / "runs")]
+    results = main(argv)
+    saved = json.loads(out.read_text())
+    assert set(saved["cells"]) == {"dense-seed7", "hydra-s0.9-seed7", "vpns-s0.9-seed7"}
+    vpns, hydra, dense = (saved["cells"][k] for k in ("vpns-s0.9-seed7", "hydra-s0.9-seed7", "dense-seed7"))
+    # Same optimiser steps for every method (VPNs: 2 per batch; HYDRA 2x epochs; dense 4x epochs).
+    assert vpns["optimizer_steps"] == hydra["optimizer_steps"] == dense["optimizer_steps"] > 0
+    assert 0 <= vpns["top1_prompted"] <= 1 and abs(vpns["sparsity_achieved"] - 0.9) < 1e-4
+    targets = saved["summary"]["targets"]
+    assert {"vpns_minus_hydra_at_0.9", "vpns_vs_dense_at_0.9", "vpns_stage1_step_over_finetune_step"} <= set(targets)
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "| VPNs | 0.9 |" in capsys.readouterr().out
+    # Resume: a second call redoes nothing.
+    again = main(argv)
+    assert again["cells"] == results["cells"]
