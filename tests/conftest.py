@@ -19,6 +19,24 @@ def _require(path: Path) -> Path:
     return path
 
 
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size: int = 8) -> Path:
+    """A real ImageFolder tree of PNGs (train/ and test/), colours chosen per class and index."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", (size, size), (50 * i, 10 * j, 7)).save(d / f"{j}.png")
+    return root
+
+
+@pytest.fixture()
+def image_folder():
+    return write_image_folder
+
+
 @pytest.fixture(scope="session")
 def cifar_tar() -> Path:
     return _require(CIFAR_TAR)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from vpns_deploy.cli import app
@@ -27,16 +26,6 @@ def _fails_cleanly(args: list[str], out: Path, needle: str) -> str:
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
     return err
-
-
-def _image_folder(root: Path, classes: list[str], per_class: int = 2, size: int = 8) -> Path:
-    for split in ("train", "test"):
-        for i, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for j in range(per_class):
-                Image.new("RGB", (size, size), (40 * i, 20 * j, 100)).save(d / f"{j}.png")
-    return root
 
 
 def test_missing_model_file(tmp_path):
@@ -90,8 +79,8 @@ def test_empty_data_folder(tmp_path, digits_model):
                     f"imagefolder:{tmp_path / 'data'}"], tmp_path / "run", "no images found")
 
 
-def test_class_count_mismatch(tmp_path):
-    data = _image_folder(tmp_path / "data", ["a", "b", "c"])
+def test_class_count_mismatch(tmp_path, image_folder):
+    data = image_folder(tmp_path / "data", ("a", "b", "c"))
     model = tmp_path / "cifar.pt"
     from vpns_deploy.models.cifar_resnet import CifarResNet
 

@@ -7,7 +7,6 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vpns_deploy.data import AugmentPolicy, load_splits
 from vpns_deploy.data.batches import augment
@@ -20,16 +19,6 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _folder(root, classes=("cat", "dog"), per_class=3, size=8):
-    for split in ("train", "test"):
-        for i, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for j in range(per_class):
-                Image.new("RGB", (size, size), (50 * i, 10 * j, 7)).save(d / f"{j}.png")
-    return root
-
-
 def test_digits_is_embedded_and_split_deterministically():
     a, b = load_splits("digits"), load_splits("digits")
     assert len(a.train) + len(a.test) == 1797
@@ -38,21 +27,21 @@ def test_digits_is_embedded_and_split_deterministically():
     assert a.augment.hflip is False  # digits are not mirror-symmetric
 
 
-def test_imagefolder_reads_real_images(tmp_path):
-    splits = load_splits(f"imagefolder:{_folder(tmp_path / 'd')}")
+def test_imagefolder_reads_real_images(tmp_path, image_folder):
+    splits = load_splits(f"imagefolder:{image_folder(tmp_path / 'd')}")
     assert splits.train.classes == ["cat", "dog"]
     assert splits.train.images.shape == (6, 3, 8, 8)
     assert splits.train.images[3, 0, 0, 0] == 50  # the dog images' red channel
 
 
-def test_imagefolder_accepts_val_instead_of_test(tmp_path):
-    root = _folder(tmp_path / "d")
+def test_imagefolder_accepts_val_instead_of_test(tmp_path, image_folder):
+    root = image_folder(tmp_path / "d")
     (root / "test").rename(root / "val")
     assert len(load_splits(f"imagefolder:{root}").test) == 6
 
 
-def test_tar_is_extracted_once_into_the_cache(tmp_path, cache):
-    root = _folder(tmp_path / "d")
+def test_tar_is_extracted_once_into_the_cache(tmp_path, cache, image_folder):
+    root = image_folder(tmp_path / "d")
     archive = tmp_path / "data.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(root / "train", arcname="train")
