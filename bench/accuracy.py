@@ -77,7 +77,16 @@ def grid(args: argparse.Namespace) -> list[tuple[str, float | None, int]]:
             continue
         for sp in sparsities:
             cells += [(method, sp, s) for s in (all_seeds if sp in extra_at else seeds)]
-    return cells
+
+    def priority(cell: tuple[str, float | None, int]) -> tuple:
+        # The headline cells first (the extra-seed sparsities, first seed, then the extra seeds),
+        # so a grid cut short still answers the main question; then the rest, sparsest first.
+        method, sp, seed = cell
+        headline = sp is None or sp in extra_at
+        phase = (0 if seed in seeds else 1) if headline else 2
+        return (phase, -(sp if sp is not None else 2.0), seed, methods.index(method))
+
+    return sorted(cells, key=priority)
 
 
 def cell_key(method: str, sparsity: float | None, seed: int) -> str:
