@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from vpns_deploy.atomic import atomic_torch_save
-from pipelines.run_dir import RunDir, now, staged_directory, versions
+from pipelines.checkpoint import FileCheckpoint, fingerprint
+from pipelines.run_dir import CHECKPOINT, RunDir, now, partial_path, staged_directory, versions
 from vpns_deploy.compress import compress
 from vpns_deploy.config import DEVIATIONS, CompressConfig
 from vpns_deploy.data import Splits, absolute_spec, load_splits
@@ -72,10 +73,20 @@ def run_compress(
         f"{cfg.method} {cfg.sparsity:.0%} on {device}: {len(splits.train)} train / {len(splits.test)} test "
         f"images, dense top-1 {dense_top1:.2%}"
     )
+    settings = {"config": cfg.to_dict(), "model_sha256": loaded.sha256, "arch": loaded.arch,
+                "data": splits.fingerprint, "train": len(splits.train), "test": len(splits.test)}
+    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings))
+    if partial_path(out).exists() and checkpoint.claim(overwrite):
+        reporter.line(f"found an unfinished run with the same settings in {partial_path(out)}")
     with staged_directory(out, overwrite) as tmp:
         run = RunDir(tmp)
-        with reporter:
-            result = compress(loaded, splits, cfg, device, reporter)
+        try:
+            with reporter:
+                result = compress(loaded, splits, cfg, device, reporter, checkpoint)
+        except KeyboardInterrupt:
+            if checkpoint.path.exists():
+                reporter.line("interrupted; the same command resumes from the last finished epoch")
+            raise
         baked = result.masks.baked(result.model.net).eval()
         shipped = PromptedNet(baked, loaded.inputs, result.model.prompt).to(device).eval()
         final = {

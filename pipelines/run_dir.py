@@ -82,26 +82,42 @@ class RunDir:
         atomic_write_json(self.file(MANIFEST), self.manifest)
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
+def partial_path(final: Path) -> Path:
+    """Where a run is built until it is complete; hidden, never taken for a run directory."""
+    final = Path(final)
+    return final.parent / f".{final.name}.partial"
+
+
 @contextmanager
 def staged_directory(final: Path, overwrite: bool) -> Iterator[Path]:
-    """Build a run in a hidden sibling directory and rename it into place only when complete."""
+    """Build a run in its hidden partial directory and rename it into place only when complete.
+
+    If the body fails after a training checkpoint was written there, the partial directory stays so
+    the same command resumes it; otherwise it is removed. The checkpoint is dropped on success.
+    """
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserError(f"{final} already exists", "pass --out to another directory or --overwrite")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
+    partial = partial_path(final)
+    partial.mkdir(parents=True, exist_ok=True)
+    os.chmod(partial, 0o777 & ~current_umask())
     try:
-        yield tmp
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, trash / "run")
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        yield partial
+    except BaseException:
+        if not (partial / CHECKPOINT).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    (partial / CHECKPOINT).unlink(missing_ok=True)
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, trash / "run")
+        os.replace(partial, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(partial, final)
 
 
 def latest_run(root: Path = DEFAULT_RUNS) -> Path:

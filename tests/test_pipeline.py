@@ -25,6 +25,18 @@ def test_failed_stage_leaves_no_directory(tmp_path):
     assert not final.exists() and os.listdir(tmp_path) == []
 
 
+def test_failure_after_a_checkpoint_keeps_the_partial_run_for_resuming(tmp_path):
+    final = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_directory(final, overwrite=False) as tmp:
+            (tmp / "checkpoint.pt").write_bytes(b"state")
+            raise KeyboardInterrupt
+    assert not final.exists() and os.listdir(tmp_path) == [".run.partial"]
+    with staged_directory(final, overwrite=False) as tmp:
+        (tmp / "model.pt").write_text("done")
+    assert sorted(os.listdir(final)) == ["model.pt"]  # the checkpoint is dropped once complete
+
+
 def test_overwrite_replaces_only_when_complete(tmp_path):
     final = tmp_path / "run"
     final.mkdir()

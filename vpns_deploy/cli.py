@@ -40,7 +40,7 @@ def friendly(fn):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: nothing half-written was kept", err=True)
+            typer.echo("interrupted: no run directory was written", err=True)
             raise typer.Exit(130) from None
 
     return wrapper

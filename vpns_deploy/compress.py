@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.checkpoint import LoadedModel
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
-from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, run_stage
+from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, run_stage, stream_generators
 
 
 @dataclass
@@ -96,14 +97,37 @@ def dense_finetune(
     return run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter)
 
 
+class TrainingCheckpoint(Protocol):
+    """Where compress keeps its per-epoch state; pipelines/ supplies a file-backed one."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+
+def _stage_factories(model: PromptedNet, masks: MaskSet, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
+    stages: list[Callable[[], StagePlan]] = []
+    if cfg.method != "magnitude":
+        stages.append(lambda: _mask_stage(model, masks, cfg))
+    if cfg.tune_epochs_effective > 0:
+        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective))
+    return stages
+
+
 def compress(
     loaded: LoadedModel,
     splits: Splits,
     cfg: CompressConfig,
     device: torch.device,
     reporter: Reporter,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> CompressResult:
+    """Run the method's stages; with a checkpoint, save after every epoch and resume from it.
+
+    A resumed run restores the network (weights, scores, masks, BN statistics), prompt, optimiser
+    and scheduler states, data-stream generators and the global RNG, so on the CPU it ends
+    bit-identical to an uninterrupted run.
+    """
     torch.manual_seed(cfg.seed)
     net = loaded.net.to(device, memory_format=torch.channels_last)
     masks = MaskSet.attach(net)  # masks and scores take the weights' (channels-last) layout
@@ -112,22 +136,56 @@ def compress(
     model = PromptedNet(net, loaded.inputs, prompt).to(device)
     result = CompressResult(model, masks, prompt_spec)
 
-    def run(plan: StagePlan) -> None:
-        t0 = time.perf_counter()
-        result.history += run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter, on_epoch)
-        result.stage_seconds[plan.name] = time.perf_counter() - t0
-        result.stage_plans[plan.name] = {"epochs": plan.epochs, **plan.describe}
-
-    if cfg.method == "magnitude":
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        result.history = [EpochRecord(**r) for r in saved["history"]]
+        result.stage_seconds = dict(saved["stage_seconds"])
+        result.stage_plans = dict(saved["stage_plans"])
+        reporter.line(f"resuming after {saved['stage']} epoch {saved['epoch']} (checkpoint)")
+    elif cfg.method == "magnitude":
         masks.update_from_magnitude(cfg.sparsity)
     else:
         masks.init_scores_scaled()
         masks.update_from_scores(cfg.sparsity)
-        run(_mask_stage(model, masks, cfg))
-    tune_epochs = cfg.tune_epochs_effective
-    if tune_epochs > 0:
-        run(_tune_stage(model, masks, cfg, tune_epochs))
-    else:
+
+    for make_plan in _stage_factories(model, masks, cfg):
+        plan = make_plan()  # also sets what trains in this stage
+        gens = stream_generators(cfg.seed)
+        start = 1
+        if saved is not None:
+            done = [r.stage for r in result.history]
+            if plan.name in done and saved["stage"] != plan.name:
+                continue  # finished before the interruption
+            if saved["stage"] == plan.name:
+                for (opt, sched), st in zip(plan.optimizers, saved["optimizers"]):
+                    opt.load_state_dict(st["optimizer"])
+                    if sched is not None:
+                        sched.load_state_dict(st["scheduler"])
+                for name, g in gens.items():
+                    g.set_state(saved["generators"][name])
+                torch.set_rng_state(saved["torch_rng"])
+                start = saved["epoch"] + 1
+        result.stage_plans[plan.name] = {"epochs": plan.epochs, **plan.describe}
+        t0, before = time.perf_counter(), result.stage_seconds.get(plan.name, 0.0)
+
+        def on_epoch(record: EpochRecord, plan: StagePlan = plan, gens=gens, t0=t0, before=before) -> None:
+            result.history.append(record)
+            result.stage_seconds[plan.name] = before + time.perf_counter() - t0
+            if checkpoint is not None:
+                checkpoint.save({
+                    "stage": plan.name, "epoch": record.epoch,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizers": [{"optimizer": o.state_dict(), "scheduler": sc.state_dict() if sc else None}
+                                   for o, sc in plan.optimizers],
+                    "generators": {n: g.get_state() for n, g in gens.items()},
+                    "torch_rng": torch.get_rng_state(),
+                    "history": [r.to_dict() for r in result.history],
+                    "stage_seconds": result.stage_seconds, "stage_plans": result.stage_plans,
+                })
+
+        run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter, on_epoch, gens, start)
+    if cfg.tune_epochs_effective == 0:
         masks.set_scores_trainable(False)
         masks.zero_pruned_weights()
     model.eval()

@@ -57,6 +57,11 @@ def _status(loss: float, acc: float) -> str:
     return f"loss {loss:.3f}  acc {acc:6.2%}"
 
 
+def stream_generators(seed: int) -> dict[str, torch.Generator]:
+    """Separate, independently shuffled streams for the two passes (the reference's two loaders)."""
+    return {p: torch.Generator().manual_seed(seed * 1000 + i) for i, p in enumerate((PROMPTED, PLAIN))}
+
+
 def run_stage(
     model: PromptedNet,
     plan: StagePlan,
@@ -66,16 +71,21 @@ def run_stage(
     seed: int,
     reporter: Reporter,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    gens: dict[str, torch.Generator] | None = None,
+    start_epoch: int = 1,
 ) -> list[EpochRecord]:
-    """Train for plan.epochs; returns one record per epoch (test top-1 after each)."""
+    """Train epochs start_epoch..plan.epochs; returns one record per epoch (test top-1 after each).
+
+    A resumed stage passes the generators and start epoch saved in its checkpoint, so the data order
+    and augmentation continue exactly where the interrupted run stopped.
+    """
     train, test = splits.train, splits.test
     has_prompt = model.prompt is not None
-    # Separate, independently shuffled streams for the two passes (the reference's two loaders).
-    gens = {p: torch.Generator().manual_seed(seed * 1000 + i) for i, p in enumerate((PROMPTED, PLAIN))}
+    gens = gens if gens is not None else stream_generators(seed)
     all_opts = [opt for opt, _ in plan.optimizers]
     history: list[EpochRecord] = []
     steps_per_epoch = num_batches(len(train), batch_size)
-    for epoch in range(1, plan.epochs + 1):
+    for epoch in range(start_epoch, plan.epochs + 1):
         model.train()
         streams = {
             p: train_batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment)

@@ -1,0 +1,55 @@
+"""Per-epoch training checkpoints in a run's partial directory, tied to the settings that made them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from vpns_deploy.atomic import atomic_torch_save
+from vpns_deploy.errors import UserError
+
+
+def fingerprint(settings: dict) -> str:
+    """Two runs may share a checkpoint only if everything that shapes training is equal."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class FileCheckpoint:
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def _read(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # torn or foreign file: not resumable (atomic saves make this rare)
+            return None
+
+    def load(self) -> dict | None:
+        state = self._read()
+        return None if state is None else state["state"]
+
+    def save(self, state: dict) -> None:
+        atomic_torch_save(self.path, {"fingerprint": self.fingerprint, "state": state})
+
+    def claim(self, overwrite: bool) -> bool:
+        """Check an existing partial run before starting; True when there is a checkpoint to resume."""
+        state = self._read()
+        partial = self.path.parent
+        if state is None:
+            shutil.rmtree(partial, ignore_errors=True)  # nothing resumable there
+            return False
+        if state["fingerprint"] == self.fingerprint:
+            return True
+        if overwrite:
+            shutil.rmtree(partial, ignore_errors=True)
+            return False
+        raise UserError(
+            f"{partial} holds an unfinished run with different settings",
+            "re-run with the same settings to resume it, or pass --overwrite to discard it",
+        )

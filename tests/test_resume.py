@@ -1,0 +1,78 @@
+"""A run killed with SIGKILL in the middle of stage 1 and resumed ends bit-identical to an
+uninterrupted run (CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EXE = str(Path(sys.executable).with_name("vpns-deploy"))
+
+
+def _cmd(model: Path, out: Path) -> list[str]:
+    return [EXE, "compress", str(model), "--arch", "digits_cnn", "--data", "digits", "--sparsity", "0.9",
+            "--epochs-mask", "8", "--epochs-tune", "2", "--batch-size", "64", "--device", "cpu",
+            "--out", str(out)]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_cmd(digits_model, full), check=True, capture_output=True, env=_env(), timeout=600)
+
+    ckpt = tmp_path / ".cut.partial" / "checkpoint.pt"
+    proc = subprocess.Popen(_cmd(digits_model, cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env())
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(ckpt, weights_only=True)["state"]
+    assert state["stage"] == "mask" and state["epoch"] < 8  # killed inside stage 1
+    assert not cut.exists()  # no run directory from a killed run
+
+    resumed = subprocess.run(_cmd(digits_model, cut), capture_output=True, text=True, env=_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after mask epoch" in resumed.stderr
+    assert not ckpt.parent.exists() and not (cut / "checkpoint.pt").exists()
+
+    for name in ("masks.pt", "model.pt", "prompt.pt"):
+        a = torch.load(full / name, weights_only=True)
+        b = torch.load(cut / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    ma = json.loads((full / "manifest.json").read_text())["metrics"]
+    mb = json.loads((cut / "manifest.json").read_text())["metrics"]
+    assert ma["top1_plain"] == mb["top1_plain"] and ma["top1_prompted"] == mb["top1_prompted"]
+    assert [e["test_acc_plain"] for e in ma["epochs"]] == [e["test_acc_plain"] for e in mb["epochs"]]
+
+
+def test_different_settings_do_not_resume_a_foreign_checkpoint(tmp_path, digits_model):
+    from typer.testing import CliRunner
+
+    from vpns_deploy.cli import app
+
+    cut = tmp_path / "cut"
+    ckpt = tmp_path / ".cut.partial" / "checkpoint.pt"
+    proc = subprocess.Popen(_cmd(digits_model, cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env())
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    args = _cmd(digits_model, cut)[1:]
+    args[args.index("--sparsity") + 1] = "0.8"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "unfinished run with different settings" in result.stderr
+    assert ckpt.exists()  # kept for the user to resume
