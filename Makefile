@@ -19,11 +19,7 @@ install: $(STAMP)
 
 demo: install
 	@start=$$(date +%s); \
-	$(CLI) train --arch digits_cnn --data digits --out $(DEMO)/digits_cnn.pt --overwrite && \
-	$(CLI) compress $(DEMO)/digits_cnn.pt --arch digits_cnn --data digits --sparsity 0.9 \
-	    --epochs-mask 10 --epochs-tune 10 --batch-size 64 --out $(DEMO)/vpns-s0.9 --overwrite && \
-	$(CLI) export $(DEMO)/vpns-s0.9 && \
-	$(CLI) report $(DEMO)/vpns-s0.9 && \
+	$(CLI) run recipes/digits-demo.toml && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; artifacts in $(DEMO)/vpns-s0.9"
 
 test: install

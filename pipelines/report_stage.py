@@ -58,7 +58,8 @@ class _NormalizedNet(nn.Module):
         return self.net(x)
 
 
-def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter | None = None) -> dict:
+def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter | None = None,
+               print_table: bool = True) -> dict:
     reporter = reporter or Reporter()
     loaded = load_run(run_dir)
     run = loaded.run
@@ -132,7 +133,8 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
     run.record("report.json")
     run.record("report.md")
     run.save()
-    out_console.print(render_table(report))
+    if print_table:
+        out_console.print(render_table(report))
     return report
 
 

@@ -123,6 +123,33 @@ def compress(
     typer.echo(str(out))
 
 
+@app.command("run")
+@friendly
+def run_recipe_cmd(
+    recipe: Annotated[Path, typer.Argument(help="A .toml recipe (see recipes/).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run made with other settings.")] = False,
+) -> None:
+    """Run a recipe: pretrain (optional) -> compress -> export -> report, validated before anything runs.
+
+    Stages whose outputs exist, verify against their sha256 and match the recipe are skipped; an
+    interrupted compress resumes from its last finished epoch. Re-running a recipe is always safe.
+    """
+    from pipelines.recipe import load_recipe
+    from pipelines.stages import run_recipe
+
+    parsed = load_recipe(recipe)
+    ran = run_recipe(parsed, overwrite=overwrite)
+    report_json = parsed.out / "report.json"
+    if report_json.is_file():
+        import json
+
+        from pipelines.report_stage import render_table
+        from vpns_deploy.progress import out_console
+
+        out_console.print(render_table(json.loads(report_json.read_text())))
+    typer.echo(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
+
+
 RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."
 
 

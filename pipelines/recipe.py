@@ -1,0 +1,155 @@
+"""Recipes: a whole run described once in TOML, validated completely before anything runs.
+
+    [run]       out = "runs/name"
+    [model]     path, arch, trust_pickle, num_classes
+    [data]      spec = "tar:../shared/data/cifar10-jpeg.tar.gz"
+    [pretrain]  (optional) train the model first when `model.path` does not exist yet
+    [compress]  every CompressConfig field; [compress.optim] every OptimConfig field
+    [export]    (optional) prompt = true
+    [report]    (optional) enabled = true
+
+Relative paths are taken from the directory the command runs in, as on the command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vpns_deploy.config import CompressConfig
+from vpns_deploy.errors import UserError
+from vpns_deploy.pretrain import PretrainConfig
+
+
+@dataclass(frozen=True)
+class RunSection:
+    out: str
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: str
+    arch: str | None = None
+    trust_pickle: bool = False
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    spec: str
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    prompt: bool = True
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    source: Path
+    run: RunSection
+    model: ModelSection
+    data: DataSection
+    compress: CompressConfig
+    pretrain: PretrainConfig | None = None
+    export: ExportSection | None = None
+    report: ReportSection | None = None
+    sections: tuple[str, ...] = field(default=())
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run.out)
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection, "model": ModelSection, "data": DataSection, "pretrain": PretrainConfig,
+    "compress": CompressConfig, "export": ExportSection, "report": ReportSection,
+}
+REQUIRED = ("run", "model", "data", "compress")
+
+
+def _type_ok(value: object, hint: object) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: object) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint) if h is not type(None))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _build(cls: type, table: dict, where: str, origin: Path):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise UserError(f"{origin}: unknown key {where}.{key}", f"known keys: {', '.join(fields)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: {where}.{key} must be a table", f"write [{where}.{key}]")
+            kwargs[key] = _build(hint, value, f"{where}.{key}", origin)
+            continue
+        if not _type_ok(value, hint):
+            raise UserError(f"{origin}: {where}.{key} must be {_type_name(hint)}, got {value!r}", "fix the recipe")
+        kwargs[key] = value
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{origin}: missing key {where}.{missing[0]}", "add it to the recipe")
+    try:
+        return cls(**kwargs)
+    except UserError as exc:
+        raise UserError(f"{origin}: [{where}] {exc}") from None
+
+
+def load_recipe(path: Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}", "pass the path of a .toml recipe (see recipes/)")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid TOML ({exc})", "fix the syntax") from None
+    unknown = [k for k in doc if k not in SECTIONS]
+    if unknown:
+        raise UserError(f"{path}: unknown section [{unknown[0]}]", f"known sections: {', '.join(SECTIONS)}")
+    for name in REQUIRED:
+        if name not in doc:
+            raise UserError(f"{path}: missing section [{name}]", "add it to the recipe")
+    built = {}
+    for name, table in doc.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: {name} must be a section", f"write [{name}]")
+        built[name] = _build(SECTIONS[name], table, name, path)
+    return Recipe(source=path, sections=tuple(doc), **built)
+
+
+def recipe_settings(recipe: Recipe) -> dict:
+    """What the recipe asks for, for the manifest."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("source", "sections")}
+

@@ -1,0 +1,135 @@
+"""The pipeline as named stages with declared outputs; a recipe runs them in order, skipping the done.
+
+    pretrain -> compress (load, mask search, tune) -> export -> report
+
+A stage is done when its outputs are recorded in the run's manifest, verify against their sha256,
+and were made with the settings the recipe asks for now. compress resumes from its last finished
+epoch on its own (per-epoch checkpoints), so re-running a recipe after a crash loses nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipelines.recipe import Recipe
+from pipelines.run_dir import MANIFEST, RunDir
+from vpns_deploy.data.cache import sha256_file
+from vpns_deploy.errors import UserError
+from vpns_deploy.progress import Reporter
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    outputs: tuple[str, ...]
+    enabled: Callable[[Recipe], bool]
+    done: Callable[[Recipe], bool]
+    run: Callable[[Recipe, Reporter, bool], None]
+
+
+def _manifest(recipe: Recipe) -> dict | None:
+    return RunDir.open(recipe.out).manifest if (recipe.out / MANIFEST).is_file() else None
+
+
+def _verified(recipe: Recipe, names: tuple[str, ...]) -> bool:
+    run = RunDir.open(recipe.out)
+    try:
+        for name in names:
+            run.verified(name)
+    except UserError:
+        return False
+    return True
+
+
+def _compress_done(recipe: Recipe) -> bool:
+    m = _manifest(recipe)
+    if m is None:
+        return False
+    model = Path(recipe.model.path)
+    if m.get("config") != asdict(recipe.compress) or not model.is_file():
+        return False
+    if m["model"]["sha256"] != sha256_file(model):  # the model was replaced since
+        return False
+    return _verified(recipe, ("model.pt", "dense.pt", "masks.pt"))
+
+
+def _export_done(recipe: Recipe) -> bool:
+    m = _manifest(recipe)
+    if m is None or "export" not in m or recipe.export is None:
+        return False
+    wants_prompt = recipe.export.prompt and m.get("prompt") is not None
+    return m["export"]["ships_prompt"] == wants_prompt and _verified(recipe, ("model.onnx", "dense.onnx"))
+
+
+def _report_done(recipe: Recipe) -> bool:
+    m = _manifest(recipe)
+    if m is None or "export" not in m or not _verified(recipe, ("report.json",)):
+        return False
+    import json
+
+    return json.loads((recipe.out / "report.json").read_text())["created"] >= m["export"]["created"]
+
+
+def _run_pretrain(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
+    from vpns_deploy.atomic import atomic_torch_save
+    from vpns_deploy.data import load_splits
+    from vpns_deploy.device import resolve_device
+    from vpns_deploy.models import get_arch
+    from vpns_deploy.pretrain import pretrain
+
+    if recipe.model.arch is None:
+        raise UserError(f"{recipe.source}: [pretrain] needs model.arch", "add arch to [model]")
+    net, acc = pretrain(get_arch(recipe.model.arch), load_splits(recipe.data.spec), recipe.pretrain,
+                        resolve_device(recipe.compress.device), reporter)
+    atomic_torch_save(Path(recipe.model.path), {k: v.cpu() for k, v in net.state_dict().items()})
+    reporter.line(f"pretrained {recipe.model.arch}: test top-1 {acc:.2%} -> {recipe.model.path}")
+
+
+def _run_compress(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
+    from pipelines.compress_stage import run_compress
+
+    if recipe.out.exists() and not overwrite:
+        raise UserError(f"{recipe.out} holds a run with other settings than {recipe.source}",
+                        "pass --overwrite to replace it, or change [run] out")
+    run_compress(Path(recipe.model.path), recipe.model.arch, recipe.data.spec, recipe.compress, recipe.out,
+                 overwrite=True, num_classes=recipe.model.num_classes, trust_pickle=recipe.model.trust_pickle,
+                 reporter=reporter)
+
+
+def _run_export(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
+    from pipelines.export_stage import run_export
+
+    run_export(recipe.out, with_prompt=recipe.export.prompt, reporter=reporter)
+
+
+def _run_report(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
+    from pipelines.report_stage import run_report
+
+    run_report(recipe.out, reporter=reporter, print_table=False)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("pretrain", (), lambda r: r.pretrain is not None, lambda r: Path(r.model.path).is_file(), _run_pretrain),
+    Stage("compress", ("model.pt", "dense.pt", "masks.pt", "prompt.pt"), lambda r: True, _compress_done,
+          _run_compress),
+    Stage("export", ("model.onnx", "dense.onnx"), lambda r: r.export is not None, _export_done, _run_export),
+    Stage("report", ("report.json", "report.md"), lambda r: r.report is not None and r.report.enabled,
+          _report_done, _run_report),
+)
+
+
+def run_recipe(recipe: Recipe, overwrite: bool = False, reporter: Reporter | None = None) -> list[str]:
+    """Run every enabled stage that is not done yet; returns the names of the stages that ran."""
+    reporter = reporter or Reporter()
+    ran = []
+    for stage in STAGES:
+        if not stage.enabled(recipe):
+            continue
+        if stage.done(recipe):
+            reporter.line(f"[{stage.name}] done earlier, outputs verified: skipped")
+            continue
+        reporter.line(f"[{stage.name}] running")
+        stage.run(recipe, reporter, overwrite)
+        ran.append(stage.name)
+    return ran

@@ -1,0 +1,100 @@
+"""Recipes: every mistake is a one-line error naming the key; a finished recipe re-runs as a no-op."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.recipe import load_recipe
+from vpns_deploy.cli import app
+from vpns_deploy.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = """
+[run]
+out = "{out}"
+[model]
+path = "{model}"
+arch = "digits_cnn"
+[data]
+spec = "digits"
+[compress]
+sparsity = 0.9
+epochs_mask = 1
+epochs_tune = 1
+batch_size = 64
+[compress.optim]
+lr_prompt_mask = 1e-3
+[export]
+prompt = true
+[report]
+enabled = true
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    return p
+
+
+def _good(tmp_path, model="m.pt") -> str:
+    return GOOD.format(out=tmp_path / "run", model=model)
+
+
+def test_shipped_recipes_validate():
+    recipes = sorted((ROOT / "recipes").glob("*.toml"))
+    assert len(recipes) >= 2
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.compress.sparsity > 0
+
+
+def test_good_recipe_parses_nested_optimiser(tmp_path):
+    recipe = load_recipe(_write(tmp_path, _good(tmp_path)))
+    assert recipe.compress.optim.lr_prompt_mask == 1e-3 and recipe.compress.optim.lr_weights == 0.01
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("sparsity = 0.9", "sparsity = 1.2"), "[compress] sparsity must lie strictly between 0 and 1"),
+    (("sparsity = 0.9", "sparsity = 'high'"), "compress.sparsity must be float"),
+    (("epochs_mask = 1", "epoch_mask = 1"), "unknown key compress.epoch_mask"),
+    (("[report]", "[reprot]"), "unknown section [reprot]"),
+    (("lr_prompt_mask = 1e-3", "lr_prompt = 1e-3"), "unknown key compress.optim.lr_prompt"),
+    (('spec = "digits"', "spec = 3"), "data.spec must be str"),
+    (("sparsity = 0.9", 'method = "obd"'), "compress.method must be one of 'vpns', 'hydra', 'magnitude'"),
+    (('arch = "digits_cnn"', "arch = true"), "model.arch must be str"),
+    (("epochs_tune = 1", "epochs_tune = 1.5"), "compress.epochs_tune must be int"),
+])
+def test_recipe_mistakes_name_the_key(tmp_path, edit, needle):
+    text = _good(tmp_path).replace(*edit)
+    with pytest.raises(UserError) as info:
+        load_recipe(_write(tmp_path, text))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_section_and_bad_toml(tmp_path):
+    with pytest.raises(UserError, match=r"missing section \[data\]"):
+        load_recipe(_write(tmp_path, _good(tmp_path).replace('[data]\nspec = "digits"\n', "")))
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_recipe(_write(tmp_path, "[run\nout="))
+
+
+def test_run_executes_every_stage_then_skips_them(tmp_path, digits_model):
+    recipe = _write(tmp_path, _good(tmp_path, model=digits_model))
+    runner = CliRunner()
+    first = runner.invoke(app, ["run", str(recipe)])
+    assert first.exit_code == 0, first.output
+    assert "ran compress, export, report" in first.stdout and "top-1, ONNX Runtime" in first.stdout
+    for name in ("model.pt", "model.onnx", "report.json", "report.md"):
+        assert (tmp_path / "run" / name).is_file()
+    second = runner.invoke(app, ["run", str(recipe)])
+    assert second.exit_code == 0 and "every stage was already done" in second.stdout
+
+
+def test_invalid_recipe_runs_nothing(tmp_path, digits_model):
+    recipe = _write(tmp_path, _good(tmp_path, model=digits_model).replace("sparsity = 0.9", "sparsity = 0"))
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "sparsity" in result.stderr
+    assert not (tmp_path / "run").exists()
