@@ -34,3 +34,15 @@ def test_tiny_grid_writes_json_and_plot_and_resumes(tmp_path, digits_model, caps
     # Resume: a second call redoes nothing.
     again = main(argv)
     assert again["cells"] == results["cells"]
+
+
+def test_step_time_bench_measures_every_step_kind(tmp_path, digits_model):
+    from bench.step_time import main as step_main
+
+    out = tmp_path / "steps.json"
+    report = step_main(["--model", str(digits_model), "--arch", "digits_cnn", "--data", "digits",
+                        "--steps", "3", "--warmup", "1", "--batch-size", "32", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved["steps"]) == {"finetune", "vpns_stage1_prompted", "vpns_stage1_unprompted", "hydra_stage1"}
+    assert all(v["steps"] == 3 and v["median_s"] > 0 for v in saved["steps"].values())
+    assert report["ratio_vpns_stage1_over_finetune"] > 0

@@ -57,6 +57,21 @@ def _status(loss: float, acc: float) -> str:
     return f"loss {loss:.3f}  acc {acc:6.2%}"
 
 
+def train_step(model: PromptedNet, plan: StagePlan, x: torch.Tensor, y: torch.Tensor,
+               prompted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step of one pass: forward, backward, step every optimiser, then after_step."""
+    logits = model(x, prompted=prompted)
+    loss = F.cross_entropy(logits, y)
+    for opt, _ in plan.optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt, _ in plan.optimizers:
+        opt.step()
+    if plan.after_step is not None:
+        plan.after_step()
+    return loss.detach(), logits.detach()
+
+
 def stream_generators(seed: int) -> dict[str, torch.Generator]:
     """Separate, independently shuffled streams for the two passes (the reference's two loaders)."""
     return {p: torch.Generator().manual_seed(seed * 1000 + i) for i, p in enumerate((PROMPTED, PLAIN))}
@@ -82,7 +97,6 @@ def run_stage(
     train, test = splits.train, splits.test
     has_prompt = model.prompt is not None
     gens = gens if gens is not None else stream_generators(seed)
-    all_opts = [opt for opt, _ in plan.optimizers]
     history: list[EpochRecord] = []
     steps_per_epoch = num_batches(len(train), batch_size)
     for epoch in range(start_epoch, plan.epochs + 1):
@@ -98,15 +112,7 @@ def run_stage(
             for _ in range(steps_per_epoch):
                 for p in plan.passes:
                     x, y = next(streams[p])
-                    logits = model(x, prompted=p == PROMPTED)
-                    loss = F.cross_entropy(logits, y)
-                    for opt in all_opts:
-                        opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for opt in all_opts:
-                        opt.step()
-                    if plan.after_step is not None:
-                        plan.after_step()
+                    loss, logits = train_step(model, plan, x, y, prompted=p == PROMPTED)
                     steps += 1
                     if p == plan.passes[-1]:  # the logged train metrics come from the last pass
                         loss_sum += loss.item() * len(y)
