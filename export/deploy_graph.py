@@ -10,29 +10,31 @@ from vpns_deploy.prompts import VisualPrompt
 
 
 class DeployGraph(nn.Module):
-    """cast -> /255 -> NHWC->NCHW -> (pad -> + prompt constant -> clamp) -> normalise -> network.
+    """cast -> NHWC->NCHW -> (pad -> + prompt constant -> clamp) -> scale and normalise -> network.
 
-    The prompt enters as one constant tensor g(P) * M, so the exported graph holds a single Add
-    initializer and no training-time machinery.
+    Mathematically clamp(x/255 + g(P)*M, 0, 1) followed by (. - mean) / std, computed in the 0..255
+    domain so the whole preprocessing is six elementwise nodes: Cast, Transpose, Add (the prompt as one
+    constant, 255 g(P) M), Clip(0, 255), Mul (1 / (255 std)), Add (-mean / std).
     """
 
     def __init__(self, net: nn.Module, inputs: InputSpec, prompt: VisualPrompt | None) -> None:
         super().__init__()
         self.net = net.eval().to(memory_format=torch.contiguous_format)  # plain NCHW in the graph
-        self.register_buffer("mean", torch.tensor(inputs.mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(inputs.std, dtype=torch.float32).view(1, -1, 1, 1))
+        mean = torch.tensor(inputs.mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std = torch.tensor(inputs.std, dtype=torch.float64).view(1, -1, 1, 1)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).float())
+        self.register_buffer("shift", (-mean / std).float())
         self.has_prompt = prompt is not None
         self.padding: tuple[int, int, int, int] = (0, 0, 0, 0)
         if prompt is not None:
             self.padding = prompt._padding()
-            self.register_buffer("prompt_add", prompt.eval().additive().detach().unsqueeze(0).clone())
+            add = prompt.eval().additive().detach().unsqueeze(0).double() * 255.0
+            self.register_buffer("prompt_add", add.float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32) / 255.0
-        x = x.permute(0, 3, 1, 2).contiguous()  # contiguous: keeps channels-last out of the graph
+        x = images.to(torch.float32).permute(0, 3, 1, 2).contiguous()  # contiguous: plain NCHW in the graph
         if self.has_prompt:
             if any(self.padding):
                 x = F.pad(x, self.padding)
-            x = torch.clamp(x + self.prompt_add, 0.0, 1.0)
-        x = (x - self.mean) / self.std
-        return self.net(x)
+            x = torch.clamp(x + self.prompt_add, 0.0, 255.0)
+        return self.net(x * self.scale + self.shift)
