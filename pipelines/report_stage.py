@@ -47,17 +47,6 @@ def _latencies(path: Path, sample: np.ndarray, threads: int) -> dict[str, dict]:
     return {str(b): measure_latency(session, _batch(sample, b)).to_dict() for b in LATENCY_BATCHES}
 
 
-class _NormalizedNet(nn.Module):
-    """The network alone, fed already-normalised float NCHW: the baseline for preprocessing overhead."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter | None = None,
                print_table: bool = True) -> dict:
     reporter = reporter or Reporter()
@@ -97,7 +86,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
             if ships_prompt:
                 x01 = loaded.prompt(x01)
             normalised = Normalize(loaded.inputs)(x01)
-        export_onnx(_NormalizedNet(loaded.compressed), normalised.contiguous(), net_only, input_name="x")
+        export_onnx(loaded.compressed, normalised.contiguous(), net_only, input_name="x")
         net_sample = np.repeat(normalised[:1].numpy(), 64, axis=0)
         session = cpu_session(net_only, threads)
         latency["network_only"] = {

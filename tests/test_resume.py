@@ -25,19 +25,24 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model):
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_cmd(digits_model, full), check=True, capture_output=True, env=_env(), timeout=600)
-
-    ckpt = tmp_path / ".cut.partial" / "checkpoint.pt"
-    proc = subprocess.Popen(_cmd(digits_model, cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env())
+def _kill_at_first_checkpoint(model: Path, out: Path) -> Path:
+    """Start compress, SIGKILL it as soon as its first epoch checkpoint exists; returns that file."""
+    ckpt = out.parent / f".{out.name}.partial" / "checkpoint.pt"
+    proc = subprocess.Popen(_cmd(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    return ckpt
+
+
+def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_cmd(digits_model, full), check=True, capture_output=True, env=_env(), timeout=600)
+
+    ckpt = _kill_at_first_checkpoint(digits_model, cut)
     state = torch.load(ckpt, weights_only=True)["state"]
     assert state["stage"] == "mask" and state["epoch"] < 8  # killed inside stage 1
     assert not cut.exists()  # no run directory from a killed run
@@ -63,14 +68,7 @@ def test_different_settings_do_not_resume_a_foreign_checkpoint(tmp_path, digits_
     from vpns_deploy.cli import app
 
     cut = tmp_path / "cut"
-    ckpt = tmp_path / ".cut.partial" / "checkpoint.pt"
-    proc = subprocess.Popen(_cmd(digits_model, cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env())
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ckpt = _kill_at_first_checkpoint(digits_model, cut)
     args = _cmd(digits_model, cut)[1:]
     args[args.index("--sparsity") + 1] = "0.8"
     result = CliRunner().invoke(app, args)
