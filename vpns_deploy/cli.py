@@ -27,6 +27,7 @@ app = typer.Typer(
 _defaults = CompressConfig()
 ARCH_HELP = f"Architecture of a state-dict MODEL: {', '.join(sorted(BUILTIN))}, or a torchvision name (e.g. resnet18)."
 DATA_HELP = f"Data set: {DATA_SPEC_HELP}."
+QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal output, e.g. CI logs, gets anyway)."
 
 
 def friendly(fn):
@@ -58,6 +59,7 @@ def train(
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
     overwrite: bool = False,
+    quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     """Train a dense model from scratch (the demo's pretrained model; a reference for small data sets)."""
     from vpns_deploy.atomic import atomic_torch_save
@@ -71,7 +73,7 @@ def train(
         raise UserError(f"{out} already exists", "pass --overwrite or another --out")
     spec, splits, dev = get_arch(arch), load_splits(data), resolve_device(device)
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    net, acc = pretrain(spec, splits, cfg, dev, Reporter())
+    net, acc = pretrain(spec, splits, cfg, dev, Reporter(quiet=quiet))
     atomic_torch_save(out, {k: v.cpu() for k, v in net.state_dict().items()})
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
 
@@ -108,6 +110,7 @@ def compress(
     trust_pickle: Annotated[bool, typer.Option(help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory (only once the new run is complete).")] = False,
+    quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     from pipelines.compress_stage import run_compress
     from pipelines.run_dir import DEFAULT_RUNS
@@ -119,7 +122,9 @@ def compress(
     )
     if out is None:
         out = DEFAULT_RUNS / f"{arch or model.stem}-{method}-s{sparsity:g}-seed{seed}"
-    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle)
+    from vpns_deploy.progress import Reporter
+
+    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet))
     typer.echo(str(out))
 
 
@@ -128,6 +133,7 @@ def compress(
 def run_recipe_cmd(
     recipe: Annotated[Path, typer.Argument(help="A .toml recipe (see recipes/).")],
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run made with other settings.")] = False,
+    quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     """Run a recipe: pretrain (optional) -> compress -> export -> report, validated before anything runs.
 
@@ -138,7 +144,9 @@ def run_recipe_cmd(
     from pipelines.stages import run_recipe
 
     parsed = load_recipe(recipe)
-    ran = run_recipe(parsed, overwrite=overwrite)
+    from vpns_deploy.progress import Reporter
+
+    ran = run_recipe(parsed, overwrite=overwrite, reporter=Reporter(quiet=quiet))
     report_json = parsed.out / "report.json"
     if report_json.is_file():
         import json
