@@ -16,7 +16,7 @@ import dataclasses
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vpns_deploy.config import CompressConfig
@@ -62,7 +62,6 @@ class Recipe:
     pretrain: PretrainConfig | None = None
     export: ExportSection | None = None
     report: ReportSection | None = None
-    sections: tuple[str, ...] = field(default=())
 
     @property
     def out(self) -> Path:
@@ -146,10 +145,5 @@ def load_recipe(path: Path) -> Recipe:
         if not isinstance(table, dict):
             raise UserError(f"{path}: {name} must be a section", f"write [{name}]")
         built[name] = _build(SECTIONS[name], table, name, path)
-    return Recipe(source=path, sections=tuple(doc), **built)
-
-
-def recipe_settings(recipe: Recipe) -> dict:
-    """What the recipe asks for, for the manifest."""
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("source", "sections")}
+    return Recipe(source=path, **built)
 
