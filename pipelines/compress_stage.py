@@ -12,7 +12,8 @@ from vpns_deploy.atomic import atomic_torch_save
 from pipelines.checkpoint import FileCheckpoint, fingerprint
 from pipelines.run_dir import CHECKPOINT, RunDir, now, partial_path, staged_directory, versions
 from vpns_deploy.compress import compress
-from vpns_deploy.config import DEVIATIONS, CompressConfig
+from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
+from vpns_deploy.macs import count_macs, count_params
 from vpns_deploy.data import Splits, absolute_spec, load_splits
 from vpns_deploy.device import resolve_device
 from vpns_deploy.errors import UserError
@@ -22,7 +23,32 @@ from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
 
 SCHEMA = 1
-PRUNABLE_TEXT = "every Conv2d and Linear weight (stem and classifier included); BN and biases never"
+PRUNABLE_TEXT = {
+    "unstructured": "every Conv2d and Linear weight (stem and classifier included); BN and biases never",
+    "channel": "output channels of every coupled channel group found by torch-pruning (residual streams "
+               "included); the classifier's outputs never",
+    "nm": "every Conv2d and Linear weight whose layer's input channels divide by M; others stay dense",
+}
+
+
+def _structure(cfg: CompressConfig, masks, dense: torch.nn.Module, baked: torch.nn.Module,
+               example: torch.Tensor) -> dict:
+    """Mode-specific facts: MACs and parameters before/after, groups or exempt layers."""
+    kind, pattern = parse_mode(cfg.mode)
+    info: dict = {
+        "mode": cfg.mode,
+        "macs": {"dense": count_macs(dense, example), "compressed": count_macs(baked, example)},
+        "params": {"dense": count_params(dense), "compressed": count_params(baked)},
+    }
+    if kind == "channel":
+        info["groups"] = [{"root": g.root, "channels": g.size, "kept": int(masks.group_mask(i).sum())}
+                          for i, g in enumerate(masks.groups)]
+        info["speedup_target"] = cfg.speedup
+        info["macs_reduction"] = info["macs"]["dense"] / max(1, info["macs"]["compressed"])
+    if pattern is not None:
+        info["pattern"] = list(pattern)
+        info["exempt"] = [vars(e) for e in masks.exempt]
+    return info
 
 
 def prepare_inputs(
@@ -70,7 +96,7 @@ def run_compress(
     dense = copy.deepcopy(loaded.net).to(device).eval()
     dense_top1 = top1(PromptedNet(dense, loaded.inputs, None).to(device), splits.test, device, prompted=False)
     reporter.line(
-        f"{cfg.method} {cfg.sparsity:.0%} on {device}: {len(splits.train)} train / {len(splits.test)} test "
+        f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train / {len(splits.test)} test "
         f"images, dense top-1 {dense_top1:.2%}"
     )
     settings = {"config": cfg.to_dict(), "model_sha256": loaded.sha256, "arch": loaded.arch,
@@ -87,7 +113,7 @@ def run_compress(
             if checkpoint.path.exists():
                 reporter.line("interrupted; the same command resumes from the last finished epoch")
             raise
-        baked = result.masks.baked(result.model.net).eval()
+        baked = result.masks.baked(result.model.net).to(device).eval()
         shipped = PromptedNet(baked, loaded.inputs, result.model.prompt).to(device).eval()
         final = {
             "top1_plain": top1(shipped, splits.test, device, prompted=False),
@@ -111,7 +137,7 @@ def run_compress(
                      "image_shape": list(splits.train.image_shape), "train_images": len(splits.train),
                      "test_images": len(splits.test), "augment": vars(splits.augment)},
             "prompt": result.prompt_spec.to_dict() if result.prompt_spec else None,
-            "method": {"name": cfg.method, "prunable": PRUNABLE_TEXT, "stages": result.stage_plans,
+            "method": {"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]], "stages": result.stage_plans,
                        "label_mapping": "identity", "deviations": list(DEVIATIONS)},
             "device": str(device),
             "seed": cfg.seed,
@@ -120,6 +146,8 @@ def run_compress(
                 "dense_top1": dense_top1,
                 **final,
                 "sparsity": result.masks.sparsity(),
+                "structure": _structure(cfg, result.masks, dense, baked,
+                                        torch.zeros(1, *splits.train.image_shape, device=device)),
                 "prunable_weights": result.masks.total,
                 "per_layer": [vars(s) | {"sparsity": s.sparsity} for s in result.masks.stats()],
                 "epochs": [r.to_dict() for r in result.history],
@@ -127,8 +155,12 @@ def run_compress(
             "timings": {"stage_seconds": result.stage_seconds, "total_seconds": time.perf_counter() - t_start},
         })
         run.save()
+    structure = run.manifest["metrics"]["structure"]
+    macs = structure["macs"]
+    shrink = (f", MACs {macs['dense'] / 1e6:.1f}M -> {macs['compressed'] / 1e6:.1f}M "
+              f"({macs['dense'] / max(1, macs['compressed']):.2f}x)" if cfg.mode == "channel" else "")
     reporter.line(
-        f"done: sparsity {result.masks.sparsity():.2%}, top-1 {final['top1_plain']:.2%} without prompt"
+        f"done: sparsity {result.masks.sparsity():.2%}{shrink}, top-1 {final['top1_plain']:.2%} without prompt"
         + (f", {final['top1_prompted']:.2%} with" if final["top1_prompted"] is not None else "")
         + f" (dense {dense_top1:.2%}) -> {out}"
     )

@@ -48,8 +48,21 @@ def _network(run: RunDir, name: str) -> nn.Module:
         # Our own artifact, sha256-verified above; the user trusted the source with --trust-pickle.
         return torch.load(path, map_location="cpu", weights_only=False).eval()
     net = get_arch(meta["arch"]).build(int(meta["num_classes"]))
+    if name == "model.pt" and run.manifest["config"].get("mode") == "channel":
+        net = _compacted_skeleton(run, net)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
+
+
+def _compacted_skeleton(run: RunDir, net: nn.Module) -> nn.Module:
+    """The run's compacted architecture: the same channel removal replayed from masks.pt."""
+    from vpns_deploy.compaction import compact
+    from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
+
+    shortcuts_as_convs(net)
+    masks = torch.load(run.verified("masks.pt"), map_location="cpu", weights_only=True)
+    example = torch.zeros(1, *run.manifest["data"]["image_shape"])
+    return compact(net, masks, example)
 
 
 def load_run(path: Path) -> LoadedRun:

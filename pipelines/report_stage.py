@@ -22,6 +22,7 @@ from vpns_deploy.atomic import atomic_write_json, atomic_write_text
 from vpns_deploy.device import resolve_device
 from vpns_deploy.errors import UserError
 from vpns_deploy.evaluate import top1
+from vpns_deploy.macs import count_macs
 from vpns_deploy.progress import Reporter, out_console
 from vpns_deploy.prompts import Normalize
 
@@ -98,6 +99,15 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         for b in latency["compressed"]
     }
     counts = {"dense": _counts(loaded.dense), "compressed": _counts(loaded.compressed)}
+    example = torch.zeros(1, *run.manifest["data"]["image_shape"])
+    for name, net in (("dense", loaded.dense), ("compressed", loaded.compressed)):
+        counts[name]["macs"] = count_macs(net, example)
+    macs_ratio = counts["dense"]["macs"] / max(1, counts["compressed"]["macs"])
+    speed = {b: {"speedup": latency["dense"][b]["median_ms"] / latency["compressed"][b]["median_ms"]}
+             for b in latency["dense"]}
+    for b in speed:
+        # 1.0: the latency falls exactly as much as the MACs do.
+        speed[b]["efficiency"] = speed[b]["speedup"] / macs_ratio
     files = {
         name: {"bytes": run.file(name).stat().st_size, "gzip_bytes": _gz_bytes(run.file(name))}
         for name in (MODEL_ONNX, DENSE_ONNX, "model.pt", "dense.pt")
@@ -106,6 +116,9 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         "created": now(),
         "run": str(Path(run_dir)),
         "method": run.manifest["config"]["method"],
+        "mode": run.manifest["config"].get("mode", "unstructured"),
+        "macs_reduction": macs_ratio,
+        "speedup": speed,
         "sparsity_target": run.manifest["config"]["sparsity"],
         "sparsity_prunable": run.manifest["metrics"]["sparsity"],
         "ships_prompt": ships_prompt,
@@ -140,6 +153,8 @@ def _rows(r: dict) -> list[tuple[str, str, str]]:
         ("top-1 with prompt (PyTorch)", "—", _pct(a["compressed"]["pytorch_prompt"])),
         ("parameters", f"{c['dense']['params']:,}", f"{c['compressed']['params']:,}"),
         ("non-zero parameters", f"{c['dense']['nonzero']:,}", f"{c['compressed']['nonzero']:,}"),
+        ("MACs per image (conv + linear)", f"{c['dense']['macs'] / 1e6:.2f} M",
+         f"{c['compressed']['macs'] / 1e6:.2f} M ({r['macs_reduction']:.2f}x fewer)"),
         ("ONNX file (gzip)", f"{f[DENSE_ONNX]['bytes'] / 1e6:.2f} MB ({f[DENSE_ONNX]['gzip_bytes'] / 1e6:.2f})",
          f"{f[MODEL_ONNX]['bytes'] / 1e6:.2f} MB ({f[MODEL_ONNX]['gzip_bytes'] / 1e6:.2f})"),
     ]
@@ -147,13 +162,16 @@ def _rows(r: dict) -> list[tuple[str, str, str]]:
         d, m = lat["dense"][b], lat["compressed"][b]
         rows.append((f"ORT CPU latency, batch {b} (median / p90)",
                      f"{d['median_ms']:.2f} / {d['p90_ms']:.2f} ms", f"{m['median_ms']:.2f} / {m['p90_ms']:.2f} ms"))
+    for b, sp in r["speedup"].items():
+        rows.append((f"latency speedup, batch {b} (efficiency = speedup / MACs ratio)", "",
+                     f"{sp['speedup']:.2f}x ({sp['efficiency']:.2f})"))
     for b, o in r["preprocessing_overhead"].items():
         rows.append((f"folded preprocessing, batch {b}", "", f"{o['ms']:+.3f} ms ({o['fraction']:+.1%})"))
     return rows
 
 
 def _title(r: dict) -> str:
-    return (f"{r['method']} at {r['sparsity_prunable']:.1%} sparsity — ships "
+    return (f"{r['method']} {r['mode']} at {r['sparsity_prunable']:.1%} sparsity — ships "
             f"{'with' if r['ships_prompt'] else 'without'} the prompt; {r['test_images']} test images")
 
 

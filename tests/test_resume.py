@@ -10,13 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 EXE = str(Path(sys.executable).with_name("vpns-deploy"))
 
 
-def _cmd(model: Path, out: Path) -> list[str]:
-    return [EXE, "compress", str(model), "--arch", "digits_cnn", "--data", "digits", "--sparsity", "0.9",
+MODES = {"unstructured": ["--sparsity", "0.9"], "channel": ["--mode", "channel", "--sparsity", "0.5"]}
+
+
+def _cmd(model: Path, out: Path, mode: str = "unstructured") -> list[str]:
+    return [EXE, "compress", str(model), "--arch", "digits_cnn", "--data", "digits", *MODES[mode],
             "--epochs-mask", "8", "--epochs-tune", "2", "--batch-size", "64", "--device", "cpu",
             "--out", str(out)]
 
@@ -25,10 +29,10 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _kill_at_first_checkpoint(model: Path, out: Path) -> Path:
+def _kill_at_first_checkpoint(model: Path, out: Path, mode: str = "unstructured") -> Path:
     """Start compress, SIGKILL it as soon as its first epoch checkpoint exists; returns that file."""
     ckpt = out.parent / f".{out.name}.partial" / "checkpoint.pt"
-    proc = subprocess.Popen(_cmd(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    proc = subprocess.Popen(_cmd(model, out, mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -38,16 +42,17 @@ def _kill_at_first_checkpoint(model: Path, out: Path) -> Path:
     return ckpt
 
 
-def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model, mode):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_cmd(digits_model, full), check=True, capture_output=True, env=_env(), timeout=600)
+    subprocess.run(_cmd(digits_model, full, mode), check=True, capture_output=True, env=_env(), timeout=600)
 
-    ckpt = _kill_at_first_checkpoint(digits_model, cut)
+    ckpt = _kill_at_first_checkpoint(digits_model, cut, mode)
     state = torch.load(ckpt, weights_only=True)["state"]
     assert state["stage"] == "mask" and state["epoch"] < 8  # killed inside stage 1
     assert not cut.exists()  # no run directory from a killed run
 
-    resumed = subprocess.run(_cmd(digits_model, cut), capture_output=True, text=True, env=_env(), timeout=600)
+    resumed = subprocess.run(_cmd(digits_model, cut, mode), capture_output=True, text=True, env=_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after mask epoch" in resumed.stderr
     assert not ckpt.parent.exists() and not (cut / "checkpoint.pt").exists()

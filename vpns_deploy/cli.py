@@ -95,8 +95,10 @@ def compress(
     model: Annotated[Path, typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module.")],
     data: Annotated[str, typer.Option(help=DATA_HELP)],
     arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP)] = None,
-    sparsity: Annotated[float, typer.Option(help="Fraction of prunable weights removed, in (0, 1).")] = _defaults.sparsity,
+    sparsity: Annotated[float, typer.Option(help="Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable channels (channel). Unused by N:M.")] = _defaults.sparsity,
     method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = _defaults.method,
+    mode: Annotated[str, typer.Option(help="unstructured (global top-k over weights); channel (whole coupled channel groups, then physically removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor cores).")] = _defaults.mode,
+    speedup: Annotated[Optional[float], typer.Option(help="Channel mode: target MACs reduction (e.g. 2.0 halves the MACs); the channel fraction is searched at every mask update, replacing --sparsity.")] = None,
     epochs_mask: Annotated[int, typer.Option(help="Stage-1 (mask finding) epochs.")] = _defaults.epochs_mask,
     epochs_tune: Annotated[int, typer.Option(help="Stage-2 (subnetwork tuning) epochs.")] = _defaults.epochs_tune,
     batch_size: int = _defaults.batch_size,
@@ -116,12 +118,13 @@ def compress(
     from pipelines.run_dir import DEFAULT_RUNS
 
     cfg = CompressConfig(
-        method=method, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
+        method=method, mode=mode, speedup=speedup, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
         train_subset=train_subset, test_subset=test_subset,
     )
     if out is None:
-        out = DEFAULT_RUNS / f"{arch or model.stem}-{method}-s{sparsity:g}-seed{seed}"
+        mode_part = "channel-" if cfg.mode == "channel" else ""
+        out = DEFAULT_RUNS / f"{arch or model.stem}-{method}-{mode_part}{cfg.target_text}-seed{seed}"
     from vpns_deploy.progress import Reporter
 
     run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet))

@@ -11,19 +11,24 @@ from torch import nn
 from torch.optim import SGD, Adam
 from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
 
-from vpns_deploy.config import CompressConfig, default_pad
+from vpns_deploy.channels import ChannelMaskSet
+from vpns_deploy.config import CompressConfig, default_pad, parse_mode
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.masks import MaskSet
+from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
 from vpns_deploy.models.checkpoint import LoadedModel
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
 from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, run_stage, stream_generators
 
 
+Masks = MaskSet | ChannelMaskSet
+
+
 @dataclass
 class CompressResult:
     model: PromptedNet  # masked network (+ prompt), still with scores
-    masks: MaskSet
+    masks: Masks
     prompt_spec: PromptSpec | None
     history: list[EpochRecord] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -35,16 +40,28 @@ def build_prompt_spec(cfg: CompressConfig, image_shape: tuple[int, int, int]) ->
     return PromptSpec(cfg.prompt, c, (h, w), cfg.pad if cfg.pad is not None else default_pad(min(h, w)))
 
 
+def attach_masks(net: nn.Module, cfg: CompressConfig, example: torch.Tensor) -> Masks:
+    """Make net maskable for cfg.mode, in place (net must already sit on its device)."""
+    kind, pattern = parse_mode(cfg.mode)
+    if kind == "channel":
+        return ChannelMaskSet(net, example, None if cfg.speedup else cfg.sparsity, cfg.speedup,
+                              cfg.channel_min_keep, cfg.channel_round_to)
+    return MaskSet.attach(net, cfg.sparsity, pattern)
+
+
 def _weights(net: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in net.named_parameters() if not n.endswith("scores")]
+    """Trainable weights: never scores, never a frozen structural layer (ChannelCopyConv)."""
+    frozen = {id(p) for m in net.modules() if getattr(m, "frozen", False) for p in m.parameters()}
+    return [p for n, p in net.named_parameters() if not n.endswith("scores") and id(p) not in frozen]
 
 
-def _mask_stage(model: PromptedNet, masks: MaskSet, cfg: CompressConfig) -> StagePlan:
+def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> StagePlan:
     o, e = cfg.optim, cfg.epochs_mask
     for p in model.parameters():
         p.requires_grad_(False)
     masks.set_scores_trainable(True)
-    opt = Adam(masks.scores(), lr=o.lr_scores, weight_decay=o.wd_scores)
+    lr = o.lr_channel_scores if isinstance(masks, ChannelMaskSet) else o.lr_scores
+    opt = Adam(masks.scores(), lr=lr, weight_decay=o.wd_scores)
     optimizers = [(opt, CosineAnnealingLR(opt, T_max=e))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
@@ -52,15 +69,14 @@ def _mask_stage(model: PromptedNet, masks: MaskSet, cfg: CompressConfig) -> Stag
         popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
         optimizers.append((popt, MultiStepLR(popt, milestones=[int(0.5 * e), int(0.72 * e)], gamma=0.1)))
         passes = (PROMPTED, PLAIN)
-    sparsity = cfg.sparsity
     return StagePlan(
-        "mask", e, optimizers, passes, after_step=lambda: masks.update_from_scores(sparsity),
+        "mask", e, optimizers, passes, after_step=masks.update_from_scores,
         describe={"trains": "scores" + (" + prompt" if model.prompt is not None else ""),
                   "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes)},
     )
 
 
-def _tune_stage(model: PromptedNet, masks: MaskSet, cfg: CompressConfig, epochs: int) -> StagePlan:
+def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int) -> StagePlan:
     o = cfg.optim
     masks.set_scores_trainable(False)
     masks.zero_pruned_weights()
@@ -105,7 +121,7 @@ class TrainingCheckpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
-def _stage_factories(model: PromptedNet, masks: MaskSet, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
+def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
     stages: list[Callable[[], StagePlan]] = []
     if cfg.method != "magnitude":
         stages.append(lambda: _mask_stage(model, masks, cfg))
@@ -129,8 +145,11 @@ def compress(
     bit-identical to an uninterrupted run.
     """
     torch.manual_seed(cfg.seed)
+    if cfg.mode == "channel":
+        shortcuts_as_convs(loaded.net)  # option-A shortcuts as 0/1 convs, so groups come out right
     net = loaded.net.to(device, memory_format=torch.channels_last)
-    masks = MaskSet.attach(net)  # masks and scores take the weights' (channels-last) layout
+    example = torch.zeros(1, *splits.train.image_shape, device=device)
+    masks = attach_masks(net, cfg, example)  # masks and scores take the weights' (channels-last) layout
     prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if cfg.uses_prompt else None
     prompt = VisualPrompt(prompt_spec).to(device) if prompt_spec is not None else None
     model = PromptedNet(net, loaded.inputs, prompt).to(device)
@@ -139,15 +158,17 @@ def compress(
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
+        if isinstance(masks, nn.Module):
+            masks.load_state_dict(saved["masks"])
         result.history = [EpochRecord(**r) for r in saved["history"]]
         result.stage_seconds = dict(saved["stage_seconds"])
         result.stage_plans = dict(saved["stage_plans"])
         reporter.line(f"resuming after {saved['stage']} epoch {saved['epoch']} (checkpoint)")
     elif cfg.method == "magnitude":
-        masks.update_from_magnitude(cfg.sparsity)
+        masks.update_from_magnitude()
     else:
         masks.init_scores_scaled()
-        masks.update_from_scores(cfg.sparsity)
+        masks.update_from_scores()
 
     for make_plan in _stage_factories(model, masks, cfg):
         plan = make_plan()  # also sets what trains in this stage
@@ -176,6 +197,8 @@ def compress(
                 checkpoint.save({
                     "stage": plan.name, "epoch": record.epoch,
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "masks": ({k: v.detach().cpu() for k, v in masks.state_dict().items()}
+                              if isinstance(masks, nn.Module) else None),
                     "optimizers": [{"optimizer": o.state_dict(), "scheduler": sc.state_dict() if sc else None}
                                    for o, sc in plan.optimizers],
                     "generators": {n: g.get_state() for n, g in gens.items()},

@@ -8,6 +8,9 @@ Method = Literal["vpns", "hydra", "magnitude"]
 PromptKind = Literal["pad", "expand", "fix", "random"]
 
 METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude")
+# unstructured: global top-k over weights; channel: whole coupled channel groups (then compacted);
+# N:M (e.g. 2:4): N of every M consecutive weights along input channels (sparse tensor cores).
+MODES_HELP = "unstructured, channel, or N:M such as 2:4"
 PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
 
 # Paper seeds are 7, 9 and 17 (shared/docs/VPNS.md §1); the first is the default.
@@ -19,6 +22,10 @@ class OptimConfig:
     """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
 
     lr_scores: float = 1e-4  # Adam, coupled weight decay, cosine per epoch
+    # Channel scores start at their group's L1 importance over its mean (about 1), so they need a
+    # larger step than per-weight scores (about sqrt(6/fan_in)) to reorder within a short stage;
+    # the dev branch (VPNS.md §6) uses Adam 1.0 on Kaiming-initialised channel scores.
+    lr_channel_scores: float = 1e-2
     wd_scores: float = 1e-4
     lr_prompt_mask: float = 1e-4  # Adam in stage 1, multistep x0.1 at 50 % and 72 % of the stage
     wd_prompt_mask: float = 1e-4
@@ -33,7 +40,11 @@ class CompressConfig:
     """One compression run: what to prune, how, and on what budget."""
 
     method: Method = "vpns"
-    sparsity: float = 0.9
+    mode: str = "unstructured"
+    sparsity: float = 0.9  # unstructured: of weights; channel: of group channels; unused by N:M
+    speedup: float | None = None  # channel mode only: target MACs reduction, overrides sparsity
+    channel_min_keep: float = 0.1  # channel mode: every group keeps at least this fraction
+    channel_round_to: int = 8  # channel mode: kept channels per group in multiples of this
     epochs_mask: int = 30
     epochs_tune: int = 30
     batch_size: int = 256
@@ -53,6 +64,16 @@ class CompressConfig:
                 f"sparsity must lie strictly between 0 and 1, got {self.sparsity}",
                 "pass e.g. --sparsity 0.9 (90 % of prunable weights removed)",
             )
+        parse_mode(self.mode)
+        if self.speedup is not None and (self.mode != "channel" or self.speedup <= 1.0):
+            raise UserError(
+                f"--speedup {self.speedup} needs --mode channel and a value > 1",
+                "pass e.g. --mode channel --speedup 2.0 (half the MACs), or leave --speedup out",
+            )
+        if not 0.0 < self.channel_min_keep <= 1.0:
+            raise UserError(f"channel_min_keep must lie in (0, 1], got {self.channel_min_keep}", "e.g. 0.1")
+        if self.channel_round_to < 1:
+            raise UserError(f"channel_round_to must be >= 1, got {self.channel_round_to}", "e.g. 8")
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}", f"choose one of {', '.join(METHODS)}")
         if self.prompt not in PROMPT_KINDS:
@@ -74,6 +95,20 @@ class CompressConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}", "or leave it out")
 
     @property
+    def pattern(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M mode, else None."""
+        return parse_mode(self.mode)[1]
+
+    @property
+    def target_text(self) -> str:
+        """What the run aims at, for names and logs: s0.9, 2x, 2:4."""
+        if self.pattern is not None:
+            return self.mode.replace(":", "of")
+        if self.mode == "channel" and self.speedup is not None:
+            return f"x{self.speedup:g}"
+        return f"s{self.sparsity:g}"
+
+    @property
     def uses_prompt(self) -> bool:
         return self.method == "vpns"
 
@@ -89,6 +124,18 @@ class CompressConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_mode(mode: str) -> tuple[str, tuple[int, int] | None]:
+    """('unstructured'|'channel'|'nm', (N, M) or None); a one-line error for anything else."""
+    from vpns_deploy.errors import UserError
+
+    if mode in ("unstructured", "channel"):
+        return mode, None
+    n_text, sep, m_text = mode.partition(":")
+    if sep and n_text.isdigit() and m_text.isdigit() and 0 < int(n_text) < int(m_text):
+        return "nm", (int(n_text), int(m_text))
+    raise UserError(f"unknown mode {mode!r}", f"pass --mode {MODES_HELP} (N < M)")
 
 
 def default_pad(image_size: int) -> int:
@@ -107,4 +154,9 @@ DEVIATIONS: tuple[str, ...] = (
     "prompt in stage 1: Adam with multistep x0.1 at 50 %/72 % of the stage (the paper's runner)",
     "the random prompt uses its expected mask (coverage probability) at evaluation and export",
     "HYDRA uses the same score optimiser (Adam) as VPNs, so only the prompt and second pass differ",
+    "channel mode: groups of coupled channels (torch-pruning) are scored and removed together, "
+    "residual streams included; scores start at group L1 importance (Adam 1e-2); each group keeps "
+    ">= 10 % of its channels; the model is physically compacted after stage 2",
+    "N:M mode: N of every M consecutive input-channel weights per output (and kernel position) are "
+    "kept in every layer whose input channels divide by M; other layers stay dense and are listed",
 )

@@ -105,28 +105,70 @@ class LayerStats:
         return 1.0 - self.kept / self.total
 
 
-class MaskSet:
-    """The scored layers of one network and the global top-k that sets their masks."""
+def nm_exemption(module: nn.Module, m: int) -> str | None:
+    """Why a layer cannot take an N:M pattern along its input channels, or None if it can."""
+    if isinstance(module, nn.Conv2d) and module.groups > 1:
+        return "grouped/depthwise conv"
+    fan = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+    if fan % m:
+        return f"{fan} input channels, not a multiple of {m}"
+    return None
 
-    def __init__(self, layers: list[tuple[str, MaskedLayer]]) -> None:
+
+@torch.no_grad()
+def nm_select(importance: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the n largest of every m consecutive input-channel entries (per output and position)."""
+    imp = importance.detach().abs()
+    x = imp.permute(0, 2, 3, 1) if imp.dim() == 4 else imp  # input channels last
+    rows = x.reshape(-1, m)
+    keep = torch.zeros_like(rows)
+    keep.scatter_(1, torch.topk(rows, n, dim=1).indices, 1.0)
+    keep = keep.view(x.shape)
+    return keep.permute(0, 3, 1, 2) if imp.dim() == 4 else keep
+
+
+@dataclass
+class ExemptLayer:
+    name: str
+    reason: str
+    weights: int
+
+
+class MaskSet:
+    """The scored layers of one network and the rule that sets their masks.
+
+    Without a pattern: one global top-k over every layer. With an N:M pattern: per layer, N of every
+    M along input channels; layers that cannot take it stay plain (dense) and are listed in `exempt`.
+    """
+
+    def __init__(self, layers: list[tuple[str, MaskedLayer]], sparsity: float = 0.5,
+                 pattern: tuple[int, int] | None = None, exempt: list[ExemptLayer] | None = None) -> None:
         if not layers:
             raise ValueError("the model has no Conv2d or Linear layer to prune")
         self.layers = layers
+        self.sparsity_target = sparsity
+        self.pattern = pattern
+        self.exempt = exempt or []
 
     @classmethod
-    def attach(cls, net: nn.Module) -> "MaskSet":
+    def attach(cls, net: nn.Module, sparsity: float = 0.5, pattern: tuple[int, int] | None = None) -> "MaskSet":
         """Swap every Conv2d/Linear of net, in place, for its masked twin (same parameter names)."""
         targets = [(n, m) for n, m in net.named_modules() if type(m) in PRUNABLE]
+        exempt: list[ExemptLayer] = []
+        if pattern is not None:
+            reasons = {n: nm_exemption(m, pattern[1]) for n, m in targets}
+            exempt = [ExemptLayer(n, r, m.weight.numel()) for n, m in targets if (r := reasons[n])]
+            targets = [(n, m) for n, m in targets if reasons[n] is None]
         layers: list[tuple[str, MaskedLayer]] = []
         for name, module in targets:
             masked = (MaskedConv2d if isinstance(module, nn.Conv2d) else MaskedLinear).wrap(module)
             _set_submodule(net, name, masked)
             layers.append((name, masked))
-        return cls(layers)
+        return cls(layers, sparsity, pattern, exempt)
 
     @property
     def total(self) -> int:
-        return sum(m.weight.numel() for _, m in self.layers)
+        return sum(m.weight.numel() for _, m in self.layers) + sum(e.weights for e in self.exempt)
 
     def scores(self) -> list[nn.Parameter]:
         return [m.scores for _, m in self.layers]
@@ -152,11 +194,22 @@ class MaskSet:
             m.mask.copy_(chosen[offset : offset + n].view_as(m.mask))
             offset += n
 
-    def update_from_scores(self, sparsity: float) -> None:
-        self.select_global_topk(self.scores(), sparsity)
+    @torch.no_grad()
+    def select(self, importance: list[torch.Tensor], sparsity: float | None = None) -> None:
+        if sparsity is not None:
+            self.sparsity_target = sparsity
+        if self.pattern is None:
+            self.select_global_topk(importance, self.sparsity_target)
+            return
+        n, m = self.pattern
+        for (_, layer), imp in zip(self.layers, importance):
+            layer.mask.copy_(nm_select(imp, n, m))
 
-    def update_from_magnitude(self, sparsity: float) -> None:
-        self.select_global_topk([m.weight for _, m in self.layers], sparsity)
+    def update_from_scores(self, sparsity: float | None = None) -> None:
+        self.select(self.scores(), sparsity)
+
+    def update_from_magnitude(self, sparsity: float | None = None) -> None:
+        self.select([m.weight for _, m in self.layers], sparsity)
 
     def set_scores_trainable(self, flag: bool) -> None:
         for s in self.scores():
@@ -172,8 +225,10 @@ class MaskSet:
         return [LayerStats(n, m.mask.numel(), int(m.mask.sum().item())) for n, m in self.layers]
 
     def sparsity(self) -> float:
+        """Removed fraction of all prunable weights (exempt layers count as dense)."""
         st = self.stats()
-        return 1.0 - sum(s.kept for s in st) / sum(s.total for s in st)
+        dense = sum(e.weights for e in self.exempt)
+        return 1.0 - (sum(s.kept for s in st) + dense) / (sum(s.total for s in st) + dense)
 
     def masks(self) -> dict[str, torch.Tensor]:
         return {n: m.mask.detach().to("cpu", torch.bool).clone() for n, m in self.layers}

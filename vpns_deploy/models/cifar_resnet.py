@@ -17,6 +17,38 @@ class PadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
+class ChannelCopyConv(nn.Conv2d):
+    """PadShortcut as an exactly equivalent frozen 1x1 stride-2 conv (output j+pad copies input j).
+
+    torch-pruning traces PadShortcut's slice and channel pad as pass-through and merges the 16/32/64
+    streams into one group (shared/docs/TOOLCHAIN.md); as a conv the streams form correct groups and
+    channel removal slices this 0/1 matrix like any other weight. It is never trained or pruned alone.
+    """
+
+    frozen = True
+
+    def __init__(self, in_planes: int, planes: int, pad: int) -> None:
+        super().__init__(in_planes, planes, 1, stride=2, bias=False)
+        with torch.no_grad():
+            self.weight.zero_()
+            for j in range(in_planes):
+                self.weight[j + pad, j, 0, 0] = 1.0
+        self.weight.requires_grad_(False)
+
+
+def shortcuts_as_convs(net: nn.Module) -> int:
+    """Swap every PadShortcut of net for its ChannelCopyConv, in place; returns how many."""
+    swapped = 0
+    for block in net.modules():
+        if isinstance(block, BasicBlock) and isinstance(block.shortcut, PadShortcut):
+            pad = block.shortcut.pad
+            planes = block.conv2.out_channels
+            conv = ChannelCopyConv(planes - 2 * pad, planes, pad)
+            block.shortcut = conv.to(block.conv2.weight.device, block.conv2.weight.dtype)
+            swapped += 1
+    return swapped
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()

@@ -1,0 +1,221 @@
+"""Channel benchmark (issue 5): VPNs channel mode vs Torch-Pruning's own pruner at a MACs target.
+
+Cells, each from the same pretrained model, same data, augmentation, batch and weight optimiser:
+  vpns       vpns-deploy channel mode, --speedup X: E mask epochs + E tune epochs (two passes each)
+  hydra      the same without the prompt (one pass): 2E + 2E epochs (equal optimiser steps)
+  magnitude  our L1 channel baseline: 4E tune epochs (equal optimiser steps)
+  tp         Torch-Pruning's recipe: BasePruner + GroupMagnitudeImportance(p=2) (group norm), global,
+             iterative steps until MACs <= dense / X, round_to as ours; then 2E fine-tune epochs
+             (the same fine-tune optimiser steps as VPNs' stage 2)
+  tp_steps   the same with 4E fine-tune epochs (the same total optimiser steps as VPNs)
+
+Phase `train` (resumable: finished cells are kept in the JSON) writes each cell's ONNX with ORT
+parity checked; phase `latency` times every ONNX with ONNX Runtime on the CPU. Run `latency` on an
+idle machine: it is the only timed part.
+
+    python -m bench.channel --model ../shared/models/cifar10/resnet56-4bfd9763.th --arch cifar_resnet56 \\
+        --data tar:../shared/data/cifar10-jpeg.tar.gz --speedup 2 --epochs 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch.optim import SGD
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from calibration.feeds import nhwc_uint8
+from calibration.latency import measure_latency
+from calibration.parity import check_parity, require_parity
+from calibration.session import cpu_session, cpu_threads
+from export.deploy_graph import DeployGraph
+from export.onnx_export import export_onnx
+from pipelines.compress_stage import prepare_inputs, run_compress
+from pipelines.export_stage import run_export
+from pipelines.run_dir import RunDir, now, versions
+from vpns_deploy.atomic import atomic_write_json
+from vpns_deploy.channels import head_layers
+from vpns_deploy.compress import _weights
+from vpns_deploy.config import CompressConfig
+from vpns_deploy.device import resolve_device
+from vpns_deploy.evaluate import top1
+from vpns_deploy.macs import count_macs, count_params
+from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import PromptedNet
+from vpns_deploy.trainer import PLAIN, StagePlan, run_stage
+
+CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--cells", default=",".join(CELLS))
+    p.add_argument("--speedup", type=float, default=2.0)
+    p.add_argument("--epochs", type=int, default=1, help="VPNs epochs per stage (E)")
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--phase", choices=("train", "latency", "all"), default="all")
+    p.add_argument("--out", type=Path, default=Path("bench/results/channel.json"))
+    p.add_argument("--runs", type=Path, default=Path("bench/runs/channel"))
+    return p.parse_args(argv)
+
+
+def _cfg(args: argparse.Namespace, method: str = "vpns", mask: int = 0, tune: int = 0) -> CompressConfig:
+    return CompressConfig(method=method, mode="channel", speedup=args.speedup, epochs_mask=mask, epochs_tune=tune,
+                          batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset,
+                          test_subset=args.test_subset, channel_round_to=args.round_to)
+
+
+def budget(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("arch", "speedup", "epochs", "round_to", "batch_size", "seed",
+                                          "train_subset", "test_subset")}
+
+
+def _ours(args: argparse.Namespace, cell: str) -> dict:
+    e = args.epochs
+    cfg = {"vpns": _cfg(args, "vpns", e, e), "hydra": _cfg(args, "hydra", 2 * e, 2 * e),
+           "magnitude": _cfg(args, "magnitude", 0, 4 * e)}[cell]
+    out = args.runs / cell
+    run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=Reporter())
+    run_export(out, reporter=Reporter())
+    m = RunDir.open(out).manifest
+    s = m["metrics"]["structure"]
+    hist = m["metrics"]["epochs"]
+    return {"top1": m["metrics"]["top1_prompted"] if cell == "vpns" else m["metrics"]["top1_plain"],
+            "top1_plain": m["metrics"]["top1_plain"], "macs": s["macs"]["compressed"],
+            "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
+            "optimizer_steps": sum(h["optimizer_steps"] for h in hist),
+            "train_seconds": sum(h["train_seconds"] for h in hist),
+            "onnx": str(out / "model.onnx"), "dense_onnx": str(out / "dense.onnx")}
+
+
+def _tp(args: argparse.Namespace, epochs: int) -> dict:
+    """Torch-Pruning's documented one-shot recipe, then plain fine-tuning with our loop and optimiser."""
+    cfg = _cfg(args, "magnitude")  # only its data subset, seed and optimiser settings are used
+    device = resolve_device("auto")
+    loaded, splits = prepare_inputs(args.model, args.arch, args.data, cfg)
+    example = torch.zeros(1, *splits.train.image_shape)
+    net = loaded.net.eval()
+    dense_macs, dense_params = count_macs(net, example), count_params(net)
+    shortcuts_as_convs(net)  # the same fix as ours: option-A shortcuts as 0/1 convs
+    pruner = tp.pruner.BasePruner(
+        net, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+        pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400, ignored_layers=head_layers(net),
+        round_to=args.round_to,
+    )
+    t0 = time.perf_counter()
+    steps = 0
+    while count_macs(net, example) > dense_macs / args.speedup and steps < 400:
+        pruner.step()
+        steps += 1
+    prune_seconds = time.perf_counter() - t0
+    torch.manual_seed(args.seed)
+    net = net.to(device, memory_format=torch.channels_last)
+    model = PromptedNet(net, loaded.inputs, None).to(device)
+    o = cfg.optim
+    opt = SGD(_weights(net), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
+    plan = StagePlan("finetune", epochs, [(opt, CosineAnnealingLR(opt, T_max=epochs))], (PLAIN,))
+    hist = run_stage(model, plan, splits, args.batch_size, device, args.seed, Reporter())
+    net = net.cpu().eval()
+    out = args.runs / f"tp-{epochs}ep"
+    out.mkdir(parents=True, exist_ok=True)
+    reference = PromptedNet(net, loaded.inputs, None)
+    verify = lambda tmp: require_parity(check_parity(tmp, reference, splits.test, prompted=False), "tp")  # noqa: E731
+    sample = torch.from_numpy(nhwc_uint8(splits.test, 0, 2))
+    export_onnx(DeployGraph(net, loaded.inputs, None), sample, out / "model.onnx", verify=verify)
+    return {"top1": top1(reference, splits.test, torch.device("cpu"), prompted=False),
+            "macs": count_macs(net, example), "dense_macs": dense_macs, "params": count_params(net),
+            "dense_params": dense_params, "pruner_steps": steps, "prune_seconds": prune_seconds,
+            "optimizer_steps": sum(h.optimizer_steps for h in hist),
+            "train_seconds": sum(h.train_seconds for h in hist), "onnx": str(out / "model.onnx")}
+
+
+def run_cell(args: argparse.Namespace, cell: str) -> dict:
+    t0 = time.perf_counter()
+    result = _tp(args, {"tp": 2, "tp_steps": 4}[cell] * args.epochs) if cell.startswith("tp") else _ours(args, cell)
+    result["wall_seconds"] = time.perf_counter() - t0
+    result["macs_reduction"] = result["dense_macs"] / result["macs"]
+    return result
+
+
+def measure(results: dict, data: str) -> None:
+    """ORT CPU latency (median, p90) of every cell's graph and the dense one, batch 1 and 64."""
+    from vpns_deploy.data import load_splits
+
+    test = load_splits(data).test
+    sample = nhwc_uint8(test, 0, 64)
+    threads = cpu_threads()
+    dense_onnx = next(c["dense_onnx"] for c in results["cells"].values() if "dense_onnx" in c)
+    lat = {}
+    for name, path in [("dense", dense_onnx)] + [(k, c["onnx"]) for k, c in results["cells"].items()]:
+        session = cpu_session(Path(path), threads)
+        lat[name] = {str(b): measure_latency(session, np.ascontiguousarray(sample[:b]), runs=100).to_dict()
+                     for b in (1, 64)}
+    for name, cell in results["cells"].items():
+        cell["latency_ms"] = lat[name]
+        cell["speedup"] = {b: lat["dense"][b]["median_ms"] / lat[name][b]["median_ms"] for b in lat[name]}
+        cell["efficiency"] = {b: s / cell["macs_reduction"] for b, s in cell["speedup"].items()}
+    results["dense_latency_ms"] = lat["dense"]
+    results["latency_measured"] = {"at": now(), "threads": threads, "runs": 100}
+
+
+def table(results: dict) -> str:
+    rows = ["| cell | top-1 | params | MACs (M) | MACs ratio | ORT b1 ms (p90) | ORT b64 ms (p90) | eff. b1 | eff. b64 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    d = results.get("dense_latency_ms")
+    if d:
+        rows.append(f"| dense | {results.get('dense_top1', float('nan')):.2%} | | | 1.00 | "
+                    f"{d['1']['median_ms']:.2f} ({d['1']['p90_ms']:.2f}) | {d['64']['median_ms']:.1f} "
+                    f"({d['64']['p90_ms']:.1f}) | | |")
+    for name, c in results["cells"].items():
+        lat = c.get("latency_ms")
+        lat_txt = (f"{lat['1']['median_ms']:.2f} ({lat['1']['p90_ms']:.2f}) | {lat['64']['median_ms']:.1f} "
+                   f"({lat['64']['p90_ms']:.1f}) | {c['efficiency']['1']:.2f} | {c['efficiency']['64']:.2f}"
+                   if lat else "not measured | | |")
+        rows.append(f"| {name} | {c['top1']:.2%} | {c['params']:,} | {c['macs'] / 1e6:.2f} | "
+                    f"{c['macs_reduction']:.2f} | {lat_txt} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if results.get("budget") != budget(args):
+        results = {"budget": budget(args), "cells": {}}
+    results["command"] = "python -m bench.channel " + shlex.join(sys.argv[1:] if argv is None else argv)
+    results["machine"] = {**versions(), "threads": torch.get_num_threads()}
+    if args.phase in ("train", "all"):
+        for cell in [c for c in CELLS if c in args.cells.split(",")]:
+            if cell in results["cells"]:
+                print(f"{cell}: done earlier, skipped", file=sys.stderr)
+                continue
+            print(f"== {cell}", file=sys.stderr)
+            results["cells"][cell] = run_cell(args, cell)
+            results["updated"] = now()
+            atomic_write_json(args.out, results)
+        vpns_run = args.runs / "vpns"
+        if vpns_run.exists():
+            results["dense_top1"] = RunDir.open(vpns_run).manifest["metrics"]["dense_top1"]
+    if args.phase in ("latency", "all"):
+        measure(results, args.data)
+    atomic_write_json(args.out, results)
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Channel mode: coupled groups, masks that equal removal, physical compaction, MACs, --speedup."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vpns_deploy.channels import ChannelMaskSet
+from vpns_deploy.compaction import compact
+from vpns_deploy.macs import count_macs, layer_costs
+from vpns_deploy.models.cifar_resnet import ChannelCopyConv, CifarResNet, PadShortcut, shortcuts_as_convs
+
+
+def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine, so a wrongly kept or dropped channel shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+def _masked_vs_compacted(net: nn.Module, images: torch.Tensor, **kw) -> tuple[ChannelMaskSet, nn.Module, float]:
+    net.eval()
+    masks = ChannelMaskSet(net, images[:1], **kw)
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    with torch.no_grad():
+        masked = net(images)
+    small = masks.baked(net).eval()
+    with torch.no_grad():
+        diff = (small(images) - masked).abs().max().item()
+    return masks, small, diff
+
+
+def test_channel_copy_conv_equals_the_pad_shortcut():
+    x = torch.randn(3, 16, 8, 8)
+    pad = PadShortcut(32)
+    conv = ChannelCopyConv(16, 32, pad.pad)
+    assert torch.equal(conv(x), pad(x))
+    assert not conv.weight.requires_grad
+
+
+def test_resnet20_groups_cover_the_residual_streams_separately():
+    net = CifarResNet(20)
+    assert shortcuts_as_convs(net) == 2
+    masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32))
+    sizes = sorted(g.size for g in masks.groups)
+    # 9 block-internal groups (16/32/64) + 3 streams, one per stage (not merged into one group).
+    assert sizes == [16, 16, 16, 16, 32, 32, 32, 32, 64, 64, 64, 64]
+    stream = next(g for g in masks.groups if g.root == "conv1")
+    members = {m.name for m in stream.members}
+    assert {"bn1", "layer1.0.bn2", "layer1.2.conv2", "layer2.0.shortcut", "layer2.0.conv1"} <= members
+    assert not any(n.startswith("layer2.1") for n in members)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compaction_equals_masking_on_resnet20_random_weights(seed):
+    torch.manual_seed(seed)
+    net = CifarResNet(20)
+    _randomise_bn(net, seed)
+    shortcuts_as_convs(net)
+    images = torch.rand(16, 3, 32, 32) * 4 - 2
+    masks, small, diff = _masked_vs_compacted(net, images, sparsity=0.5)
+    assert diff <= 1e-4
+    # The residual streams really shrank, and the result holds plain layers only.
+    assert small.conv1.out_channels < 16 and small.linear.in_features < 64
+    assert small.linear.out_features == 10
+    assert not any(hasattr(m, "scores") or hasattr(m, "mask") for m in small.modules())
+    assert not any(m._forward_hooks for m in small.modules())
+
+
+def test_compaction_equals_masking_on_pretrained_resnet20(resnet20_path, cifar_splits):
+    from vpns_deploy.models import load_model
+    from vpns_deploy.prompts import PromptedNet
+
+    loaded = load_model(resnet20_path, "cifar_resnet20", 10)
+    net = loaded.net
+    shortcuts_as_convs(net)
+    x = cifar_splits.test.images[:32].float() / 255  # real test images in [0, 1]
+    normalised = PromptedNet(nn.Identity(), loaded.inputs, None)(x)
+    masks, small, diff = _masked_vs_compacted(net, normalised, speedup=2.0)
+    assert diff <= 1e-4
+    assert masks.sparsity() > 0.1
+
+
+def test_compaction_equals_masking_on_torchvision_resnet18():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10)
+    _randomise_bn(net)
+    images = torch.randn(4, 3, 64, 64)
+    masks, small, diff = _masked_vs_compacted(net, images, sparsity=0.4)
+    assert diff <= 1e-4
+    assert small.conv1.out_channels < 64 and small.fc.out_features == 10
+    assert count_macs(small, images) < count_macs(net, images) * 0.8
+
+
+def test_mac_count_matches_a_hand_count():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    x = torch.zeros(1, 3, 32, 32)
+    hand = 8 * 3 * 9 * 32 * 32 + 16 * 8 * 9 * 16 * 16 + 16 * 1 * 9 * 16 * 16 + 16 * 10
+    assert count_macs(net, x) == hand
+    assert len(layer_costs(net, x)) == 4
+
+
+def test_mask_mac_estimate_equals_the_compacted_count():
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    x = torch.randn(2, 3, 32, 32)
+    masks = ChannelMaskSet(net, x, sparsity=0.6, round_to=1)
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    assert masks.macs() == count_macs(masks.baked(net), x)
+
+
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_speedup_reaches_the_requested_mac_reduction(target):
+    torch.manual_seed(0)
+    net = CifarResNet(56)
+    x = torch.zeros(1, 3, 32, 32)
+    dense_macs = count_macs(net, x)  # the user's network, option-A shortcuts (0 MACs)
+    shortcuts_as_convs(net)
+    masks = ChannelMaskSet(net, x, sparsity=None, speedup=target)
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    achieved = dense_macs / count_macs(masks.baked(net), x)
+    assert achieved == pytest.approx(target, rel=0.03)
+    assert achieved >= target * 0.999  # never short of the target by more than rounding
+
+
+def test_every_group_keeps_a_rounded_floor():
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.95, round_to=8)
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    for i, g in enumerate(masks.groups):
+        kept = int(masks.group_mask(i).sum())
+        assert kept >= 8 and kept % 8 == 0, (g.root, kept)
+
+
+def test_straight_through_gradient_reaches_channel_scores():
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.5)
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    masks.set_scores_trainable(True)
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    grads = [s.grad for s in masks.scores()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_channel_run_compacts_exports_and_reports(tmp_path, digits_model):
+    """compress --mode channel --speedup on real digits: smaller model on disk, ORT parity, efficiency."""
+    import json
+
+    from pipelines.compress_stage import run_compress
+    from pipelines.export_stage import run_export
+    from pipelines.load_run import load_run
+    from pipelines.report_stage import run_report
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.progress import Reporter
+
+    out = tmp_path / "digits-channel"
+    cfg = CompressConfig(mode="channel", speedup=1.5, epochs_mask=1, epochs_tune=1, batch_size=64,
+                         channel_round_to=4)
+    run_compress(digits_model, "digits_cnn", "digits", cfg, out, reporter=Reporter(quiet=True))
+    manifest = json.loads((out / "manifest.json").read_text())
+    structure = manifest["metrics"]["structure"]
+    assert structure["macs_reduction"] == pytest.approx(1.5, rel=0.03)
+    loaded = load_run(out)  # rebuilt from masks.pt + the compacted state dict, no masking code
+    assert sum(p.numel() for p in loaded.compressed.parameters()) == structure["params"]["compressed"]
+    assert structure["params"]["compressed"] < structure["params"]["dense"]
+    export = run_export(out, reporter=Reporter(quiet=True))
+    assert export["graphs"]["model.onnx"]["prompt_folded"]
+    assert export["graphs"]["model.onnx"]["parity"]["max_abs_diff"] <= 1e-3
+    report = run_report(out, reporter=Reporter(quiet=True), print_table=False)
+    assert report["macs_reduction"] == pytest.approx(structure["macs_reduction"], rel=0.02)
+    assert set(report["speedup"]) == {"1", "64"}
+    assert all(v["efficiency"] > 0 for v in report["speedup"].values())
+    assert "MACs per image" in (out / "report.md").read_text()

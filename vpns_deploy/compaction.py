@@ -1,0 +1,47 @@
+"""Physical channel removal: the masked network becomes a smaller plain network, same outputs.
+
+torch-pruning does the surgery (every coupled layer of a group shrinks together); this module only
+turns group masks into its pruning calls. The result holds ordinary nn.Conv2d / BatchNorm2d /
+nn.Linear layers of the new widths, so it loads and exports without any masking code.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from vpns_deploy.channels import head_layers
+
+
+def _without_hooks(net: nn.Module) -> nn.Module:
+    out = copy.deepcopy(net)
+    for m in out.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return out
+
+
+def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
+    """A copy of net with every channel whose group mask is False removed.
+
+    `group_masks` maps each group's root layer name to its keep mask (ChannelMaskSet.masks()).
+    Runs with autograd on: torch-pruning traces the graph through it.
+    """
+    out = _without_hooks(net).cpu().eval()
+    dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
+    heads = set(head_layers(out))
+    for root_name, keep in group_masks.items():
+        module = out.get_submodule(root_name)
+        if module in heads:
+            raise ValueError(f"{root_name} is the classifier; its outputs cannot be pruned")
+        removed = torch.nonzero(~keep.bool()).flatten().tolist()
+        if not removed:
+            continue
+        if len(removed) == keep.numel():
+            raise ValueError(f"the mask of group {root_name} removes every channel")
+        pruner = dg.get_pruner_of_module(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, idxs=removed)
+        group.prune()
+    return out
