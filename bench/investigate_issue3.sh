@@ -10,5 +10,6 @@ common=(--model ../shared/models/cifar10/resnet20-12fca82f.th --arch cifar_resne
         --runs bench/runs/investigate)
 PY=${PY:-.venv/bin/python}
 mkdir -p bench/results/investigate
+# pad4 done first (bench/results/investigate/pad4.json)
 $PY -m bench.accuracy "${common[@]}" --methods vpns --epochs 1 --pad 4 --out bench/results/investigate/pad4.json
 $PY -m bench.accuracy "${common[@]}" --methods hydra,vpns --epochs 3 --out bench/results/investigate/long3.json

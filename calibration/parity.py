@@ -58,3 +58,28 @@ def require_parity(parity: Parity, what: str) -> None:
             f"{parity.atol:g} + {parity.rtol:g}*|logit|, top-1 agreement {parity.top1_agreement:.2%})",
             "the exported graph is wrong; report the model as an issue and do not ship this file",
         )
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A lower-precision graph against its fp32 source, both in ONNX Runtime on the same images."""
+
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_graphs(reference: Path, candidate: Path, data: ImageSet, images: int = 1000,
+                   batch_size: int = 64) -> Agreement:
+    subset = ImageSet(data.images[:images], data.labels[:images], data.classes)
+    ref_s, cand_s = cpu_session(reference), cpu_session(candidate)
+    worst, agree, n = 0.0, 0, 0
+    for batch, _ in nhwc_batches(subset, batch_size):
+        a, b = run(ref_s, batch), run(cand_s, batch).astype(np.float32)
+        worst = max(worst, float(np.abs(a - b).max()))
+        agree += int((a.argmax(1) == b.argmax(1)).sum())
+        n += len(batch)
+    return Agreement(n, worst, agree / max(n, 1))

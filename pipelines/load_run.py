@@ -28,6 +28,10 @@ class LoadedRun:
     def dense_model(self) -> PromptedNet:
         return PromptedNet(self.dense, self.inputs, None).eval()
 
+    def train_split(self, data_spec: str | None = None) -> ImageSet:
+        """The run's training images (INT8 calibration draws from these, never from the test split)."""
+        return load_splits(data_spec or self.run.manifest["data"]["spec"]).train
+
     def test_split(self, data_spec: str | None = None) -> ImageSet:
         """The test images the run was measured on (same subset), from its data or an override."""
         m = self.run.manifest

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -15,6 +16,8 @@ from calibration.feeds import nhwc_uint8
 from calibration.latency import measure_latency
 from calibration.session import cpu_session, cpu_threads
 from export.onnx_export import export_onnx
+from export.precision import precision_path
+from export.tensorrt_engine import ort_gpu_providers
 from pipelines.export_stage import DENSE_ONNX, MODEL_ONNX
 from pipelines.load_run import load_run
 from pipelines.run_dir import now, versions
@@ -98,6 +101,8 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
             "fraction": 1 - latency["network_only"][b]["median_ms"] / latency["compressed"][b]["median_ms"]}
         for b in latency["compressed"]
     }
+    precision = _precisions(run, test, sample, threads, reporter)
+    tensorrt = _tensorrt(run, test, sample, reporter)
     counts = {"dense": _counts(loaded.dense), "compressed": _counts(loaded.compressed)}
     example = torch.zeros(1, *run.manifest["data"]["image_shape"])
     for name, net in (("dense", loaded.dense), ("compressed", loaded.compressed)):
@@ -128,6 +133,8 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         "files": files,
         "latency_ms": latency,
         "preprocessing_overhead": overhead,
+        "precision": precision,
+        "tensorrt": tensorrt,
         "machine": {"threads": threads, "provider": "CPUExecutionProvider", **versions()},
     }
     atomic_write_json(run.file("report.json"), report)
@@ -138,6 +145,40 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
     if print_table:
         out_console.print(render_table(report))
     return report
+
+
+def _precisions(run, test, sample: np.ndarray, threads: int, reporter: Reporter) -> dict:
+    """fp16 / int8 graphs written by export: ONNX Runtime CPU top-1 and latency, dense and compressed."""
+    out = {}
+    for precision in [p for p in run.manifest["export"].get("precisions", ["fp32"]) if p != "fp32"]:
+        reporter.line(f"measuring the {precision} graphs (top-1 on {len(test)} images, latency)")
+        out[precision] = {}
+        for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX)):
+            path = run.verified(precision_path(run.file(name), precision).name)
+            session = cpu_session(path, threads)
+            out[precision][kind] = {"onnxruntime": ort_top1(session, test),
+                                    "latency_ms": _latencies(path, sample, threads)}
+    return out
+
+
+def _tensorrt(run, test, sample: np.ndarray, reporter: Reporter) -> dict:
+    """Engine top-1 and latency (CUDA events) where export built engines and a GPU is here."""
+    built = (run.manifest["export"].get("tensorrt") or {})
+    providers = ort_gpu_providers(run.file(MODEL_ONNX))
+    if not built.get("built"):
+        reason = built.get("reason") or "export ran without --trt"
+        return {"measured": False, "reason": reason, "ort_providers": providers}
+    from export.tensorrt_engine import EngineRunner, engine_top1
+
+    engines = {}
+    for precision, info in built["engines"].items():
+        reporter.line(f"measuring TensorRT {precision} engine")
+        runner = EngineRunner(run.verified(Path(info["path"]).name))
+        engines[precision] = {"top1": engine_top1(runner, test),
+                              "latency_ms": {str(b): runner.latency(np.ascontiguousarray(sample[:b]))
+                                             for b in LATENCY_BATCHES},
+                              "sparse_layers": info["sparse_layers"]}
+    return {"measured": True, "engines": engines, "ort_providers": providers}
 
 
 def _pct(x: float | None) -> str:
@@ -162,6 +203,22 @@ def _rows(r: dict) -> list[tuple[str, str, str]]:
         d, m = lat["dense"][b], lat["compressed"][b]
         rows.append((f"ORT CPU latency, batch {b} (median / p90)",
                      f"{d['median_ms']:.2f} / {d['p90_ms']:.2f} ms", f"{m['median_ms']:.2f} / {m['p90_ms']:.2f} ms"))
+    for precision, kinds in r.get("precision", {}).items():
+        d, m = kinds["dense"], kinds["compressed"]
+        rows.append((f"top-1, ONNX Runtime {precision}", _pct(d["onnxruntime"]), _pct(m["onnxruntime"])))
+        for b in d["latency_ms"]:
+            dl, ml = d["latency_ms"][b], m["latency_ms"][b]
+            rows.append((f"ORT CPU latency {precision}, batch {b} (median / p90)",
+                         f"{dl['median_ms']:.2f} / {dl['p90_ms']:.2f} ms", f"{ml['median_ms']:.2f} / {ml['p90_ms']:.2f} ms"))
+    trt_info = r.get("tensorrt") or {}
+    if trt_info.get("measured"):
+        for precision, e in trt_info["engines"].items():
+            rows.append((f"TensorRT {precision} top-1", "", _pct(e["top1"])))
+            for b, lat in e["latency_ms"].items():
+                rows.append((f"TensorRT {precision} latency, batch {b} (median / p90)", "",
+                             f"{lat['median_ms']:.3f} / {lat['p90_ms']:.3f} ms"))
+    elif trt_info:
+        rows.append(("TensorRT", "not measured", trt_info["reason"]))
     for b, sp in r["speedup"].items():
         rows.append((f"latency speedup, batch {b} (efficiency = speedup / MACs ratio)", "",
                      f"{sp['speedup']:.2f}x ({sp['efficiency']:.2f})"))
@@ -181,7 +238,7 @@ def render_table(r: dict) -> Table:
     table.add_column("dense", justify="right")
     table.add_column("compressed", justify="right")
     for row in _rows(r):
-        table.add_row(*row)
+        table.add_row(*(escape(c) for c in row))
     return table
 
 

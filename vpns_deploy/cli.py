@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpns_deploy.config import DEVIATIONS, METHODS, PROMPT_KINDS, CompressConfig
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, CompressConfig
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import BUILTIN
@@ -175,16 +175,24 @@ def _run_dir(run_dir: Optional[Path]) -> Path:
 def export(
     run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
     prompt: Annotated[bool, typer.Option("--prompt/--no-prompt", help="Fold the learned prompt into the graph (default) or ship the network without it.")] = True,
-    data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity images).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity and calibration images).")] = None,
+    precision: Annotated[str, typer.Option(help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")] = "fp32",
+    calib_images: Annotated[int, typer.Option(help="INT8: class-balanced training images fed through the whole deployed graph to calibrate its scales.")] = DEFAULT_CALIB_IMAGES,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (strongly typed; SPARSE_WEIGHTS for N:M runs; dynamic batch 1..256, opt 64; timing cache kept in the run). Without a GPU or TensorRT: one line saying which is missing, exit 0.")] = False,
+    require_trt: Annotated[bool, typer.Option("--require-trt", help="Make a missing GPU/TensorRT an error (exit 2) instead of a note.")] = False,
 ) -> None:
     """Write model.onnx (uint8 NHWC in, prompt folded into the preprocessing) and dense.onnx.
 
     Each graph passes onnx's checker and strict shape inference, then ONNX Runtime must reproduce the
-    PyTorch logits on real test images; a graph that fails is never written.
+    PyTorch logits on real test images; a graph that fails is never written. fp16/int8 siblings
+    (model.fp16.onnx, model.int8.onnx, ...) are compared with fp32 on test images; for N:M runs the
+    pattern is read back from the shipped fp32 and int8 weights.
     """
     from pipelines.export_stage import run_export
 
-    run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data)
+    precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
+    run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data, precisions=precisions,
+               calib_images=calib_images, trt=trt or require_trt, require_trt=require_trt)
 
 
 @app.command()

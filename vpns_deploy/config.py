@@ -13,6 +13,9 @@ METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude")
 MODES_HELP = "unstructured, channel, or N:M such as 2:4"
 PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
 
+# INT8 calibration: class-balanced training images run through the whole deployed graph.
+DEFAULT_CALIB_IMAGES = 512
+
 # Paper seeds are 7, 9 and 17 (shared/docs/VPNS.md §1); the first is the default.
 DEFAULT_SEED = 7
 

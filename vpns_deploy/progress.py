@@ -54,7 +54,7 @@ class Reporter:
             self.progress.remove_task(task_id)
 
     def line(self, text: str) -> None:
-        self.console.print(text, highlight=False, soft_wrap=True)
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)  # "[trt]" is text, not a style
 
 
 class TaskHandle:
