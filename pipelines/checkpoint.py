@@ -18,9 +18,12 @@ def fingerprint(settings: dict) -> str:
 
 
 class FileCheckpoint:
-    def __init__(self, path: Path, fingerprint: str) -> None:
+    """`invocation` is what `compress --resume RUN_DIR` needs to call the same run again."""
+
+    def __init__(self, path: Path, fingerprint: str, invocation: dict | None = None) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.invocation = invocation or {}
 
     def _read(self) -> dict | None:
         if not self.path.is_file():
@@ -35,7 +38,7 @@ class FileCheckpoint:
         return None if state is None else state["state"]
 
     def save(self, state: dict) -> None:
-        atomic_torch_save(self.path, {"fingerprint": self.fingerprint, "state": state})
+        atomic_torch_save(self.path, {"fingerprint": self.fingerprint, "invocation": self.invocation, "state": state})
 
     def claim(self, overwrite: bool) -> bool:
         """Check an existing partial run before starting; True when there is a checkpoint to resume."""
@@ -53,3 +56,12 @@ class FileCheckpoint:
             f"{partial} holds an unfinished run with different settings",
             "re-run with the same settings to resume it, or pass --overwrite to discard it",
         )
+
+
+def read_invocation(path: Path) -> dict | None:
+    """The settings an unfinished run was started with (None: no readable checkpoint there)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # missing, torn or foreign
+        return None
+    return saved.get("invocation") or None

@@ -101,7 +101,9 @@ def run_compress(
     )
     settings = {"config": cfg.to_dict(), "model_sha256": loaded.sha256, "arch": loaded.arch,
                 "data": splits.fingerprint, "train": len(splits.train), "test": len(splits.test)}
-    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings))
+    invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
+                  "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle}
+    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings), invocation)
     if partial_path(out).exists() and checkpoint.claim(overwrite):
         reporter.line(f"found an unfinished run with the same settings in {partial_path(out)}")
     with staged_directory(out, overwrite) as tmp:
@@ -165,3 +167,25 @@ def run_compress(
         + f" (dense {dense_top1:.2%}) -> {out}"
     )
     return Path(out)
+
+
+def resume_compress(run_dir: Path, reporter: Reporter | None = None) -> Path:
+    """Continue an interrupted compress from its last finished epoch, with the settings it began with."""
+    from pipelines.checkpoint import read_invocation
+    from pipelines.run_dir import MANIFEST
+    from vpns_deploy.config import OptimConfig
+
+    run_dir = Path(run_dir)
+    if run_dir.name.startswith(".") and run_dir.name.endswith(".partial"):  # the hidden directory itself
+        run_dir = run_dir.parent / run_dir.name[1 : -len(".partial")]
+    inv = read_invocation(partial_path(run_dir) / CHECKPOINT)
+    if inv is None:
+        if (run_dir / MANIFEST).is_file():
+            (reporter or Reporter()).line(f"{run_dir} is complete: nothing to resume")
+            return run_dir
+        raise UserError(f"no unfinished run at {run_dir} (no {partial_path(run_dir) / CHECKPOINT})",
+                        "pass the --out directory of the interrupted compress, or start a new run")
+    cfg_dict = dict(inv["config"])
+    cfg = CompressConfig(**{**cfg_dict, "optim": OptimConfig(**cfg_dict["optim"])})
+    return run_compress(Path(inv["model_path"]), inv["arch"], inv["data_spec"], cfg, run_dir,
+                        num_classes=inv["num_classes"], trust_pickle=inv["trust_pickle"], reporter=reporter)

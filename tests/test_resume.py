@@ -52,7 +52,9 @@ def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_m
     assert state["stage"] == "mask" and state["epoch"] < 8  # killed inside stage 1
     assert not cut.exists()  # no run directory from a killed run
 
-    resumed = subprocess.run(_cmd(digits_model, cut, mode), capture_output=True, text=True, env=_env(), timeout=600)
+    # Both ways in: `--resume RUN_DIR` (settings read from the checkpoint) and the same command again.
+    again = [EXE, "compress", "--resume", str(cut)] if mode == "unstructured" else _cmd(digits_model, cut, mode)
+    resumed = subprocess.run(again, capture_output=True, text=True, env=_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after mask epoch" in resumed.stderr
     assert not ckpt.parent.exists() and not (cut / "checkpoint.pt").exists()

@@ -87,13 +87,17 @@ def train(
     "[bold]hydra[/]: the same without prompt, one step per batch. [bold]magnitude[/]: global |W| top-k, "
     "then fine-tuning for epochs-mask + epochs-tune epochs. VPNs steps twice per batch, so give the "
     "baselines twice the epochs for an equal number of optimiser steps.\n\n"
-    "Prunable: every Conv2d and Linear weight, stem and classifier included; BN and biases never.\n\n"
+    "Prunable (--mode unstructured): every Conv2d and Linear weight, stem and classifier included; BN and "
+    "biases never. --mode channel: one score per channel of every coupled group (torch-pruning's dependency "
+    "graph; residual streams included, classifier outputs never); the result is physically smaller. "
+    "--mode 2:4 (N:M): N of every M input-channel weights in each layer whose input channels divide by M; "
+    "the rest stay dense and are listed in the manifest.\n\n"
     "Deviations from the reference code: " + "; ".join(DEVIATIONS) + ".",
 )
 @friendly
 def compress(
-    model: Annotated[Path, typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module.")],
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module. Leave out with --resume.")] = None,
+    data: Annotated[Optional[str], typer.Option(help=DATA_HELP + " Required unless --resume.")] = None,
     arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP)] = None,
     sparsity: Annotated[float, typer.Option(help="Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable channels (channel). Unused by N:M.")] = _defaults.sparsity,
     method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = _defaults.method,
@@ -112,11 +116,24 @@ def compress(
     trust_pickle: Annotated[bool, typer.Option(help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory (only once the new run is complete).")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it was started with. Re-running the same command does the same.")] = None,
     quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     from pipelines.compress_stage import run_compress
     from pipelines.run_dir import DEFAULT_RUNS
+    from vpns_deploy.progress import Reporter
 
+    if resume is not None:
+        if model is not None:
+            raise UserError("pass either MODEL or --resume RUN_DIR, not both",
+                            "--resume continues with the settings the run was started with")
+        from pipelines.compress_stage import resume_compress
+
+        typer.echo(str(resume_compress(resume, Reporter(quiet=quiet))))
+        return
+    if model is None or data is None:
+        raise UserError("compress needs MODEL and --data", "e.g. vpns-deploy compress model.pt --data tar:cifar10.tar.gz "
+                        "--arch cifar_resnet20 (or --resume RUN_DIR)")
     cfg = CompressConfig(
         method=method, mode=mode, speedup=speedup, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
@@ -125,7 +142,6 @@ def compress(
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
         out = DEFAULT_RUNS / f"{arch or model.stem}-{method}-{mode_part}{cfg.target_text}-seed{seed}"
-    from vpns_deploy.progress import Reporter
 
     run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet))
     typer.echo(str(out))
