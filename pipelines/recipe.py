@@ -5,7 +5,7 @@
     [data]      spec = "tar:../shared/data/cifar10-jpeg.tar.gz"
     [pretrain]  (optional) train the model first when `model.path` does not exist yet
     [compress]  every CompressConfig field; [compress.optim] every OptimConfig field
-    [export]    (optional) prompt = true
+    [export]    (optional) prompt = true, precisions = ["fp32", "fp16", "int8"], calib_images, trt
     [report]    (optional) enabled = true
 
 Relative paths are taken from the directory the command runs in, as on the command line.
@@ -16,10 +16,10 @@ import dataclasses
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vpns_deploy.config import CompressConfig
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig
 from vpns_deploy.errors import UserError
 from vpns_deploy.pretrain import PretrainConfig
 
@@ -45,6 +45,18 @@ class DataSection:
 @dataclass(frozen=True)
 class ExportSection:
     prompt: bool = True
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    calib_images: int = DEFAULT_CALIB_IMAGES
+    trt: bool = False
+
+    def __post_init__(self) -> None:
+        from export.precision import PRECISIONS
+
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise UserError(f"unknown precision {bad[0]!r} in export.precisions", f"use {', '.join(PRECISIONS)}")
+        if self.calib_images < 1:
+            raise UserError(f"export.calib_images must be >= 1, got {self.calib_images}", "e.g. 512")
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,9 @@ def _type_ok(value: object, hint: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True

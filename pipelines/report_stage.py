@@ -185,7 +185,25 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.2%}"
 
 
-def _rows(r: dict) -> list[tuple[str, str, str]]:
+def report_is_current(run_dir: Path) -> bool:
+    """report.json exists, verifies, and was measured after the latest export."""
+    import json
+
+    from pipelines.run_dir import MANIFEST, RunDir
+
+    if not (Path(run_dir) / MANIFEST).is_file():
+        return False
+    run = RunDir.open(run_dir)
+    if "export" not in run.manifest:
+        return False
+    try:
+        report = json.loads(run.verified("report.json").read_text())
+    except UserError:
+        return False
+    return report["created"] >= run.manifest["export"]["created"]
+
+
+def table_rows(r: dict) -> list[tuple[str, str, str]]:
     a, c, f, lat = r["accuracy"], r["counts"], r["files"], r["latency_ms"]
     rows = [
         ("top-1, PyTorch", _pct(a["dense"]["pytorch"]), _pct(a["compressed"]["pytorch"])),
@@ -237,7 +255,7 @@ def render_table(r: dict) -> Table:
     table.add_column("measure")
     table.add_column("dense", justify="right")
     table.add_column("compressed", justify="right")
-    for row in _rows(r):
+    for row in table_rows(r):
         table.add_row(*(escape(c) for c in row))
     return table
 
@@ -245,7 +263,7 @@ def render_table(r: dict) -> Table:
 def render_markdown(r: dict) -> str:
     lines = [f"# vpns-deploy report: {r['run']}", "", _title(r) + ".", "",
              "| measure | dense | compressed |", "|---|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in _rows(r)]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(r)]
     m = r["machine"]
     lines += ["", f"Measured {r['created']} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
               f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",

@@ -59,16 +59,23 @@ def _export_done(recipe: Recipe) -> bool:
     if m is None or "export" not in m or recipe.export is None:
         return False
     wants_prompt = recipe.export.prompt and m.get("prompt") is not None
-    return m["export"]["ships_prompt"] == wants_prompt and _verified(recipe, ("model.onnx", "dense.onnx"))
+    from export.precision import precision_path
+
+    wanted = _precisions(recipe)
+    files = tuple(precision_path(Path(n), p).name for n in ("model.onnx", "dense.onnx") for p in wanted)
+    return (m["export"]["ships_prompt"] == wants_prompt and list(m["export"].get("precisions", ["fp32"])) == list(wanted)
+            and ("int8" not in wanted or m["export"].get("calib_images") == recipe.export.calib_images)
+            and _verified(recipe, files))
+
+
+def _precisions(recipe: Recipe) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(["fp32", *recipe.export.precisions]))
 
 
 def _report_done(recipe: Recipe) -> bool:
-    m = _manifest(recipe)
-    if m is None or "export" not in m or not _verified(recipe, ("report.json",)):
-        return False
-    import json
+    from pipelines.report_stage import report_is_current
 
-    return json.loads((recipe.out / "report.json").read_text())["created"] >= m["export"]["created"]
+    return report_is_current(recipe.out)
 
 
 def _run_pretrain(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
@@ -100,7 +107,9 @@ def _run_compress(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
 def _run_export(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
     from pipelines.export_stage import run_export
 
-    run_export(recipe.out, with_prompt=recipe.export.prompt, reporter=reporter)
+    e = recipe.export
+    run_export(recipe.out, with_prompt=e.prompt, reporter=reporter, precisions=_precisions(recipe),
+               calib_images=e.calib_images, trt=e.trt)
 
 
 def _run_report(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:

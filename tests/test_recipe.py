@@ -44,11 +44,12 @@ def _good(tmp_path, model="m.pt") -> str:
 
 
 def test_shipped_recipes_validate():
-    recipes = sorted((ROOT / "recipes").glob("*.toml"))
-    assert len(recipes) >= 2
-    for path in recipes:
-        recipe = load_recipe(path)
-        assert recipe.compress.sparsity > 0
+    recipes = {p.stem: load_recipe(p) for p in sorted((ROOT / "recipes").glob("*.toml"))}
+    assert {"digits-demo", "resnet20-unstructured-90", "resnet56-channel-2x", "resnet20-2of4"} <= set(recipes)
+    assert recipes["resnet56-channel-2x"].compress.mode == "channel"
+    assert recipes["resnet56-channel-2x"].compress.speedup == 2.0
+    assert recipes["resnet20-2of4"].compress.pattern == (2, 4)
+    assert recipes["resnet20-2of4"].export.precisions == ["fp32", "fp16", "int8"]
 
 
 def test_good_recipe_parses_nested_optimiser(tmp_path):
@@ -66,6 +67,10 @@ def test_good_recipe_parses_nested_optimiser(tmp_path):
     (("sparsity = 0.9", 'method = "obd"'), "compress.method must be one of 'vpns', 'hydra', 'magnitude'"),
     (('arch = "digits_cnn"', "arch = true"), "model.arch must be str"),
     (("epochs_tune = 1", "epochs_tune = 1.5"), "compress.epochs_tune must be int"),
+    (("prompt = true", 'prompt = true\nprecisions = ["fp32", "int4"]'), "unknown precision 'int4' in export.precisions"),
+    (("prompt = true", 'prompt = true\nprecisions = "int8"'), "export.precisions must be list"),
+    (("sparsity = 0.9", 'sparsity = 0.9\nmode = "3:2"'), "unknown mode '3:2'"),
+    (("sparsity = 0.9", "sparsity = 0.9\nspeedup = 2.0"), "--speedup 2.0 needs --mode channel"),
 ])
 def test_recipe_mistakes_name_the_key(tmp_path, edit, needle):
     text = _good(tmp_path).replace(*edit)

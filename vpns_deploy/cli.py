@@ -78,6 +78,27 @@ def train(
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
 
 
+# Options shared by compress and sweep: defined once, so help and defaults cannot drift apart.
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help=ARCH_HELP)]
+MethodOpt = Annotated[str, typer.Option("--method", help=f"One of {', '.join(METHODS)}.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="unstructured (global top-k over weights); channel (whole coupled channel groups, then physically removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor cores).")]
+EpochsMaskOpt = Annotated[int, typer.Option("--epochs-mask", help="Stage-1 (mask finding) epochs.")]
+EpochsTuneOpt = Annotated[int, typer.Option("--epochs-tune", help="Stage-2 (subnetwork tuning) epochs.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per optimiser step.")]
+PromptOpt = Annotated[str, typer.Option("--prompt", help="pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned (sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; expected mask at evaluation).")]
+PadOpt = Annotated[Optional[int], typer.Option("--pad", help="Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of scores, data order and augmentation.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+TrainSubsetOpt = Annotated[Optional[int], typer.Option("--train-subset", help="Use N class-balanced training images (quick runs).")]
+TestSubsetOpt = Annotated[Optional[int], typer.Option("--test-subset", help="Evaluate on N class-balanced test images (default: all).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head; must match the data (default: the data's).")]
+TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only once the new run is complete).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
+
+
+
 @app.command(
     help="Find a sparse subnetwork and fine-tune it; writes a run directory.\n\n"
     "[bold]vpns[/]: stage 1 trains per-weight scores and the visual prompt with the weights frozen "
@@ -98,26 +119,26 @@ def train(
 def compress(
     model: Annotated[Optional[Path], typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module. Leave out with --resume.")] = None,
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP + " Required unless --resume.")] = None,
-    arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP)] = None,
+    arch: ArchOpt = None,
     sparsity: Annotated[float, typer.Option(help="Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable channels (channel). Unused by N:M.")] = _defaults.sparsity,
-    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = _defaults.method,
-    mode: Annotated[str, typer.Option(help="unstructured (global top-k over weights); channel (whole coupled channel groups, then physically removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor cores).")] = _defaults.mode,
+    method: MethodOpt = _defaults.method,
+    mode: ModeOpt = _defaults.mode,
     speedup: Annotated[Optional[float], typer.Option(help="Channel mode: target MACs reduction (e.g. 2.0 halves the MACs); the channel fraction is searched at every mask update, replacing --sparsity.")] = None,
-    epochs_mask: Annotated[int, typer.Option(help="Stage-1 (mask finding) epochs.")] = _defaults.epochs_mask,
-    epochs_tune: Annotated[int, typer.Option(help="Stage-2 (subnetwork tuning) epochs.")] = _defaults.epochs_tune,
-    batch_size: int = _defaults.batch_size,
-    prompt: Annotated[str, typer.Option(help="pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned (sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; expected mask at evaluation).")] = _defaults.prompt,
-    pad: Annotated[Optional[int], typer.Option(help="Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")] = None,
-    seed: int = _defaults.seed,
-    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = _defaults.device,
-    train_subset: Annotated[Optional[int], typer.Option(help="Use N class-balanced training images (quick runs).")] = None,
-    test_subset: Annotated[Optional[int], typer.Option(help="Evaluate on N class-balanced test images (default: all).")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the model's head; must match the data (default: the data's).")] = None,
-    trust_pickle: Annotated[bool, typer.Option(help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")] = False,
+    epochs_mask: EpochsMaskOpt = _defaults.epochs_mask,
+    epochs_tune: EpochsTuneOpt = _defaults.epochs_tune,
+    batch_size: BatchOpt = _defaults.batch_size,
+    prompt: PromptOpt = _defaults.prompt,
+    pad: PadOpt = None,
+    seed: SeedOpt = _defaults.seed,
+    device: DeviceOpt = _defaults.device,
+    train_subset: TrainSubsetOpt = None,
+    test_subset: TestSubsetOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory (only once the new run is complete).")] = False,
+    overwrite: OverwriteOpt = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it was started with. Re-running the same command does the same.")] = None,
-    quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     from pipelines.compress_stage import run_compress
     from pipelines.run_dir import DEFAULT_RUNS
@@ -145,6 +166,57 @@ def compress(
 
     run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet))
     typer.echo(str(out))
+
+
+@app.command()
+@friendly
+def sweep(
+    model: Annotated[Path, typer.Argument(help="Checkpoint, as for compress.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    sparsity: Annotated[str, typer.Option(help="Comma-separated targets, one run each (unstructured: of weights; channel: of channels).")] = "0.5,0.7,0.9",
+    speedup: Annotated[Optional[str], typer.Option(help="Channel mode: comma-separated MACs reductions instead of --sparsity, e.g. 1.5,2,3.")] = None,
+    arch: ArchOpt = None,
+    method: MethodOpt = _defaults.method,
+    mode: ModeOpt = _defaults.mode,
+    epochs_mask: EpochsMaskOpt = _defaults.epochs_mask,
+    epochs_tune: EpochsTuneOpt = _defaults.epochs_tune,
+    batch_size: BatchOpt = _defaults.batch_size,
+    prompt: PromptOpt = _defaults.prompt,
+    pad: PadOpt = None,
+    seed: SeedOpt = _defaults.seed,
+    device: DeviceOpt = _defaults.device,
+    train_subset: TrainSubsetOpt = None,
+    test_subset: TestSubsetOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    precision: PrecisionOpt = "fp32",
+    out: Annotated[Optional[Path], typer.Option(help="Sweep directory: one run per point inside it (default runs/sweep-<arch>-<method>-<mode>).")] = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """One complete run per target (compress -> export -> report), then the trade-off plots.
+
+    Writes <out>/<point>/ run directories, and in <out>: sweep.json, accuracy_vs_sparsity.png,
+    pareto.png (top-1 vs ONNX Runtime latency at batch 64, with the Pareto front), and the side-by-side
+    report (report.md, report.html, PNGs). Re-running the same command skips finished points and
+    resumes an interrupted one.
+    """
+    from pipelines.run_dir import DEFAULT_RUNS
+    from pipelines.sweep import run_sweep
+    from vpns_deploy.progress import Reporter
+
+    base = CompressConfig(
+        method=method, mode=mode, epochs_mask=epochs_mask, epochs_tune=epochs_tune, batch_size=batch_size,  # type: ignore[arg-type]
+        prompt=prompt, pad=pad, seed=seed, device=device, train_subset=train_subset, test_subset=test_subset,  # type: ignore[arg-type]
+        speedup=_floats(speedup, "--speedup")[0] if speedup else None,
+    )
+    sparsities = None if speedup else _floats(sparsity, "--sparsity")
+    for s in sparsities or []:
+        CompressConfig(sparsity=s)  # one-line error for a value outside (0, 1), before anything runs
+    out = out or DEFAULT_RUNS / f"sweep-{arch or model.stem}-{method}-{mode.replace(':', 'of')}"
+    result = run_sweep(model, arch, data, base, out, sparsities, _floats(speedup, "--speedup") if speedup else None,
+                       _precisions(precision), num_classes, trust_pickle, overwrite, Reporter(quiet=quiet))
+    typer.echo(str(result))
 
 
 @app.command("run")
@@ -180,6 +252,21 @@ def run_recipe_cmd(
 RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."
 
 
+def _precisions(text: str) -> tuple[str, ...]:
+    """'fp16,int8' -> ('fp32', 'fp16', 'int8'): fp32 is always written (the others derive from it)."""
+    return tuple(dict.fromkeys(["fp32", *(p.strip() for p in text.split(",") if p.strip())]))
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}", f"e.g. {what} 0.5,0.7,0.9") from None
+    if not values:
+        raise UserError(f"{what} is empty", f"e.g. {what} 0.5,0.7,0.9")
+    return values
+
+
 def _run_dir(run_dir: Optional[Path]) -> Path:
     from pipelines.run_dir import latest_run
 
@@ -192,7 +279,7 @@ def export(
     run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
     prompt: Annotated[bool, typer.Option("--prompt/--no-prompt", help="Fold the learned prompt into the graph (default) or ship the network without it.")] = True,
     data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity and calibration images).")] = None,
-    precision: Annotated[str, typer.Option(help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")] = "fp32",
+    precision: PrecisionOpt = "fp32",
     calib_images: Annotated[int, typer.Option(help="INT8: class-balanced training images fed through the whole deployed graph to calibrate its scales.")] = DEFAULT_CALIB_IMAGES,
     trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (strongly typed; SPARSE_WEIGHTS for N:M runs; dynamic batch 1..256, opt 64; timing cache kept in the run). Without a GPU or TensorRT: one line saying which is missing, exit 0.")] = False,
     require_trt: Annotated[bool, typer.Option("--require-trt", help="Make a missing GPU/TensorRT an error (exit 2) instead of a note.")] = False,
@@ -206,24 +293,29 @@ def export(
     """
     from pipelines.export_stage import run_export
 
-    precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
-    run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data, precisions=precisions,
+    run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data, precisions=_precisions(precision),
                calib_images=calib_images, trt=trt or require_trt, require_trt=require_trt)
 
 
 @app.command()
 @friendly
 def report(
-    run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
-    data: Annotated[Optional[str], typer.Option(help="Override the run's data.")] = None,
+    run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="One or more run directories (default: the latest run). Several: compared side by side.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Override the runs' data.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Several runs: where the comparison goes (default: a 'comparison' folder beside the first run).")] = None,
+    remeasure: Annotated[bool, typer.Option(help="Measure again even where a run's report.json is newer than its export.")] = False,
 ) -> None:
-    """Measure dense vs compressed: top-1 (PyTorch and ONNX Runtime), sizes, ORT CPU latency.
+    """Measure dense vs compressed and show it: top-1 (PyTorch, ONNX Runtime in every exported precision),
+    parameters, MACs, sizes, ONNX Runtime CPU latency (median and p90, batch 1 and 64), speedup and
+    efficiency (latency speedup / MACs ratio), TensorRT where engines were built.
 
-    Writes report.json and report.md into the run directory.
+    Writes report.json, report.md, PNG plots (training curves, per-layer sparsity, latency) and a
+    self-contained report.html into the run directory; several runs get one comparison of them all.
+    A run measured after its last export is not measured again unless --remeasure.
     """
-    from pipelines.report_stage import run_report
+    from pipelines.compare import report_runs
 
-    run_report(_run_dir(run_dir), data_spec=data)
+    report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure)
 
 
 def _interrupt_on_sigterm() -> None:

@@ -1,0 +1,137 @@
+"""`report RUN_DIR [RUN_DIR...]`: measure what is not measured yet, then compare side by side.
+
+One run: its report.md/report.json (report_stage) plus the plots and report.html in the run
+directory. Several runs: a comparison directory with report.md, comparison.json, the plots and
+report.html; each run keeps its own report.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from pipelines import plots
+from pipelines.html_report import render_html
+from pipelines.report_stage import DENSE_ONNX, render_table, report_is_current, run_report, table_rows
+from pipelines.run_dir import MANIFEST, RunDir, now
+from vpns_deploy.atomic import atomic_write_json, atomic_write_text
+from vpns_deploy.errors import UserError
+from vpns_deploy.progress import Reporter, out_console
+
+PLOTS = (("training_curves.png", "Test top-1 after every epoch, per stage"),
+         ("layer_sparsity.png", "Removed fraction per layer"),
+         ("latency.png", "ONNX Runtime CPU latency: median (bar) and p90 (whisker)"))
+
+
+def _labels(run_dirs: list[Path]) -> list[str]:
+    names = [p.name for p in run_dirs]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in run_dirs]
+
+
+def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: Reporter) -> tuple[dict, dict]:
+    if not (Path(run_dir) / MANIFEST).is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})", "pass the --out of a compress run")
+    if remeasure or not report_is_current(run_dir):
+        reporter.line(f"measuring {run_dir}")
+        run_report(run_dir, data_spec, reporter, print_table=False)
+    run = RunDir.open(run_dir)
+    return run.manifest, json.loads(run.verified("report.json").read_text())
+
+
+def _draw(runs: list[plots.Run], out: Path) -> list[tuple[str, Path]]:
+    drawn = [plots.training_curves(runs, out / PLOTS[0][0]), plots.layer_sparsity(runs, out / PLOTS[1][0]),
+             plots.latency_bars(runs, out / PLOTS[2][0])]
+    return [(caption, path) for (_, caption), path in zip(PLOTS, drawn)]
+
+
+def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
+    """One row per measure, one column per run, the dense model of the first run first."""
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2%}"
+
+    def lat(d: dict, b: str) -> str:
+        return f"{d[b]['median_ms']:.2f} / {d[b]['p90_ms']:.2f} ms"
+
+    first = runs[0][2]
+    rows: list[tuple[str, ...]] = [
+        ("method / mode", "dense", *(f"{r['method']} / {r.get('mode', 'unstructured')}" for _, _, r in runs)),
+        ("sparsity", "0.00%", *(pct(r["sparsity_prunable"]) for _, _, r in runs)),
+        ("top-1, ONNX Runtime (shipped graph)", pct(first["accuracy"]["dense"]["onnxruntime"]),
+         *(pct(r["accuracy"]["compressed"]["onnxruntime"]) for _, _, r in runs)),
+        ("top-1 without prompt (PyTorch)", pct(first["accuracy"]["dense"]["pytorch"]),
+         *(pct(r["accuracy"]["compressed"]["pytorch_no_prompt"]) for _, _, r in runs)),
+        ("parameters (non-zero)", f"{first['counts']['dense']['nonzero']:,}",
+         *(f"{r['counts']['compressed']['nonzero']:,}" for _, _, r in runs)),
+        ("MACs per image", f"{first['counts']['dense']['macs'] / 1e6:.2f} M",
+         *(f"{r['counts']['compressed']['macs'] / 1e6:.2f} M" for _, _, r in runs)),
+        ("ONNX gzip size", f"{first['files'][DENSE_ONNX]['gzip_bytes'] / 1e6:.2f} MB",
+         *(f"{r['files']['model.onnx']['gzip_bytes'] / 1e6:.2f} MB" for _, _, r in runs)),
+    ]
+    for b in first["latency_ms"]["dense"]:
+        rows.append((f"ORT CPU latency, batch {b} (median / p90)", lat(first["latency_ms"]["dense"], b),
+                     *(lat(r["latency_ms"]["compressed"], b) for _, _, r in runs)))
+        rows.append((f"speedup, batch {b} (efficiency)", "1.00x",
+                     *(f"{r['speedup'][b]['speedup']:.2f}x ({r['speedup'][b]['efficiency']:.2f})" for _, _, r in runs)))
+    for precision in sorted({p for _, _, r in runs for p in r.get("precision", {})}):
+        rows.append((f"top-1, ONNX Runtime {precision}", pct(first.get("precision", {}).get(precision, {})
+                                                             .get("dense", {}).get("onnxruntime")),
+                     *(pct(r.get("precision", {}).get(precision, {}).get("compressed", {}).get("onnxruntime"))
+                       for _, _, r in runs)))
+    rows.append(("test images", str(first["test_images"]), *(str(r["test_images"]) for _, _, r in runs)))
+    return rows
+
+
+def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | None = None,
+                remeasure: bool = False, reporter: Reporter | None = None, print_table: bool = True,
+                extra_images: list[tuple[str, Path]] | None = None) -> Path:
+    """Returns the directory that holds report.md, the PNGs and report.html.
+
+    One run and no `out`: everything goes into the run directory. Otherwise a comparison in `out`.
+    """
+    reporter = reporter or Reporter()
+    run_dirs = [Path(p) for p in run_dirs]
+    measured = [_measured(p, data_spec, remeasure, reporter) for p in run_dirs]
+    runs = [(label, m, r) for label, (m, r) in zip(_labels(run_dirs), measured)]
+    if len(runs) == 1 and out is None:
+        run = RunDir.open(run_dirs[0])
+        images = _draw(runs, run.path)
+        report = runs[0][2]
+        header, rows = ["measure", "dense", "compressed"], table_rows(report)
+        title = f"vpns-deploy report: {run_dirs[0].name}"
+        notes = [f"Measured {report['created']} on {report['test_images']} test images; ONNX Runtime "
+                 f"{report['machine'].get('onnxruntime-gpu') or report['machine'].get('onnxruntime')}, "
+                 f"{report['machine']['threads']} CPU threads."]
+        atomic_write_text(run.file("report.html"), render_html(title, notes, header, rows, images))
+        for name in [p.name for _, p in images] + ["report.html"]:
+            run.record(name)
+        run.save()
+        if print_table:
+            out_console.print(render_table(report))
+        reporter.line(f"report: {run.file('report.md')}, {run.file('report.html')} and "
+                      f"{', '.join(p.name for _, p in images)}")
+        return run.path
+    out = Path(out) if out is not None else run_dirs[0].parent / "comparison"
+    out.mkdir(parents=True, exist_ok=True)
+    images = (extra_images or []) + _draw(runs, out)
+    header = ["measure", f"dense ({runs[0][0]})", *(label for label, _, _ in runs)]
+    rows = comparison_rows(runs)
+    title = f"vpns-deploy comparison of {len(runs)} runs"
+    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median / p90."]
+    md = [f"# {title}", "", notes[0], "", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += [""] + [f"![{caption}]({p.name})" for caption, p in images]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_json(out / "comparison.json", {"created": now(), "runs": [str(p) for p in run_dirs],
+                                                "header": header, "rows": rows})
+    atomic_write_text(out / "report.html", render_html(title, notes, header, rows, images))
+    if print_table:
+        table = Table(title=title)
+        for i, h in enumerate(header):
+            table.add_column(escape(h), justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(escape(c) for c in row))
+        out_console.print(table)
+    reporter.line(f"comparison: {out / 'report.md'}, {out / 'report.html'} and the PNGs beside them")
+    return out

@@ -1,0 +1,140 @@
+"""The report's pictures (PNG, matplotlib, no display): curves, per-layer sparsity, latency, sweeps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from vpns_deploy.atomic import atomic_write  # noqa: E402
+
+Run = tuple[str, dict, dict]  # (label, manifest, report)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def training_curves(runs: list[Run], path: Path) -> Path:
+    """Test top-1 after every epoch, stage by stage (dashed: with the prompt)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, manifest, _) in enumerate(runs):
+        epochs = manifest["metrics"]["epochs"]
+        color = f"C{i}"
+        x = list(range(1, len(epochs) + 1))
+        ax.plot(x, [100 * e["test_acc_plain"] for e in epochs], "-o", ms=3, color=color, label=f"{label}")
+        if any(e["test_acc_prompted"] is not None for e in epochs):
+            ax.plot(x, [100 * e["test_acc_prompted"] if e["test_acc_prompted"] is not None else float("nan")
+                        for e in epochs], "--", color=color, label=f"{label} (prompt)")
+        for j in range(1, len(epochs)):
+            if epochs[j]["stage"] != epochs[j - 1]["stage"]:
+                ax.axvline(j + 0.5, color=color, alpha=0.3, lw=1)
+                ax.text(j + 0.6, ax.get_ylim()[0], epochs[j]["stage"], color=color, fontsize=8, va="bottom")
+        ax.axhline(100 * manifest["metrics"]["dense_top1"], color="grey", ls=":", lw=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (all stages; vertical line: next stage)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Training curves (dotted: dense model)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def layer_sparsity(runs: list[Run], path: Path) -> Path:
+    """Removed fraction per layer (weights; output channels in channel mode)."""
+    names = [layer["name"] for layer in runs[0][1]["metrics"]["per_layer"]]
+    fig, ax = plt.subplots(figsize=(max(7, 0.32 * len(names) + 2), 4))
+    width = 0.8 / len(runs)
+    for i, (label, manifest, _) in enumerate(runs):
+        by_name = {layer["name"]: layer["sparsity"] for layer in manifest["metrics"]["per_layer"]}
+        ax.bar([k + i * width for k in range(len(names))], [100 * by_name.get(n, 0.0) for n in names],
+               width=width, label=label, color=f"C{i}")
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))])
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_ylabel("removed (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-layer sparsity")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def latency_bars(runs: list[Run], path: Path) -> Path:
+    """ONNX Runtime CPU latency per graph: bar = median, whisker up to p90; batch 1 and 64."""
+    batches = list(runs[0][2]["latency_ms"]["dense"])
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8))
+    axes = axes if len(batches) > 1 else [axes]
+    for ax, b in zip(axes, batches):
+        labels, med, p90 = ["dense"], [runs[0][2]["latency_ms"]["dense"][b]["median_ms"]], [
+            runs[0][2]["latency_ms"]["dense"][b]["p90_ms"]]
+        for label, _, report in runs:
+            labels.append(label)
+            med.append(report["latency_ms"]["compressed"][b]["median_ms"])
+            p90.append(report["latency_ms"]["compressed"][b]["p90_ms"])
+            for precision, kinds in report.get("precision", {}).items():
+                labels.append(f"{label} {precision}")
+                med.append(kinds["compressed"]["latency_ms"][b]["median_ms"])
+                p90.append(kinds["compressed"]["latency_ms"][b]["p90_ms"])
+        x = range(len(labels))
+        ax.bar(x, med, color=["grey"] + [f"C{i % 10}" for i in range(len(labels) - 1)])
+        ax.errorbar(x, med, yerr=[[0] * len(med), [max(0.0, p - m) for p, m in zip(p90, med)]], fmt="none",
+                    ecolor="black", capsize=4, lw=1)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("ms per batch")
+        ax.set_title(f"batch {b}: median, whisker to p90")
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def accuracy_vs_sparsity(points: list[dict], dense_top1: float, path: Path) -> Path:
+    """Sweep: ONNX Runtime top-1 of each point (the graph that ships) against its sparsity."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = sorted(points, key=lambda p: p["sparsity"])
+    ax.plot([100 * p["sparsity"] for p in pts], [100 * p["top1"] for p in pts], "-o", label="compressed")
+    ax.axhline(100 * dense_top1, color="grey", ls=":", label="dense")
+    for p in pts:
+        ax.annotate(p["label"], (100 * p["sparsity"], 100 * p["top1"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Accuracy vs sparsity")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def pareto(points: list[dict], dense: dict, path: Path, batch: str = "64") -> Path:
+    """Sweep: top-1 vs ONNX Runtime latency; the line joins the points no other point beats on both."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    all_pts = [dict(dense, label="dense")] + points
+    xs = [p["latency_ms"][batch] for p in all_pts]
+    ys = [100 * p["top1"] for p in all_pts]
+    ax.scatter(xs[1:], ys[1:], label="compressed")
+    ax.scatter(xs[:1], ys[:1], color="grey", marker="s", label="dense")
+    for p, x, y in zip(all_pts, xs, ys):
+        ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(list(zip(xs, ys)))
+    ax.plot([f[0] for f in front], [f[1] for f in front], "-", color="C3", alpha=0.6, label="Pareto front")
+    ax.set_xlabel(f"ONNX Runtime CPU latency, batch {batch} (ms, median)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Accuracy vs latency")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (latency, accuracy) that no other point beats with lower latency and higher accuracy."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front

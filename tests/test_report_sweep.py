@@ -1,0 +1,126 @@
+"""Multi-run report (table, markdown, PNGs, self-contained HTML in headless Chromium) and sweep."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vpns_deploy.cli import app
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed here where missing and possible, else the test skips with why."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("headless Chromium is absent and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, env=env, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True, env=env,
+                       timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"could not install Debian's chromium: {exc}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("apt-get installed chromium but it is not on PATH")
+    return found
+
+
+def _headless(chromium: str, page: Path) -> tuple[str, list[str]]:
+    """The DOM after load, and every message the page wrote to the console."""
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", "--dump-dom", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory, digits_model) -> Path:
+    from pipelines.compress_stage import run_compress
+    from pipelines.export_stage import run_export
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.progress import Reporter
+
+    out = tmp_path_factory.mktemp("runs") / "digits-channel"
+    cfg = CompressConfig(mode="channel", sparsity=0.5, epochs_mask=1, epochs_tune=1, batch_size=64,
+                         channel_round_to=4)
+    run_compress(digits_model, "digits_cnn", "digits", cfg, out, reporter=Reporter(quiet=True))
+    run_export(out, reporter=Reporter(quiet=True))
+    return out
+
+
+def test_report_on_two_runs_writes_table_markdown_pngs_and_html(tmp_path, digits_run, second_run, chromium):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, ["report", str(digits_run), str(second_run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "digits-vpns" in result.stdout and "digits-channel" in result.stdout  # the rich table
+    md = (out / "report.md").read_text()
+    assert "| top-1, ONNX Runtime (shipped graph) |" in md and "channel" in md
+    for name in ("training_curves.png", "layer_sparsity.png", "latency.png"):
+        assert (out / name).read_bytes().startswith(PNG), name
+        assert f"]({name})" in md
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert all(len(r) == 4 for r in rows)  # measure, dense, two runs
+
+    page = out / "report.html"
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # self-contained
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    dom, console = _headless(chromium, page)
+    assert console == [], console
+    assert '<table id="summary">' in dom and "digits-channel" in dom and "top-1, ONNX Runtime" in dom
+    # Each run kept its own measurement.
+    assert (digits_run / "report.json").is_file() and (second_run / "report.json").is_file()
+
+
+def test_report_on_one_run_adds_plots_and_html_to_the_run(digits_run, chromium):
+    result = CliRunner().invoke(app, ["report", str(digits_run)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((digits_run / "manifest.json").read_text())
+    for name in ("report.html", "training_curves.png", "layer_sparsity.png", "latency.png"):
+        assert name in manifest["artifacts"], name
+    dom, console = _headless(chromium, digits_run / "report.html")
+    assert console == [] and "MACs per image" in dom
+
+
+def test_sweep_runs_every_point_draws_its_plots_and_resumes_as_a_no_op(tmp_path, digits_model):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--sparsity", "0.5,0.8",
+            "--method", "magnitude", "--epochs-mask", "0", "--epochs-tune", "1", "--batch-size", "64",
+            "--train-subset", "400", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [p["label"] for p in summary["points"]] == ["s0.5", "s0.8"]
+    assert [round(p["sparsity"], 3) for p in summary["points"]] == [0.5, 0.8]
+    assert summary["pareto_front"]
+    for name in ("accuracy_vs_sparsity.png", "pareto.png", "report.html", "report.md"):
+        assert (out / name).is_file(), name
+    assert (out / "pareto.png").read_bytes().startswith(PNG)
+    before = (out / "s0.5" / "manifest.json").read_text()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.stderr.count("done earlier") >= 6  # 3 stages x 2 points skipped
+    assert (out / "s0.5" / "manifest.json").read_text() == before
+
+
+def test_sweep_rejects_bad_targets_before_running(tmp_path, digits_model):
+    base = ["sweep", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--out", str(tmp_path / "s")]
+    bad = CliRunner().invoke(app, base + ["--sparsity", "0.5,1.5"])
+    assert bad.exit_code == 2 and "strictly between 0 and 1" in bad.stderr
+    bad = CliRunner().invoke(app, base + ["--speedup", "2"])
+    assert bad.exit_code == 2 and "--mode channel" in bad.stderr
+    assert not (tmp_path / "s").exists()
