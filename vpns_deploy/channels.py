@@ -25,6 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from vpns_deploy.macs import LayerCost, layer_costs
+from vpns_deploy.masks import LayerStats
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
@@ -45,17 +46,6 @@ class ChannelGroup:
     root: str  # the conv/linear whose output channels index the group
     size: int
     members: list[Member]
-
-
-@dataclass
-class LayerStats:
-    name: str
-    total: int
-    kept: int
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.kept / self.total
 
 
 def _dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
