@@ -123,7 +123,8 @@ def test_fp16_agrees_with_fp32_and_all_precisions_are_reported(nm_run):
         assert set(kinds["compressed"]["latency_ms"]) == {"1", "64"}
     assert report["tensorrt"] == {"measured": False, "reason": "export ran without --trt",
                                   "ort_providers": report["tensorrt"]["ort_providers"]}
-    assert "top-1, ONNX Runtime int8" in (nm_run / "report.md").read_text()
+    md = (nm_run / "report.md").read_text()
+    assert "top-1, ONNX Runtime int8" in md and "features.0 (1 input channels, not a multiple of 4)" in md
 
 
 def test_calibration_batches_are_what_the_deployed_preprocessing_eats(nm_run, digits_splits):
