@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--speedup", type=float, default=2.0)
     p.add_argument("--epochs", type=int, default=1, help="VPNs epochs per stage (E)")
-    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--round-to", type=int, default=CompressConfig().channel_round_to)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--train-subset", type=int, default=None)

@@ -72,7 +72,7 @@ def run_export(run_dir: Path, with_prompt: bool = True, data_spec: str | None = 
     pattern = run.manifest.get("metrics", {}).get("structure", {}).get("pattern")
     if pattern:
         results[MODEL_ONNX]["nm_pattern"] = _check_pattern(run.file(MODEL_ONNX), precisions, tuple(pattern), reporter)
-    engines = _engines(run, precisions, pattern is not None, trt, require_trt, reporter) if trt else None
+    engines = _engines(run, precisions, pattern is not None, require_trt, reporter) if trt else None
     run.manifest["export"] = {"created": now(), "ships_prompt": ships_prompt, "graphs": results,
                               "precisions": list(precisions), "calib_images": calib_images, "tensorrt": engines}
     run.save()
@@ -123,7 +123,7 @@ def _check_pattern(fp32: Path, precisions: tuple[str, ...], pattern: tuple[int, 
     return found
 
 
-def _engines(run, precisions: tuple[str, ...], sparse: bool, trt: bool, require_trt: bool,
+def _engines(run, precisions: tuple[str, ...], sparse: bool, require_trt: bool,
              reporter: Reporter) -> dict:
     """TensorRT engines for the compressed graph in each precision, where the machine can build them."""
     available = probe()

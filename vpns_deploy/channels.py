@@ -11,8 +11,8 @@ gradient to |score|, as in the unstructured mode.
 The mask keeps the top-k scores over all groups (global), with a floor per group (at least
 `min_keep` of its channels, never fewer than one) so that no residual stream disappears, and each
 group's count rounded down to a multiple of `round_to`: CPU and GPU conv kernels run channel counts
-in blocks of 8/16, and odd widths fall off the fast path (measured: a 2x-fewer-MACs ResNet-20 with
-odd widths ran slower than the dense one in ONNX Runtime). k comes either from a channel fraction
+in blocks of 8/16, and other widths fall off the fast path (measured in ONNX Runtime: a ResNet-20
+with 2x fewer MACs but odd widths ran slower than the dense one; see CompressConfig). k comes either from a channel fraction
 or, for `--speedup`, from the largest k whose MACs meet the target.
 """
 from __future__ import annotations
@@ -87,18 +87,12 @@ def find_groups(net: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
             if isinstance(module, NORM_LAYERS):
                 m.masks_output = True
             else:
-                node = dg.module2node[module]
-                fed = {names.get(o.module) for o in _next_modules(node)}
+                fed = {names.get(o.module) for o in dg.module2node[module].outputs}
                 m.masks_output = not any(
                     n in out_names and isinstance(net.get_submodule(n), NORM_LAYERS) for n in fed if n
                 )
         groups.append(ChannelGroup(names[root], len(g[0].idxs), members))
     return groups
-
-
-def _next_modules(node) -> list:
-    """The nearest module nodes after node, looking through parameter-free ops (none in practice)."""
-    return list(node.outputs)
 
 
 class ChannelMaskSet(nn.Module):
