@@ -131,3 +131,26 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert proc.stderr.strip().startswith("error: model file not found") and "Traceback" not in proc.stderr
     help_text = subprocess.run([str(exe), "compress", "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "Prunable" in help_text and "Deviations" in help_text
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--mode", "4:2"], "unknown mode '4:2'"),
+    (["--mode", "channel", "--speedup", "0.5"], "--speedup 0.5 needs --mode channel and a value > 1"),
+    (["--speedup", "2"], "needs --mode channel"),
+])
+def test_bad_mode_or_speedup(tmp_path, digits_model, extra, needle):
+    _fails_cleanly(["compress", str(digits_model), "--arch", "digits_cnn", "--data", "digits", *extra],
+                   tmp_path / "run", needle)
+
+
+def test_compress_without_model_or_with_both_model_and_resume(tmp_path, digits_model):
+    _fails_cleanly(["compress", "--data", "digits"], tmp_path / "run", "compress needs MODEL and --data")
+    _fails_cleanly(["compress", str(digits_model), "--resume", str(tmp_path / "x")], tmp_path / "run",
+                   "either MODEL or --resume")
+
+
+def test_export_with_an_unknown_precision_writes_nothing(digits_run):
+    before = sorted(p.name for p in digits_run.iterdir())
+    result = runner.invoke(app, ["export", str(digits_run), "--precision", "fp16,int4"])
+    assert result.exit_code == 2 and "unknown precision 'int4'" in result.stderr
+    assert sorted(p.name for p in digits_run.iterdir()) == before
