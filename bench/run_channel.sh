@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 exec $PY -m bench.channel --model ../shared/models/cifar10/resnet56-4bfd9763.th --arch cifar_resnet56 \
-    --data tar:../shared/data/cifar10-jpeg.tar.gz --speedup 2 --epochs 1 --cells vpns,tp,tp_steps,magnitude,hydra \
+    --data tar:../shared/data/cifar10-jpeg.tar.gz --speedup 2 --epochs 1 --cells vpns,tp,magnitude,hydra,tp_steps \
     --out bench/results/channel.json --runs bench/runs/channel "$@"
