@@ -39,6 +39,7 @@ def run_export(run_dir: Path, with_prompt: bool = True, data_spec: str | None = 
     example = torch.from_numpy(nhwc_uint8(test, 0, 2))
     ships_prompt = with_prompt and loaded.prompt is not None
     results = {}
+    calib = None
     jobs = [
         (MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None),
         (DENSE_ONNX, loaded.dense, None),
@@ -66,7 +67,9 @@ def run_export(run_dir: Path, with_prompt: bool = True, data_spec: str | None = 
             f"{'prompt folded in' if prompt is not None else 'no prompt'}; ORT vs PyTorch on {p.images} test "
             f"images: max |diff| {p.max_abs_diff:.1e}, top-1 agreement {p.top1_agreement:.2%}"
         )
-        results[name]["precisions"] = _derive(run.file(name), precisions, loaded, test, calib_images, reporter)
+        if "int8" in precisions and calib is None:  # one calibration set for both graphs
+            calib = calibration_images(loaded.train_split(data_spec), calib_images, int(run.manifest["seed"]))
+        results[name]["precisions"] = _derive(run, run.file(name), precisions, test, calib, reporter)
     if with_prompt and loaded.prompt is None:
         reporter.line(f"note: this run ({run.manifest['config']['method']}) learned no prompt; none to fold in")
     pattern = run.manifest.get("metrics", {}).get("structure", {}).get("pattern")
@@ -79,8 +82,11 @@ def run_export(run_dir: Path, with_prompt: bool = True, data_spec: str | None = 
     return run.manifest["export"]
 
 
-def _derive(fp32: Path, precisions: tuple[str, ...], loaded, test, calib_images: int, reporter: Reporter) -> dict:
-    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime."""
+def _derive(run, fp32: Path, precisions: tuple[str, ...], test, calib, reporter: Reporter) -> dict:
+    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime.
+
+    `calib`: the INT8 calibration images (None when int8 is not asked for).
+    """
     out = {"fp32": {"file": fp32.name}}
     for precision in precisions:
         if precision == "fp32":
@@ -89,8 +95,7 @@ def _derive(fp32: Path, precisions: tuple[str, ...], loaded, test, calib_images:
         if precision == "fp16":
             to_fp16(fp32, path)
         else:
-            images = calibration_images(loaded.train_split(), calib_images, int(loaded.run.manifest["seed"]))
-            to_int8(fp32, path, ImageCalibrationReader(images))
+            to_int8(fp32, path, ImageCalibrationReader(calib))
         agreement = compare_graphs(fp32, path, test)
         if precision == "fp16" and agreement.top1_agreement < FP16_MIN_AGREEMENT:
             path.unlink()
@@ -99,10 +104,9 @@ def _derive(fp32: Path, precisions: tuple[str, ...], loaded, test, calib_images:
                 f"(max |logit diff| {agreement.max_abs_diff:.2e}): the model overflows or underflows in fp16",
                 "ship fp32 or int8 for this model",
             )
-        loaded.run.record(path.name, precision=precision)
+        run.record(path.name, precision=precision)
         out[precision] = {"file": path.name, "vs_fp32": agreement.to_dict(),
-                          **({"calib_images": min(calib_images, len(loaded.train_split()))}
-                             if precision == "int8" else {})}
+                          **({"calib_images": len(calib)} if precision == "int8" else {})}
         reporter.line(f"{path.name}: top-1 agreement with fp32 {agreement.top1_agreement:.2%} on "
                       f"{agreement.images} test images, max |logit diff| {agreement.max_abs_diff:.2e}")
     return out
@@ -112,7 +116,7 @@ def _check_pattern(fp32: Path, precisions: tuple[str, ...], pattern: tuple[int, 
     """The N:M pattern read back from the shipped files; int8 must keep every fp32 patterned layer."""
     n, m = pattern
     found = {}
-    for precision in [p for p in precisions if p in ("fp32", "int8")] or ["fp32"]:
+    for precision in ["fp32", *(["int8"] if "int8" in precisions else [])]:  # fp32 is always written
         layers = weight_patterns(precision_path(fp32, precision), n, m)
         found[precision] = {"layers": len(layers), "nm_layers": sum(w.nm for w in layers),
                             "dense_layers": [w.node for w in layers if not w.nm]}

@@ -46,8 +46,7 @@ def _batch(images: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:n])
 
 
-def _latencies(path: Path, sample: np.ndarray, threads: int) -> dict[str, dict]:
-    session = cpu_session(path, threads)
+def _latencies(session, sample: np.ndarray) -> dict[str, dict]:
     return {str(b): measure_latency(session, _batch(sample, b)).to_dict() for b in LATENCY_BATCHES}
 
 
@@ -64,15 +63,16 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
     device = resolve_device("auto")
     threads = cpu_threads()
 
+    sessions = {"dense": cpu_session(dense_onnx, threads), "compressed": cpu_session(model_onnx, threads)}
     reporter.line(f"measuring top-1 on {len(test)} test images (PyTorch on {device}, ONNX Runtime CPU)")
     accuracy = {
         "dense": {"pytorch": top1(loaded.dense_model().to(device), test, device, prompted=False),
-                  "onnxruntime": ort_top1(cpu_session(dense_onnx, threads), test)},
+                  "onnxruntime": ort_top1(sessions["dense"], test)},
         "compressed": {
             "pytorch_no_prompt": top1(loaded.prompted(False).to(device), test, device, prompted=False),
             "pytorch_prompt": (top1(loaded.prompted(True).to(device), test, device, prompted=True)
                                if loaded.prompt is not None else None),
-            "onnxruntime": ort_top1(cpu_session(model_onnx, threads), test),
+            "onnxruntime": ort_top1(sessions["compressed"], test),
         },
     }
     accuracy["compressed"]["pytorch"] = accuracy["compressed"][
@@ -81,8 +81,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
 
     reporter.line(f"measuring ONNX Runtime CPU latency ({threads} threads), batch {LATENCY_BATCHES}")
     sample = nhwc_uint8(test, 0, 64)
-    latency = {"dense": _latencies(dense_onnx, sample, threads),
-               "compressed": _latencies(model_onnx, sample, threads)}
+    latency = {kind: _latencies(session, sample) for kind, session in sessions.items()}
     with tempfile.TemporaryDirectory() as tmp:
         net_only = Path(tmp) / "network.onnx"
         with torch.no_grad():
@@ -158,8 +157,7 @@ def _precisions(run, test, sample: np.ndarray, threads: int, reporter: Reporter)
         for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX)):
             path = run.verified(precision_path(run.file(name), precision).name)
             session = cpu_session(path, threads)
-            out[precision][kind] = {"onnxruntime": ort_top1(session, test),
-                                    "latency_ms": _latencies(path, sample, threads)}
+            out[precision][kind] = {"onnxruntime": ort_top1(session, test), "latency_ms": _latencies(session, sample)}
     return out
 
 

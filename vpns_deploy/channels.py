@@ -208,10 +208,11 @@ class ChannelMaskSet(nn.Module):
         order = torch.sort(key, descending=True, stable=True).indices
         return gid[order], ch[order], int(forced.sum())
 
-    def _masks_for(self, gid: torch.Tensor, ch: torch.Tensor, k: int) -> list[torch.Tensor]:
+    def _masks_for(self, gid: torch.Tensor, per_group: list[torch.Tensor], k: int) -> list[torch.Tensor]:
         """The first k of the order, each group's count rounded down to round_to (not below its floor).
 
-        Counts only grow with k, so MACs and kept channels do too: select() can bisect on k.
+        `per_group[i]`: group i's channels in keep order. Counts only grow with k, so MACs and kept
+        channels do too: select() can bisect on k.
         """
         counts = torch.bincount(gid[:k], minlength=len(self.sizes)).tolist()
         masks = []
@@ -219,7 +220,7 @@ class ChannelMaskSet(nn.Module):
             r = min(self.round_to, n)
             c = n if counts[i] == n else max(self._floor(n), counts[i] // r * r)
             mask = torch.zeros(n)
-            mask[ch[gid == i][:c]] = 1.0
+            mask[per_group[i][:c]] = 1.0
             masks.append(mask)
         return masks
 
@@ -242,6 +243,7 @@ class ChannelMaskSet(nn.Module):
     def select(self, importance: list[torch.Tensor]) -> None:
         """Largest k whose masks meet the budget: MACs (speedup) or kept channels (sparsity)."""
         gid, ch, floor = self._order(importance)
+        per_group = [ch[gid == i] for i in range(len(self.sizes))]  # once, not at every bisection step
         if self.speedup_target is not None:
             budget = self.dense_macs / self.speedup_target
 
@@ -255,11 +257,11 @@ class ChannelMaskSet(nn.Module):
         lo, hi = floor, self.total
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if cost(self._masks_for(gid, ch, mid)) <= budget:
+            if cost(self._masks_for(gid, per_group, mid)) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
-        for i, m in enumerate(self._masks_for(gid, ch, lo)):
+        for i, m in enumerate(self._masks_for(gid, per_group, lo)):
             self.group_mask(i).copy_(m.to(self.group_mask(i).device))
 
     def update_from_scores(self, sparsity: float | None = None) -> None:
