@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch.optim import SGD
-from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from calibration.feeds import nhwc_uint8
 from calibration.latency import measure_latency
@@ -47,11 +46,13 @@ from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.channels import head_layers
 from vpns_deploy.compress import _weights
 from vpns_deploy.config import CompressConfig
+from vpns_deploy.data.batches import num_batches
 from vpns_deploy.device import resolve_device
 from vpns_deploy.evaluate import top1
 from vpns_deploy.macs import count_macs, count_params
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
 from vpns_deploy.progress import Reporter
+from vpns_deploy.schedules import cosine
 from vpns_deploy.prompts import PromptedNet
 from vpns_deploy.trainer import PLAIN, StagePlan, run_stage
 
@@ -132,7 +133,7 @@ def _tp(args: argparse.Namespace, epochs: int) -> dict:
     model = PromptedNet(net, loaded.inputs, None).to(device)
     o = cfg.optim
     opt = SGD(_weights(net), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    plan = StagePlan("finetune", epochs, [(opt, CosineAnnealingLR(opt, T_max=epochs))], (PLAIN,))
+    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs, num_batches(len(splits.train), args.batch_size)))], (PLAIN,))
     hist = run_stage(model, plan, splits, args.batch_size, device, args.seed, Reporter())
     net = net.cpu().eval()
     out = args.runs / f"tp-{epochs}ep"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch.optim import SGD
-from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from pipelines.compress_stage import prepare_inputs
 from pipelines.run_dir import now, versions
@@ -29,6 +28,7 @@ from vpns_deploy.config import CompressConfig
 from vpns_deploy.data.batches import augment, to_unit_float
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.prompts import PromptedNet, VisualPrompt
+from vpns_deploy.schedules import cosine
 from vpns_deploy.trainer import PLAIN, StagePlan, train_step
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Plain fine-tune step: every weight trained with SGD, no masks.
     dense = PromptedNet(copy.deepcopy(loaded.net).to(memory_format=torch.channels_last), loaded.inputs, None)
     opt = SGD(dense.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    plan = StagePlan("finetune", 1, [(opt, CosineAnnealingLR(opt, T_max=1))], (PLAIN,))
+    plan = StagePlan("finetune", 1, [(opt, cosine(opt, 1, len(batches)))], (PLAIN,))
     results["finetune"] = _time(dense, plan, batches, False, args.warmup)
     for kind, with_prompt, prompted in (("vpns_stage1_prompted", True, True),
                                         ("vpns_stage1_unprompted", True, False),
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         masks.update_from_scores(cfg.sparsity)
         prompt = VisualPrompt(build_prompt_spec(cfg, splits.train.image_shape)) if with_prompt else None
         model = PromptedNet(net, loaded.inputs, prompt)
-        plan = _mask_stage(model, masks, cfg)
+        plan = _mask_stage(model, masks, cfg, len(batches))
         results[kind] = _time(model, plan, batches, prompted, args.warmup)
     summary = {k: {"median_s": statistics.median(v), "p90_s": sorted(v)[int(0.9 * (len(v) - 1))], "steps": len(v)}
                for k, v in results.items()}

@@ -87,6 +87,20 @@ def test_compaction_equals_masking_on_pretrained_resnet20(resnet20_path, cifar_s
     assert masks.sparsity() > 0.1
 
 
+def test_compaction_of_a_fully_frozen_network_keeps_its_flags():
+    """Stage 1 alone (--epochs-tune 0) leaves every weight frozen: compaction must still trace it."""
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    images = torch.rand(4, 3, 32, 32)
+    _, small, diff = _masked_vs_compacted(net, images, sparsity=0.5)
+    assert diff <= 1e-4
+    assert not any(p.requires_grad for p in small.parameters())
+    assert not small.layer2[0].shortcut.weight.requires_grad
+
+
 def test_compaction_equals_masking_on_torchvision_resnet18():
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=10)

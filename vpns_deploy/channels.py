@@ -18,6 +18,8 @@ or, for `--speedup`, from the largest k whose MACs meet the target.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -48,8 +50,22 @@ class ChannelGroup:
     members: list[Member]
 
 
+@contextmanager
+def traceable(net: nn.Module) -> Iterator[nn.Module]:
+    """Every parameter requires grad inside: torch-pruning traces grad_fn, and a frozen net has none."""
+    flags = [(p, p.requires_grad) for p in net.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(True)
+    try:
+        yield net
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(net, example_inputs=example[:1])
+    with traceable(net):
+        return tp.DependencyGraph().build_dependency(net, example_inputs=example[:1])
 
 
 def head_layers(net: nn.Module) -> list[nn.Module]:

@@ -12,7 +12,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from vpns_deploy.channels import head_layers
+from vpns_deploy.channels import head_layers, traceable
 
 
 def _without_hooks(net: nn.Module) -> nn.Module:
@@ -30,7 +30,9 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
     Runs with autograd on: torch-pruning traces the graph through it.
     """
     out = _without_hooks(net).cpu().eval()
-    dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
+    trainable = {n: p.requires_grad for n, p in out.named_parameters()}
+    with traceable(out):  # a fully frozen net (stage 1 only) has no grad_fn to trace
+        dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
     heads = set(head_layers(out))
     for root_name, keep in group_masks.items():
         module = out.get_submodule(root_name)
@@ -44,4 +46,6 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
         pruner = dg.get_pruner_of_module(module)
         group = dg.get_pruning_group(module, pruner.prune_out_channels, idxs=removed)
         group.prune()
+    for n, p in out.named_parameters():
+        p.requires_grad_(trainable[n])  # pruned layers hold new Parameter objects
     return out

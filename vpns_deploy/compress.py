@@ -9,15 +9,16 @@ from typing import Protocol
 import torch
 from torch import nn
 from torch.optim import SGD, Adam
-from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
 
 from vpns_deploy.channels import ChannelMaskSet
 from vpns_deploy.config import CompressConfig, default_pad, parse_mode
+from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
 from vpns_deploy.models.checkpoint import LoadedModel
 from vpns_deploy.progress import Reporter
+from vpns_deploy.schedules import cosine, multistep
 from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
 from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, run_stage, stream_generators
 
@@ -55,19 +56,19 @@ def _weights(net: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in net.named_parameters() if not n.endswith("scores") and id(p) not in frozen]
 
 
-def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> StagePlan:
+def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, steps: int) -> StagePlan:
     o, e = cfg.optim, cfg.epochs_mask
     for p in model.parameters():
         p.requires_grad_(False)
     masks.set_scores_trainable(True)
     lr = o.lr_channel_scores if isinstance(masks, ChannelMaskSet) else o.lr_scores
     opt = Adam(masks.scores(), lr=lr, weight_decay=o.wd_scores)
-    optimizers = [(opt, CosineAnnealingLR(opt, T_max=e))]
+    optimizers = [(opt, cosine(opt, e, steps))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
         model.prompt.delta.requires_grad_(True)
         popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
-        optimizers.append((popt, MultiStepLR(popt, milestones=[int(0.5 * e), int(0.72 * e)], gamma=0.1)))
+        optimizers.append((popt, multistep(popt, e, steps)))
         passes = (PROMPTED, PLAIN)
     return StagePlan(
         "mask", e, optimizers, passes, after_step=masks.update_from_scores,
@@ -76,7 +77,7 @@ def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> StageP
     )
 
 
-def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int) -> StagePlan:
+def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int, steps: int) -> StagePlan:
     o = cfg.optim
     masks.set_scores_trainable(False)
     masks.zero_pruned_weights()
@@ -84,12 +85,12 @@ def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: i
     for p in weights:
         p.requires_grad_(True)
     opt = SGD(weights, lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    optimizers = [(opt, CosineAnnealingLR(opt, T_max=epochs))]
+    optimizers = [(opt, cosine(opt, epochs, steps))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
         model.prompt.delta.requires_grad_(True)
         popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
-        optimizers.append((popt, CosineAnnealingLR(popt, T_max=epochs)))
+        optimizers.append((popt, cosine(popt, epochs, steps)))
         passes = (PROMPTED, PLAIN)
     return StagePlan(
         "tune", epochs, optimizers, passes,
@@ -108,7 +109,8 @@ def dense_finetune(
     model = PromptedNet(net, loaded.inputs, None).to(device)
     o = cfg.optim
     opt = SGD(net.parameters(), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    plan = StagePlan("finetune", epochs, [(opt, CosineAnnealingLR(opt, T_max=epochs))], (PLAIN,),
+    steps = num_batches(len(splits.train), cfg.batch_size)
+    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs, steps))], (PLAIN,),
                      describe={"trains": "all weights", "passes": [PLAIN]})
     return run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter)
 
@@ -121,12 +123,14 @@ class TrainingCheckpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
-def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
+def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig,
+                     steps: int) -> list[Callable[[], StagePlan]]:
+    """steps: batch iterations per epoch, over which the schedules run (schedules.py)."""
     stages: list[Callable[[], StagePlan]] = []
     if cfg.method != "magnitude":
-        stages.append(lambda: _mask_stage(model, masks, cfg))
+        stages.append(lambda: _mask_stage(model, masks, cfg, steps))
     if cfg.tune_epochs_effective > 0:
-        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective))
+        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective, steps))
     return stages
 
 
@@ -170,7 +174,7 @@ def compress(
         masks.init_scores_scaled()
         masks.update_from_scores()
 
-    for make_plan in _stage_factories(model, masks, cfg):
+    for make_plan in _stage_factories(model, masks, cfg, num_batches(len(splits.train), cfg.batch_size)):
         plan = make_plan()  # also sets what trains in this stage
         gens = stream_generators(cfg.seed)
         start = 1
