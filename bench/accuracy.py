@@ -28,6 +28,7 @@ from vpns_deploy.compress import dense_finetune
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.device import resolve_device
 from vpns_deploy.progress import Reporter
+from vpns_deploy.schedules import SCHEDULE_STEP
 
 METHOD_ORDER = ("dense", "magnitude", "hydra", "vpns")
 
@@ -94,7 +95,7 @@ def cell_key(method: str, sparsity: float | None, seed: int) -> str:
 
 
 def budget(args: argparse.Namespace) -> dict:
-    return {"vpns_epochs_per_stage": args.epochs, "batch_size": args.batch_size,
+    return {"schedule": SCHEDULE_STEP, "vpns_epochs_per_stage": args.epochs, "batch_size": args.batch_size,
             "train_subset": args.train_subset, "test_subset": args.test_subset, "pad": args.pad,
             "lr_prompt_mask": args.lr_prompt_mask, "lr_prompt_tune": args.lr_prompt_tune}
 

@@ -52,8 +52,8 @@ from vpns_deploy.evaluate import top1
 from vpns_deploy.macs import count_macs, count_params
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
 from vpns_deploy.progress import Reporter
-from vpns_deploy.schedules import cosine
 from vpns_deploy.prompts import PromptedNet
+from vpns_deploy.schedules import SCHEDULE_STEP, cosine
 from vpns_deploy.trainer import PLAIN, StagePlan, run_stage
 
 CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow")
@@ -85,8 +85,8 @@ def _cfg(args: argparse.Namespace, method: str = "vpns", mask: int = 0, tune: in
 
 
 def budget(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("arch", "speedup", "epochs", "round_to", "batch_size", "seed",
-                                          "train_subset", "test_subset")}
+    return {"schedule": SCHEDULE_STEP, **{k: getattr(args, k) for k in (
+        "arch", "speedup", "epochs", "round_to", "batch_size", "seed", "train_subset", "test_subset")}}
 
 
 def _ours(args: argparse.Namespace, cell: str) -> dict:

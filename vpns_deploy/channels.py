@@ -52,12 +52,14 @@ class ChannelGroup:
 
 @contextmanager
 def traceable(net: nn.Module) -> Iterator[nn.Module]:
-    """Every parameter requires grad inside: torch-pruning traces grad_fn, and a frozen net has none."""
+    """Grad on and every parameter requiring it inside: torch-pruning traces grad_fn, and a frozen
+    net (or a caller under torch.no_grad) has none."""
     flags = [(p, p.requires_grad) for p in net.parameters()]
     for p, _ in flags:
         p.requires_grad_(True)
     try:
-        yield net
+        with torch.enable_grad():
+            yield net
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
 
+SCHEDULE_STEP = "per-iteration"  # recorded in benchmark budgets: results from per-epoch runs differ
 PROMPT_MILESTONES = (0.5, 0.72)  # stage-1 prompt schedule, as fractions of the stage (VPNS.md §1)
 
 
