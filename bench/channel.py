@@ -28,13 +28,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch_pruning as tp
 from torch.optim import SGD
 
 from calibration.feeds import nhwc_uint8
-from calibration.latency import measure_latency
+from calibration.latency import latency_by_batch
 from calibration.parity import check_parity, require_parity
 from calibration.session import cpu_session, cpu_threads
 from export.deploy_graph import DeployGraph
@@ -168,8 +167,7 @@ def measure(results: dict, data: str) -> None:
     lat = {}
     for name, path in [("dense", dense_onnx)] + [(k, c["onnx"]) for k, c in results["cells"].items()]:
         session = cpu_session(Path(path), threads)
-        lat[name] = {str(b): measure_latency(session, np.ascontiguousarray(sample[:b]), runs=100).to_dict()
-                     for b in (1, 64)}
+        lat[name] = latency_by_batch(session, sample, runs=100)
     for name, cell in results["cells"].items():
         cell["latency_ms"] = lat[name]
         cell["speedup"] = {b: lat["dense"][b]["median_ms"] / lat[name][b]["median_ms"] for b in lat[name]}

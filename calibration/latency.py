@@ -10,6 +10,7 @@ import onnxruntime as ort
 from calibration.session import run
 
 MIN_RUNS = 20
+LATENCY_BATCHES = (1, 64)  # what every report and benchmark times: one image, and a serving batch
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,15 @@ def measure_latency(session: ort.InferenceSession, batch: np.ndarray, runs: int 
     t = np.asarray(times)
     return Latency(int(batch.shape[0]), runs, warmup, float(np.median(t)), float(np.percentile(t, 90)),
                    float(t.mean()), float(t.min()))
+
+
+def tile_batch(images: np.ndarray, n: int) -> np.ndarray:
+    """n images (the sample repeated as needed), contiguous: a timing input of any batch size."""
+    reps = -(-n // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:n])
+
+
+def latency_by_batch(session: ort.InferenceSession, sample: np.ndarray, runs: int = 30,
+                     batches: tuple[int, ...] = LATENCY_BATCHES) -> dict[str, dict]:
+    """Latency at each batch size, keyed by the batch as a string (the JSON layout reports use)."""
+    return {str(b): measure_latency(session, tile_batch(sample, b), runs=runs).to_dict() for b in batches}

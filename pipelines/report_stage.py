@@ -13,7 +13,7 @@ from torch import nn
 
 from calibration.accuracy import ort_top1
 from calibration.feeds import nhwc_uint8
-from calibration.latency import measure_latency
+from calibration.latency import LATENCY_BATCHES, latency_by_batch, tile_batch
 from calibration.session import cpu_session, cpu_threads
 from export.onnx_export import export_onnx
 from export.precision import precision_path
@@ -29,7 +29,6 @@ from vpns_deploy.macs import count_macs
 from vpns_deploy.progress import Reporter, out_console
 from vpns_deploy.prompts import Normalize
 
-LATENCY_BATCHES = (1, 64)
 
 
 def _counts(net: nn.Module) -> dict[str, int]:
@@ -39,15 +38,6 @@ def _counts(net: nn.Module) -> dict[str, int]:
 
 def _gz_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=6))
-
-
-def _batch(images: np.ndarray, n: int) -> np.ndarray:
-    reps = -(-n // len(images))
-    return np.ascontiguousarray(np.concatenate([images] * reps)[:n])
-
-
-def _latencies(session, sample: np.ndarray) -> dict[str, dict]:
-    return {str(b): measure_latency(session, _batch(sample, b)).to_dict() for b in LATENCY_BATCHES}
 
 
 def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter | None = None,
@@ -81,7 +71,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
 
     reporter.line(f"measuring ONNX Runtime CPU latency ({threads} threads), batch {LATENCY_BATCHES}")
     sample = nhwc_uint8(test, 0, 64)
-    latency = {kind: _latencies(session, sample) for kind, session in sessions.items()}
+    latency = {kind: latency_by_batch(session, sample) for kind, session in sessions.items()}
     with tempfile.TemporaryDirectory() as tmp:
         net_only = Path(tmp) / "network.onnx"
         with torch.no_grad():
@@ -92,9 +82,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         export_onnx(loaded.compressed, normalised.contiguous(), net_only, input_name="x")
         net_sample = np.repeat(normalised[:1].numpy(), 64, axis=0)
         session = cpu_session(net_only, threads)
-        latency["network_only"] = {
-            str(b): measure_latency(session, np.ascontiguousarray(net_sample[:b])).to_dict() for b in LATENCY_BATCHES
-        }
+        latency["network_only"] = latency_by_batch(session, net_sample)
     overhead = {
         b: {"ms": latency["compressed"][b]["median_ms"] - latency["network_only"][b]["median_ms"],
             "fraction": 1 - latency["network_only"][b]["median_ms"] / latency["compressed"][b]["median_ms"]}
@@ -157,7 +145,7 @@ def _precisions(run, test, sample: np.ndarray, threads: int, reporter: Reporter)
         for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX)):
             path = run.verified(precision_path(run.file(name), precision).name)
             session = cpu_session(path, threads)
-            out[precision][kind] = {"onnxruntime": ort_top1(session, test), "latency_ms": _latencies(session, sample)}
+            out[precision][kind] = {"onnxruntime": ort_top1(session, test), "latency_ms": latency_by_batch(session, sample)}
     return out
 
 
@@ -175,7 +163,7 @@ def _tensorrt(run, test, sample: np.ndarray, reporter: Reporter) -> dict:
         reporter.line(f"measuring TensorRT {precision} engine")
         runner = EngineRunner(run.verified(Path(info["path"]).name))
         engines[precision] = {"top1": engine_top1(runner, test),
-                              "latency_ms": {str(b): runner.latency(np.ascontiguousarray(sample[:b]))
+                              "latency_ms": {str(b): runner.latency(tile_batch(sample, b))
                                              for b in LATENCY_BATCHES},
                               "sparse_layers": info["sparse_layers"]}
     return {"measured": True, "engines": engines, "ort_providers": providers}
