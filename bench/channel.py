@@ -8,8 +8,10 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
              iterative steps until MACs <= dense / X, round_to as ours; then 2E fine-tune epochs
              (the same fine-tune optimiser steps as VPNs' stage 2)
   tp_steps   the same with 4E fine-tune epochs (the same total optimiser steps as VPNs)
-  vpns_slow  vpns with channel scores on Adam 1e-3 instead of 1e-2 (stage 1 refines the magnitude
+  vpns_slow  vpns with channel scores on Adam 1e-3 instead of 1e-2 (stage 1 refines the initial
              mask instead of reshuffling it)
+  vpns_l1init  vpns with scores starting at the one-shot L1 ranking (channel_init "l1", the default
+             before Torch-Pruning's group-norm mask)
 
 Phase `train` (resumable: finished cells are kept in the JSON) writes each cell's ONNX with ORT
 parity checked; phase `latency` times every ONNX with ONNX Runtime on the CPU. Run `latency` on an
@@ -55,7 +57,7 @@ from vpns_deploy.prompts import PromptedNet
 from vpns_deploy.schedules import SCHEDULE_STEP, cosine
 from vpns_deploy.trainer import PLAIN, StagePlan, run_stage
 
-CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow")
+CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,14 +94,15 @@ def _ours(args: argparse.Namespace, cell: str) -> dict:
     e = args.epochs
     vpns = _cfg(args, "vpns", e, e)
     cfg = {"vpns": vpns, "hydra": _cfg(args, "hydra", 2 * e, 2 * e), "magnitude": _cfg(args, "magnitude", 0, 4 * e),
-           "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3))}[cell]
+           "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
+           "vpns_l1init": replace(vpns, channel_init="l1")}[cell]
     out = args.runs / cell
     run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=Reporter())
     run_export(out, reporter=Reporter())
     m = RunDir.open(out).manifest
     s = m["metrics"]["structure"]
     hist = m["metrics"]["epochs"]
-    return {"top1": m["metrics"]["top1_prompted"] if cell == "vpns" else m["metrics"]["top1_plain"],
+    return {"top1": m["metrics"]["top1_prompted"] if cell.startswith("vpns") else m["metrics"]["top1_plain"],
             "top1_plain": m["metrics"]["top1_plain"], "macs": s["macs"]["compressed"],
             "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
             "optimizer_steps": sum(h["optimizer_steps"] for h in hist),

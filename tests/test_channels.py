@@ -1,6 +1,8 @@
 """Channel mode: coupled groups, masks that equal removal, physical compaction, MACs, --speedup."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -23,11 +25,15 @@ def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
 
 
-def _masked_vs_compacted(net: nn.Module, images: torch.Tensor, **kw) -> tuple[ChannelMaskSet, nn.Module, float]:
+def _masked_vs_compacted(net: nn.Module, images: torch.Tensor, random_scores: bool = False,
+                         **kw) -> tuple[ChannelMaskSet, nn.Module, float]:
     net.eval()
     masks = ChannelMaskSet(net, images[:1], **kw)
-    masks.init_scores_scaled()
-    masks.update_from_scores()
+    if random_scores:  # any channel of any group may go, residual streams included
+        masks.select([torch.rand(n) for n in masks.sizes])
+    else:
+        masks.init_scores_scaled()
+        masks.update_from_scores()
     with torch.no_grad():
         masked = net(images)
     small = masks.baked(net).eval()
@@ -64,7 +70,7 @@ def test_compaction_equals_masking_on_resnet20_random_weights(seed):
     _randomise_bn(net, seed)
     shortcuts_as_convs(net)
     images = torch.rand(16, 3, 32, 32) * 4 - 2
-    masks, small, diff = _masked_vs_compacted(net, images, sparsity=0.5)
+    masks, small, diff = _masked_vs_compacted(net, images, random_scores=True, sparsity=0.5)
     assert diff <= 1e-4
     # The residual streams really shrank, and the result holds plain layers only.
     assert small.conv1.out_channels < 16 and small.linear.in_features < 64
@@ -148,6 +154,42 @@ def test_speedup_reaches_the_requested_mac_reduction(target):
     assert achieved >= target * 0.999  # never short of the target by more than rounding
 
 
+def test_initial_mask_is_torch_prunings_group_norm_result():
+    """Scores start at the mask Torch-Pruning's own iterative pruner reaches (independently run here)."""
+    import torch_pruning as tp
+
+    from vpns_deploy.channels import head_layers
+
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    _randomise_bn(net)
+    x = torch.zeros(1, 3, 32, 32)
+    dense_macs = count_macs(net, x)
+    shortcuts_as_convs(net)
+    reference = copy.deepcopy(net)
+    pruner = tp.pruner.BasePruner(
+        reference, x, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+        pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400, ignored_layers=head_layers(reference),
+        round_to=16)
+    while count_macs(reference, x) > dense_macs / 2:
+        pruner.step()
+    masks = ChannelMaskSet(net, x, sparsity=None, speedup=2.0, round_to=16)
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    small = masks.baked(net)
+    widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
+    ref_widths = {n: m.out_channels for n, m in reference.named_modules() if isinstance(m, nn.Conv2d)}
+    assert widths == ref_widths
+    # The same channels, not only the same counts: the weights left are the same.
+    for (n, a), b in zip(small.named_parameters(), reference.parameters()):
+        assert torch.equal(a, b), n
+    # Kept channels outrank removed ones by construction, so the first mask is exactly that.
+    for i, s in enumerate(masks.scores()):
+        kept = masks.group_mask(i).bool()
+        if (~kept).any():
+            assert s[kept].min() > s[~kept].max()
+
+
 def test_every_group_keeps_a_rounded_floor():
     torch.manual_seed(0)
     net = CifarResNet(20)
@@ -203,3 +245,18 @@ def test_channel_run_compacts_exports_and_reports(tmp_path, digits_model):
     assert set(report["speedup"]) == {"1", "64"}
     assert all(v["efficiency"] > 0 for v in report["speedup"].values())
     assert "MACs per image" in (out / "report.md").read_text()
+
+
+def test_channel_init_choices():
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="channel_init"):
+        CompressConfig(mode="channel", channel_init="random")
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.5, init="l1")
+    masks.init_scores_scaled()
+    for s, imp in zip(masks.scores(), masks.magnitude()):
+        assert torch.allclose(s.mean(), torch.tensor(1.0)) and torch.equal(s.argsort(), imp.argsort())

@@ -18,7 +18,7 @@ or, for `--speedup`, from the largest k whose MACs meet the target.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ from torch import nn
 from vpns_deploy.macs import LayerCost, layer_costs
 from vpns_deploy.masks import LayerStats
 
+GROUP_NORM_STEPS = 400  # Torch-Pruning's iterative steps for the initial mask (each removes a sliver)
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -117,7 +118,8 @@ class ChannelMaskSet(nn.Module):
     """Scores and masks of every channel group of one network, applied through forward hooks."""
 
     def __init__(self, net: nn.Module, example: torch.Tensor, sparsity: float | None = 0.5,
-                 speedup: float | None = None, min_keep: float = 0.1, round_to: int = 1) -> None:
+                 speedup: float | None = None, min_keep: float = 0.1, round_to: int = 1,
+                 init: str = "group_norm") -> None:
         super().__init__()
         self.groups = find_groups(net, example)
         if not self.groups:
@@ -130,6 +132,7 @@ class ChannelMaskSet(nn.Module):
             self.register_buffer(f"mask_{i}", torch.ones(g.size, device=example.device))
         self.sparsity_target, self.speedup_target, self.min_keep = sparsity, speedup, min_keep
         self.round_to = max(1, round_to)
+        self.init = init
         self.costs: dict[str, LayerCost] = layer_costs(net, example)
         # The reference is the user's network: frozen channel copies stand in for parameter-free
         # shortcuts there, so they cost nothing in it (but their MACs count once compacted).
@@ -199,11 +202,66 @@ class ChannelMaskSet(nn.Module):
             out.append(imp)
         return out
 
+    def group_norm_keep(self, steps: int = GROUP_NORM_STEPS) -> list[torch.Tensor]:
+        """The keep masks Torch-Pruning's own iterative pruner reaches at this set's budget.
+
+        BasePruner with GroupMagnitudeImportance(p=2) (the group norm over every coupled layer:
+        producers, BN, consumers' input weights, renormalised per group after every step), global,
+        round_to and the per-group floor as ours, run on a copy until the budget is met. The
+        channels it removes are tracked back to their original indices. Measured on ResNet-56 at 2x
+        fewer MACs: after the same short fine-tune this structure reached 59.6 % where our one-shot
+        L1 ranking (same budget) reached 22.4 % (docs/benchmarks.md), because renormalising after
+        each step spreads the cut instead of emptying the residual streams.
+        """
+        from vpns_deploy.compaction import without_hooks
+
+        net = without_hooks(self._net_ref[0]).cpu().eval()
+        names = {m: n for n, m in net.named_modules()}
+        alive = {n: torch.arange(m.weight.shape[0]) for n, m in net.named_modules()
+                 if isinstance(m, (nn.Conv2d, nn.Linear))}
+        budget, cost = self._budget()
+
+        def keep() -> list[torch.Tensor]:
+            out = []
+            for g in self.groups:
+                mask = torch.zeros(g.size)
+                mask[alive[g.root]] = 1.0
+                out.append(mask)
+            return out
+
+        with traceable(net):
+            pruner = tp.pruner.BasePruner(
+                net, self._example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=1.0 - self.min_keep,
+                iterative_steps=steps, ignored_layers=head_layers(net), round_to=self.round_to)
+            for _ in range(steps):
+                if cost(keep()) <= budget:
+                    break
+                for group in pruner.step(interactive=True):
+                    for dep, idxs in group:
+                        name = names.get(dep.target.module)
+                        if name in alive and pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                            gone = torch.zeros(len(alive[name]), dtype=torch.bool)
+                            gone[torch.as_tensor(idxs, dtype=torch.long)] = True
+                            alive[name] = alive[name][~gone]
+                    group.prune()
+        return keep()
+
     @torch.no_grad()
     def init_scores_scaled(self) -> None:
-        """Scores start at the group's L1 importance over its mean, so the first mask is magnitude's."""
-        for s, imp in zip(self.score_params, self.magnitude()):
-            s.copy_(imp / imp.mean().clamp_min(1e-12))
+        """Scores start at Torch-Pruning's group-norm mask: kept channels in (1, 2], removed in [0, 1].
+
+        Within each side the order is the group's L1 importance over its max, so the first mask is
+        the library's and stage 1 (scores + prompt) refines it from there. init "l1": the group's
+        L1 importance over its mean, so the first mask is the one-shot L1 ranking.
+        """
+        if self.init == "l1":
+            for s, imp in zip(self.score_params, self.magnitude()):
+                s.copy_(imp / imp.mean().clamp_min(1e-12))
+            return
+        kept = self.group_norm_keep()
+        for s, imp, k in zip(self.score_params, self.magnitude(), kept):
+            s.copy_(k.to(s.device) + imp / imp.max().clamp_min(1e-12))
 
     def _floor(self, n: int) -> int:
         """Channels a group of n always keeps: min_keep of it, rounded up to round_to (at most n)."""
@@ -257,21 +315,19 @@ class ChannelMaskSet(nn.Module):
         return sum(c.macs(c.out_channels - out_removed.get(n, 0), c.in_channels - in_removed.get(n, 0))
                    for n, c in self.costs.items())
 
+    def _budget(self) -> tuple[float, Callable[[list[torch.Tensor]], float]]:
+        """The budget and what counts against it: MACs (speedup) or kept channels (sparsity)."""
+        if self.speedup_target is not None:
+            return self.dense_macs / self.speedup_target, self.macs_of
+        budget = self.total - math.floor(float(self.sparsity_target) * self.total)
+        return budget, lambda ms: float(sum(m.sum().item() for m in ms))
+
     @torch.no_grad()
     def select(self, importance: list[torch.Tensor]) -> None:
         """Largest k whose masks meet the budget: MACs (speedup) or kept channels (sparsity)."""
         gid, ch, floor = self._order(importance)
         per_group = [ch[gid == i] for i in range(len(self.sizes))]  # once, not at every bisection step
-        if self.speedup_target is not None:
-            budget = self.dense_macs / self.speedup_target
-
-            def cost(ms: list[torch.Tensor]) -> float:
-                return self.macs_of(ms)
-        else:
-            budget = self.total - math.floor(float(self.sparsity_target) * self.total)
-
-            def cost(ms: list[torch.Tensor]) -> float:
-                return float(sum(m.sum().item() for m in ms))
+        budget, cost = self._budget()
         lo, hi = floor, self.total
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -279,8 +335,29 @@ class ChannelMaskSet(nn.Module):
                 lo = mid
             else:
                 hi = mid - 1
-        for i, m in enumerate(self._masks_for(gid, per_group, lo)):
+        masks = self._fill(self._masks_for(gid, per_group, lo), per_group, importance, budget, cost)
+        for i, m in enumerate(masks):
             self.group_mask(i).copy_(m.to(self.group_mask(i).device))
+
+    def _fill(self, masks: list[torch.Tensor], per_group: list[torch.Tensor], importance: list[torch.Tensor],
+              budget: float, cost: Callable[[list[torch.Tensor]], float]) -> list[torch.Tensor]:
+        """Spend what rounding left of the budget: one pass over the groups, most important next
+        block first, adding each group's next round_to channels where they still fit. Without it
+        the rounded counts can stop well short of a --speedup target (1.58x for 1.5x, measured)."""
+        nxt = []
+        for i, (m, n) in enumerate(zip(masks, self.sizes)):
+            c = int(m.sum())
+            if c < n:
+                nxt.append((float(importance[i].detach().abs().cpu()[per_group[i][c]]), i, c))
+        for _, i, c in sorted(nxt, reverse=True):
+            n = self.sizes[i]
+            trial = list(masks)
+            block = per_group[i][c:min(n, c + min(self.round_to, n))]
+            trial[i] = masks[i].clone()
+            trial[i][block] = 1.0
+            if cost(trial) <= budget:
+                masks = trial
+        return masks
 
     def update_from_scores(self, sparsity: float | None = None) -> None:
         if sparsity is not None:

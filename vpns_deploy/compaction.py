@@ -15,7 +15,8 @@ from torch import nn
 from vpns_deploy.channels import head_layers, traceable
 
 
-def _without_hooks(net: nn.Module) -> nn.Module:
+def without_hooks(net: nn.Module) -> nn.Module:
+    """A deep copy of net without the mask hooks (what torch-pruning and compaction work on)."""
     out = copy.deepcopy(net)
     for m in out.modules():
         m._forward_hooks.clear()
@@ -29,7 +30,7 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
     `group_masks` maps each group's root layer name to its keep mask (ChannelMaskSet.masks()).
     Runs with autograd on: torch-pruning traces the graph through it.
     """
-    out = _without_hooks(net).cpu().eval()
+    out = without_hooks(net).cpu().eval()
     trainable = {n: p.requires_grad for n, p in out.named_parameters()}
     with traceable(out):  # a fully frozen net (stage 1 only) has no grad_fn to trace
         dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
