@@ -10,6 +10,8 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
   tp_steps   the same with 4E fine-tune epochs (the same total optimiser steps as VPNs)
   vpns_slow  vpns with channel scores on Adam 1e-3 instead of 1e-2 (stage 1 refines the initial
              mask instead of reshuffling it)
+  vpns_widths  vpns with channel_widths "init": Torch-Pruning's widths kept, stage 1 re-picks
+             which channels of each group survive
   vpns_l1init  vpns with scores starting at the one-shot L1 ranking (channel_init "l1", the default
              before Torch-Pruning's group-norm mask)
 
@@ -57,7 +59,7 @@ from vpns_deploy.prompts import PromptedNet
 from vpns_deploy.schedules import SCHEDULE_STEP, cosine
 from vpns_deploy.trainer import PLAIN, StagePlan, run_stage
 
-CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init")
+CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +97,8 @@ def _ours(args: argparse.Namespace, cell: str) -> dict:
     vpns = _cfg(args, "vpns", e, e)
     cfg = {"vpns": vpns, "hydra": _cfg(args, "hydra", 2 * e, 2 * e), "magnitude": _cfg(args, "magnitude", 0, 4 * e),
            "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
-           "vpns_l1init": replace(vpns, channel_init="l1")}[cell]
+           "vpns_l1init": replace(vpns, channel_init="l1"),
+           "vpns_widths": replace(vpns, channel_widths="init")}[cell]
     out = args.runs / cell
     run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=Reporter())
     run_export(out, reporter=Reporter())

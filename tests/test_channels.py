@@ -260,3 +260,29 @@ def test_channel_init_choices():
     masks.init_scores_scaled()
     for s, imp in zip(masks.scores(), masks.magnitude()):
         assert torch.allclose(s.mean(), torch.tensor(1.0)) and torch.equal(s.argsort(), imp.argsort())
+
+
+def test_widths_init_keeps_each_groups_count_and_repicks_channels():
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="channel_widths"):
+        CompressConfig(mode="channel", channel_widths="free")
+    torch.manual_seed(0)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.5, round_to=4, widths="init")
+    masks.init_scores_scaled()
+    masks.update_from_scores()
+    counts = [int(masks.group_mask(i).sum()) for i in range(len(masks.groups))]
+    before = [masks.group_mask(i).clone() for i in range(len(masks.groups))]
+    with torch.no_grad():
+        for s in masks.scores():
+            s.copy_(torch.rand_like(s))  # scores reshuffled, as stage 1 might
+    masks.update_from_scores()
+    assert [int(masks.group_mask(i).sum()) for i in range(len(masks.groups))] == counts
+    assert any(not torch.equal(b, masks.group_mask(i)) for i, b in enumerate(before))
+    for i, s in enumerate(masks.scores()):  # each group keeps its highest scores
+        kept = masks.group_mask(i).bool()
+        if (~kept).any():
+            assert s[kept].min() >= s[~kept].max()

@@ -119,7 +119,7 @@ class ChannelMaskSet(nn.Module):
 
     def __init__(self, net: nn.Module, example: torch.Tensor, sparsity: float | None = 0.5,
                  speedup: float | None = None, min_keep: float = 0.1, round_to: int = 1,
-                 init: str = "group_norm") -> None:
+                 init: str = "group_norm", widths: str = "learned") -> None:
         super().__init__()
         self.groups = find_groups(net, example)
         if not self.groups:
@@ -132,7 +132,9 @@ class ChannelMaskSet(nn.Module):
             self.register_buffer(f"mask_{i}", torch.ones(g.size, device=example.device))
         self.sparsity_target, self.speedup_target, self.min_keep = sparsity, speedup, min_keep
         self.round_to = max(1, round_to)
-        self.init = init
+        self.init, self.widths = init, widths
+        # widths "init": each group's channel count, fixed by the first selection (0: not fixed yet)
+        self.register_buffer("fixed_counts", torch.zeros(len(self.groups), dtype=torch.long))
         self.costs: dict[str, LayerCost] = layer_costs(net, example)
         # The reference is the user's network: frozen channel copies stand in for parameter-free
         # shortcuts there, so they cost nothing in it (but their MACs count once compacted).
@@ -360,9 +362,25 @@ class ChannelMaskSet(nn.Module):
         return masks
 
     def update_from_scores(self, sparsity: float | None = None) -> None:
+        """Global selection; with widths "init" only the first one is global, and later ones keep
+        each group's count and re-pick which of its channels survive (per-group top-k, as the
+        original HYDRA does per layer)."""
         if sparsity is not None:
             self.sparsity_target = sparsity
+        if self.widths == "init" and bool((self.fixed_counts > 0).all()):
+            self._select_within_groups(self.scores())
+            return
         self.select(self.scores())
+        if self.widths == "init":
+            for i in range(len(self.groups)):
+                self.fixed_counts[i] = int(self.group_mask(i).sum())
+
+    @torch.no_grad()
+    def _select_within_groups(self, importance: list[torch.Tensor]) -> None:
+        for i, (t, c) in enumerate(zip(importance, self.fixed_counts.tolist())):
+            mask = torch.zeros_like(self.group_mask(i))
+            mask[torch.topk(t.detach().abs(), c, sorted=False).indices.to(mask.device)] = 1.0
+            self.group_mask(i).copy_(mask)
 
     def update_from_magnitude(self, sparsity: float | None = None) -> None:
         if sparsity is not None:
