@@ -49,7 +49,6 @@ from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.channels import head_layers
 from vpns_deploy.compress import _weights
 from vpns_deploy.config import CompressConfig
-from vpns_deploy.data.batches import num_batches
 from vpns_deploy.device import resolve_device
 from vpns_deploy.evaluate import top1
 from vpns_deploy.macs import count_macs, count_params
@@ -138,7 +137,7 @@ def _tp(args: argparse.Namespace, epochs: int) -> dict:
     model = PromptedNet(net, loaded.inputs, None).to(device)
     o = cfg.optim
     opt = SGD(_weights(net), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs, num_batches(len(splits.train), args.batch_size)))], (PLAIN,))
+    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs))], (PLAIN,))
     hist = run_stage(model, plan, splits, args.batch_size, device, args.seed, Reporter())
     net = net.cpu().eval()
     out = args.runs / f"tp-{epochs}ep"

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Plain fine-tune step: every weight trained with SGD, no masks.
     dense = PromptedNet(copy.deepcopy(loaded.net).to(memory_format=torch.channels_last), loaded.inputs, None)
     opt = SGD(dense.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    plan = StagePlan("finetune", 1, [(opt, cosine(opt, 1, len(batches)))], (PLAIN,))
+    plan = StagePlan("finetune", 1, [(opt, cosine(opt, 1))], (PLAIN,))
     results["finetune"] = _time(dense, plan, batches, False, args.warmup)
     for kind, with_prompt, prompted in (("vpns_stage1_prompted", True, True),
                                         ("vpns_stage1_unprompted", True, False),
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         masks.update_from_scores(cfg.sparsity)
         prompt = VisualPrompt(build_prompt_spec(cfg, splits.train.image_shape)) if with_prompt else None
         model = PromptedNet(net, loaded.inputs, prompt)
-        plan = _mask_stage(model, masks, cfg, len(batches))
+        plan = _mask_stage(model, masks, cfg)
         results[kind] = _time(model, plan, batches, prompted, args.warmup)
     summary = {k: {"median_s": statistics.median(v), "p90_s": sorted(v)[int(0.9 * (len(v) - 1))], "steps": len(v)}
                for k, v in results.items()}

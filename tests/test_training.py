@@ -35,7 +35,7 @@ def _snapshot(model):
 def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
     before = _snapshot(model)
-    plan = _mask_stage(model, masks, cfg, 10)
+    plan = _mask_stage(model, masks, cfg)
     hist = run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
     after = _snapshot(model)
     weights = [k for k in before if k.endswith(("weight", "bias")) and "prompt" not in k]
@@ -50,11 +50,11 @@ def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digit
 
 def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
-    run_stage(model, _mask_stage(model, masks, cfg, 10), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, _mask_stage(model, masks, cfg), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     mask_before = masks.masks()
     scores_before = [s.detach().clone() for s in masks.scores()]
     kept_before = [m.weight[m.mask.bool()].clone() for _, m in masks.layers]
-    run_stage(model, _tune_stage(model, masks, cfg, 2, 10), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, _tune_stage(model, masks, cfg, 2), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     mask_after = masks.masks()
     assert all(torch.equal(mask_before[k], mask_after[k]) for k in mask_before)
     assert all(torch.equal(a, b) for a, b in zip(scores_before, masks.scores()))
@@ -65,7 +65,7 @@ def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, d
 
 def test_pad_prompt_changes_only_the_frame(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
-    run_stage(model, _mask_stage(model, masks, cfg, 10), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, _mask_stage(model, masks, cfg), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     p = model.prompt
     pad = p.spec.pad
     add = p.additive()

@@ -12,7 +12,6 @@ from torch.optim import SGD, Adam
 
 from vpns_deploy.channels import ChannelMaskSet
 from vpns_deploy.config import CompressConfig, default_pad, parse_mode
-from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
@@ -56,19 +55,19 @@ def _weights(net: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in net.named_parameters() if not n.endswith("scores") and id(p) not in frozen]
 
 
-def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, steps: int) -> StagePlan:
+def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> StagePlan:
     o, e = cfg.optim, cfg.epochs_mask
     for p in model.parameters():
         p.requires_grad_(False)
     masks.set_scores_trainable(True)
     lr = o.lr_channel_scores if isinstance(masks, ChannelMaskSet) else o.lr_scores
     opt = Adam(masks.scores(), lr=lr, weight_decay=o.wd_scores)
-    optimizers = [(opt, cosine(opt, e, steps))]
+    optimizers = [(opt, cosine(opt, e))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
         model.prompt.delta.requires_grad_(True)
         popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
-        optimizers.append((popt, multistep(popt, e, steps)))
+        optimizers.append((popt, multistep(popt, e)))
         passes = (PROMPTED, PLAIN)
     return StagePlan(
         "mask", e, optimizers, passes, after_step=masks.update_from_scores,
@@ -77,7 +76,7 @@ def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, steps: in
     )
 
 
-def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int, steps: int) -> StagePlan:
+def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int) -> StagePlan:
     o = cfg.optim
     masks.set_scores_trainable(False)
     masks.zero_pruned_weights()
@@ -85,12 +84,12 @@ def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: i
     for p in weights:
         p.requires_grad_(True)
     opt = SGD(weights, lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    optimizers = [(opt, cosine(opt, epochs, steps))]
+    optimizers = [(opt, cosine(opt, epochs))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
         model.prompt.delta.requires_grad_(True)
         popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
-        optimizers.append((popt, cosine(popt, epochs, steps)))
+        optimizers.append((popt, cosine(popt, epochs)))
         passes = (PROMPTED, PLAIN)
     return StagePlan(
         "tune", epochs, optimizers, passes,
@@ -109,8 +108,7 @@ def dense_finetune(
     model = PromptedNet(net, loaded.inputs, None).to(device)
     o = cfg.optim
     opt = SGD(net.parameters(), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    steps = num_batches(len(splits.train), cfg.batch_size)
-    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs, steps))], (PLAIN,),
+    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs))], (PLAIN,),
                      describe={"trains": "all weights", "passes": [PLAIN]})
     return run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter)
 
@@ -123,14 +121,12 @@ class TrainingCheckpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
-def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig,
-                     steps: int) -> list[Callable[[], StagePlan]]:
-    """steps: batch iterations per epoch, over which the schedules run (schedules.py)."""
+def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
     stages: list[Callable[[], StagePlan]] = []
     if cfg.method != "magnitude":
-        stages.append(lambda: _mask_stage(model, masks, cfg, steps))
+        stages.append(lambda: _mask_stage(model, masks, cfg))
     if cfg.tune_epochs_effective > 0:
-        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective, steps))
+        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective))
     return stages
 
 
@@ -174,7 +170,7 @@ def compress(
         masks.init_scores_scaled()
         masks.update_from_scores()
 
-    for make_plan in _stage_factories(model, masks, cfg, num_batches(len(splits.train), cfg.batch_size)):
+    for make_plan in _stage_factories(model, masks, cfg):
         plan = make_plan()  # also sets what trains in this stage
         gens = stream_generators(cfg.seed)
         start = 1

@@ -26,7 +26,7 @@ CHANNEL_WIDTHS = ("learned", "init")
 class OptimConfig:
     """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
 
-    lr_scores: float = 1e-4  # Adam, coupled weight decay, cosine over the stage's iterations
+    lr_scores: float = 1e-4  # Adam, coupled weight decay, cosine per epoch
     # Channel scores start at their group's L1 importance over its mean (about 1), so they need a
     # larger step than per-weight scores (about sqrt(6/fan_in)) to reorder within a short stage;
     # the dev branch (VPNS.md §6) uses Adam 1.0 on Kaiming-initialised channel scores.
@@ -172,8 +172,8 @@ DEVIATIONS: tuple[str, ...] = (
     "weights, biases and BN affine are frozen in stage 1 (equivalent: no optimiser held them)",
     "pruned weights are zeroed once at the start of stage 2 and stay exactly zero",
     "prompt in stage 1: Adam with multistep x0.1 at 50 %/72 % of the stage (the paper's runner)",
-    "every schedule steps once per batch iteration, not per epoch, so short stages still anneal "
-    "(and a 1-epoch stage 1 does not put both prompt milestones at step 0)",
+    "the stage-1 prompt milestones never fall before the end of the first epoch (the reference's "
+    "int(0.5*e) puts both at epoch 0 when e = 1, and the prompt would train at 1e-6)",
     "the random prompt uses its expected mask (coverage probability) at evaluation and export",
     "HYDRA uses the same score optimiser (Adam) as VPNs, so only the prompt and second pass differ",
     "channel mode: groups of coupled channels (torch-pruning) are scored and removed together, "

@@ -25,7 +25,7 @@ class StagePlan:
 
     `prompted` takes an un-augmented batch through the prompt; `plain` an augmented batch without
     it (shared/docs/VPNS.md §1). `after_step` runs after every optimiser step (mask re-selection).
-    Schedulers step once per batch iteration (after all passes): see schedules.py.
+    Schedulers step once per epoch: see schedules.py.
     """
 
     name: str
@@ -109,7 +109,7 @@ def run_stage(
         loss_sum = correct = seen = steps = 0
         t0 = time.perf_counter()
         label = f"{plan.name} {epoch}/{plan.epochs}"
-        lrs = {f"{i}": opt.param_groups[0]["lr"] for i, (opt, _) in enumerate(plan.optimizers)}  # at epoch start
+        lrs = {f"{i}": opt.param_groups[0]["lr"] for i, (opt, _) in enumerate(plan.optimizers)}
         with reporter.task(label, steps_per_epoch) as bar:
             for _ in range(steps_per_epoch):
                 for p in plan.passes:
@@ -120,11 +120,11 @@ def run_stage(
                         loss_sum += loss.item() * len(y)
                         correct += int((logits.argmax(1) == y).sum())
                         seen += len(y)
-                for _, sched in plan.optimizers:
-                    if sched is not None:
-                        sched.step()
                 bar.advance(_status(loss_sum / max(seen, 1), correct / max(seen, 1)))
         train_seconds = time.perf_counter() - t0
+        for _, sched in plan.optimizers:
+            if sched is not None:
+                sched.step()
         t1 = time.perf_counter()
         acc_plain = top1(model, test, device, prompted=False)
         acc_prompted = top1(model, test, device, prompted=True) if has_prompt else None
