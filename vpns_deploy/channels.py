@@ -119,7 +119,7 @@ class ChannelMaskSet(nn.Module):
 
     def __init__(self, net: nn.Module, example: torch.Tensor, sparsity: float | None = 0.5,
                  speedup: float | None = None, min_keep: float = 0.1, round_to: int = 1,
-                 init: str = "group_norm", widths: str = "learned") -> None:
+                 init: str = "group_norm", widths: str = "init") -> None:
         super().__init__()
         self.groups = find_groups(net, example)
         if not self.groups:
