@@ -26,6 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from vpns_deploy.config import CompressConfig
 from vpns_deploy.macs import LayerCost, layer_costs
 from vpns_deploy.masks import LayerStats
 
@@ -55,15 +56,15 @@ class ChannelGroup:
 def traceable(net: nn.Module) -> Iterator[nn.Module]:
     """Grad on and every parameter requiring it inside: torch-pruning traces grad_fn, and a frozen
     net (or a caller under torch.no_grad) has none."""
-    flags = [(p, p.requires_grad) for p in net.parameters()]
-    for p, _ in flags:
+    flags = {n: p.requires_grad for n, p in net.named_parameters()}
+    for p in net.parameters():
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
             yield net
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    finally:  # by name: pruning inside replaces the pruned layers' Parameter objects
+        for n, p in net.named_parameters():
+            p.requires_grad_(flags[n])
 
 
 def _dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -119,7 +120,7 @@ class ChannelMaskSet(nn.Module):
 
     def __init__(self, net: nn.Module, example: torch.Tensor, sparsity: float | None = 0.5,
                  speedup: float | None = None, min_keep: float = 0.1, round_to: int = 1,
-                 init: str = "group_norm", widths: str = "init") -> None:
+                 init: str = CompressConfig.channel_init, widths: str = CompressConfig.channel_widths) -> None:
         super().__init__()
         self.groups = find_groups(net, example)
         if not self.groups:

@@ -31,9 +31,13 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
     Runs with autograd on: torch-pruning traces the graph through it.
     """
     out = without_hooks(net).cpu().eval()
-    trainable = {n: p.requires_grad for n, p in out.named_parameters()}
     with traceable(out):  # a fully frozen net (stage 1 only) has no grad_fn to trace
-        dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
+        _prune(out, group_masks, example)
+    return out
+
+
+def _prune(out: nn.Module, group_masks: dict[str, torch.Tensor], example: torch.Tensor) -> None:
+    dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
     heads = set(head_layers(out))
     for root_name, keep in group_masks.items():
         module = out.get_submodule(root_name)
@@ -47,6 +51,3 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
         pruner = dg.get_pruner_of_module(module)
         group = dg.get_pruning_group(module, pruner.prune_out_channels, idxs=removed)
         group.prune()
-    for n, p in out.named_parameters():
-        p.requires_grad_(trainable[n])  # pruned layers hold new Parameter objects
-    return out
