@@ -25,6 +25,14 @@ def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
 
 
+def _resnet20_conv_shortcuts(seed: int = 0) -> nn.Module:
+    """A seeded random ResNet-20 with its option-A shortcuts as 0/1 convs (what channel mode prunes)."""
+    torch.manual_seed(seed)
+    net = CifarResNet(20)
+    shortcuts_as_convs(net)
+    return net
+
+
 def _masked_vs_compacted(net: nn.Module, images: torch.Tensor, random_scores: bool = False,
                          **kw) -> tuple[ChannelMaskSet, nn.Module, float]:
     net.eval()
@@ -65,10 +73,8 @@ def test_resnet20_groups_cover_the_residual_streams_separately():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_compaction_equals_masking_on_resnet20_random_weights(seed):
-    torch.manual_seed(seed)
-    net = CifarResNet(20)
+    net = _resnet20_conv_shortcuts(seed)
     _randomise_bn(net, seed)
-    shortcuts_as_convs(net)
     images = torch.rand(16, 3, 32, 32) * 4 - 2
     masks, small, diff = _masked_vs_compacted(net, images, random_scores=True, sparsity=0.5)
     assert diff <= 1e-4
@@ -95,9 +101,7 @@ def test_compaction_equals_masking_on_pretrained_resnet20(resnet20_path, cifar_s
 
 def test_compaction_of_a_fully_frozen_network_keeps_its_flags():
     """Stage 1 alone (--epochs-tune 0) leaves every weight frozen: compaction must still trace it."""
-    torch.manual_seed(0)
-    net = CifarResNet(20)
-    shortcuts_as_convs(net)
+    net = _resnet20_conv_shortcuts()
     for p in net.parameters():
         p.requires_grad_(False)
     images = torch.rand(4, 3, 32, 32)
@@ -129,9 +133,7 @@ def test_mac_count_matches_a_hand_count():
 
 
 def test_mask_mac_estimate_equals_the_compacted_count():
-    torch.manual_seed(0)
-    net = CifarResNet(20)
-    shortcuts_as_convs(net)
+    net = _resnet20_conv_shortcuts()
     x = torch.randn(2, 3, 32, 32)
     masks = ChannelMaskSet(net, x, sparsity=0.6, round_to=1)
     masks.init_scores_scaled()
@@ -191,9 +193,7 @@ def test_initial_mask_is_torch_prunings_group_norm_result():
 
 
 def test_every_group_keeps_a_rounded_floor():
-    torch.manual_seed(0)
-    net = CifarResNet(20)
-    shortcuts_as_convs(net)
+    net = _resnet20_conv_shortcuts()
     masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.95, round_to=8)
     masks.init_scores_scaled()
     masks.update_from_scores()
@@ -203,9 +203,7 @@ def test_every_group_keeps_a_rounded_floor():
 
 
 def test_straight_through_gradient_reaches_channel_scores():
-    torch.manual_seed(0)
-    net = CifarResNet(20)
-    shortcuts_as_convs(net)
+    net = _resnet20_conv_shortcuts()
     masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.5)
     masks.init_scores_scaled()
     masks.update_from_scores()
@@ -253,9 +251,7 @@ def test_channel_init_choices():
 
     with pytest.raises(UserError, match="channel_init"):
         CompressConfig(mode="channel", channel_init="random")
-    torch.manual_seed(0)
-    net = CifarResNet(20)
-    shortcuts_as_convs(net)
+    net = _resnet20_conv_shortcuts()
     masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.5, init="l1")
     masks.init_scores_scaled()
     for s, imp in zip(masks.scores(), masks.magnitude()):
@@ -268,9 +264,7 @@ def test_widths_init_keeps_each_groups_count_and_repicks_channels():
 
     with pytest.raises(UserError, match="channel_widths"):
         CompressConfig(mode="channel", channel_widths="free")
-    torch.manual_seed(0)
-    net = CifarResNet(20)
-    shortcuts_as_convs(net)
+    net = _resnet20_conv_shortcuts()
     masks = ChannelMaskSet(net, torch.zeros(1, 3, 32, 32), sparsity=0.5, round_to=4, widths="init")
     masks.init_scores_scaled()
     masks.update_from_scores()

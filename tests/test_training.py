@@ -43,6 +43,10 @@ def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digit
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))  # BN drifts
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("scores"))
     assert not torch.equal(before["prompt.delta"], after["prompt.delta"])
+    # The record says how far the prompt moved: mean |prompt| over its frame, in pixel units.
+    frame = model.prompt.region.expand_as(model.prompt.delta) > 0
+    assert hist[0].prompt_mean_abs == pytest.approx(float(after["prompt.delta"].abs()[frame].mean()))
+    assert hist[0].prompt_mean_abs > 0
     assert masks.sparsity() == pytest.approx(0.8, abs=1e-4)
     steps = -(-len(digits_splits.train) // cfg.batch_size)
     assert hist[0].optimizer_steps == 2 * steps  # prompted + un-prompted pass per batch
@@ -85,6 +89,7 @@ def test_hydra_has_no_prompt_and_one_step_per_batch(digits_model, digits_splits)
     steps = -(-len(digits_splits.train) // 64)
     assert [r.optimizer_steps for r in result.history] == [steps, steps]
     assert [r.test_acc_prompted for r in result.history] == [None, None]
+    assert [r.prompt_mean_abs for r in result.history] == [None, None]
 
 
 def test_magnitude_spends_the_whole_budget_on_tuning(digits_model, digits_splits):

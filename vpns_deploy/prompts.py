@@ -95,6 +95,12 @@ class VisualPrompt(nn.Module):
         g = torch.sigmoid(self.delta) if self.spec.squash else self.delta
         return g * self.region
 
+    def mean_abs(self) -> float:
+        """Mean |g(P) * M| over the learnable region, in pixel units: shows whether the prompt trains."""
+        with torch.no_grad():
+            inside = self.region.expand_as(self.delta) > 0
+            return float(self.additive().abs()[inside].mean()) if inside.any() else 0.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self._padding()):
             x = F.pad(x, self._padding())

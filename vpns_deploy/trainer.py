@@ -49,6 +49,8 @@ class EpochRecord:
     optimizer_steps: int
     images_seen: int
     lr: dict[str, float]
+    # mean |prompt| over its region at the end of the epoch, pixel units (None: no prompt)
+    prompt_mean_abs: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,9 +142,11 @@ def run_stage(
             optimizer_steps=steps,
             images_seen=seen * len(plan.passes),
             lr=lrs,
+            prompt_mean_abs=model.prompt.mean_abs() if has_prompt else None,
         )
         history.append(record)
-        prompted_txt = f"  test(prompt) {acc_prompted:6.2%}" if acc_prompted is not None else ""
+        prompted_txt = (f"  test(prompt) {acc_prompted:6.2%}  |prompt| {record.prompt_mean_abs:.4f}"
+                        if acc_prompted is not None else "")
         reporter.line(
             f"{label:>10}  {_status(record.train_loss, record.train_acc)}  test {acc_plain:6.2%}"
             f"{prompted_txt}  {train_seconds:6.1f}s"
