@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pad", type=int, default=None)
     p.add_argument("--lr-prompt-mask", type=float, default=None)
     p.add_argument("--lr-prompt-tune", type=float, default=None)
+    p.add_argument("--lr-scores", type=float, default=None, help="score optimiser lr (VPNs and HYDRA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
     p.add_argument("--runs", type=Path, default=Path("bench/runs"), help="run directories (not committed)")
@@ -97,7 +98,13 @@ def cell_key(method: str, sparsity: float | None, seed: int) -> str:
 def budget(args: argparse.Namespace) -> dict:
     return {"schedule": SCHEDULE_STEP, "vpns_epochs_per_stage": args.epochs, "batch_size": args.batch_size,
             "train_subset": args.train_subset, "test_subset": args.test_subset, "pad": args.pad,
-            "lr_prompt_mask": args.lr_prompt_mask, "lr_prompt_tune": args.lr_prompt_tune}
+            "lr_prompt_mask": args.lr_prompt_mask, "lr_prompt_tune": args.lr_prompt_tune,
+            "lr_scores": args.lr_scores}
+
+
+def same_budget(a: dict, b: dict) -> bool:
+    """Keys added to the budget later read as None (the default) in older result files."""
+    return all(a.get(k) == b.get(k) for k in a.keys() | b.keys())
 
 
 def config_for(args: argparse.Namespace, method: str, sparsity: float | None, seed: int) -> CompressConfig:
@@ -107,6 +114,8 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float | None, se
         optim = replace(optim, lr_prompt_mask=args.lr_prompt_mask)
     if args.lr_prompt_tune is not None:
         optim = replace(optim, lr_prompt_tune=args.lr_prompt_tune)
+    if args.lr_scores is not None:
+        optim = replace(optim, lr_scores=args.lr_scores)
     # Equal optimiser steps: VPNs steps twice per batch (see the module docstring).
     epochs = {"vpns": (e, e), "hydra": (2 * e, 2 * e), "magnitude": (2 * e, 2 * e)}.get(method, (0, 0))
     return CompressConfig(
@@ -124,7 +133,8 @@ def _epochs_summary(epochs: list[dict]) -> list[dict]:
         secs += e["train_seconds"]
         steps += e["optimizer_steps"]
         out.append({"stage": e["stage"], "epoch": e["epoch"], "train_seconds_cum": secs, "steps_cum": steps,
-                    "top1_plain": e["test_acc_plain"], "top1_prompted": e["test_acc_prompted"]})
+                    "top1_plain": e["test_acc_plain"], "top1_prompted": e["test_acc_prompted"],
+                    "prompt_mean_abs": e.get("prompt_mean_abs")})
     return out
 
 
@@ -165,7 +175,7 @@ def load_results(path: Path, args: argparse.Namespace) -> dict:
 
     if path.exists():
         results = json.loads(path.read_text())
-        if results.get("budget") == budget(args):
+        if same_budget(results.get("budget", {}), budget(args)):
             return results
         print(f"note: {path} holds another budget; starting a fresh grid", file=sys.stderr)
     return {"budget": budget(args), "cells": {}}
