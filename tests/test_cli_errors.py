@@ -137,6 +137,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     (["--mode", "4:2"], "unknown mode '4:2'"),
     (["--mode", "channel", "--speedup", "0.5"], "--speedup 0.5 needs --mode channel and a value > 1"),
     (["--speedup", "2"], "needs --mode channel"),
+    (["--lr-scores", "0"], "--lr-scores must be > 0"),
 ])
 def test_bad_mode_or_speedup(tmp_path, digits_model, extra, needle):
     _fails_cleanly(["compress", str(digits_model), "--arch", "digits_cnn", "--data", "digits", *extra],

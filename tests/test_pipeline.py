@@ -96,11 +96,12 @@ def test_short_real_cifar_run_exports_with_parity(tmp_path, resnet20_path, cifar
     out = tmp_path / "r20"
     args = ["compress", str(resnet20_path), "--arch", "cifar_resnet20", "--data", f"tar:{cifar_tar}",
             "--sparsity", "0.9", "--train-subset", "300", "--test-subset", "300", "--epochs-mask", "1",
-            "--epochs-tune", "1", "--batch-size", "64", "--out", str(out)]
+            "--epochs-tune", "1", "--batch-size", "64", "--lr-scores", "1e-3", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["sparsity"] == pytest.approx(0.9, abs=1e-5)
+    assert manifest["metrics"]["epochs"][0]["lr"]["0"] == pytest.approx(1e-3)  # --lr-scores reached the optimiser
     assert [e["stage"] for e in manifest["metrics"]["epochs"]] == ["mask", "tune"]
     assert manifest["data"]["train_images"] == 300 and manifest["model"]["sha256"].startswith("12fca82f")
     result = runner.invoke(app, ["export", str(out)])

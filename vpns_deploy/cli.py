@@ -1,6 +1,7 @@
 """The `vpns-deploy` command line: thin wrappers over the pipeline stages."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import sys
@@ -9,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, CompressConfig
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, CompressConfig, OptimConfig
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import BUILTIN
@@ -87,6 +88,7 @@ EpochsTuneOpt = Annotated[int, typer.Option("--epochs-tune", help="Stage-2 (subn
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per optimiser step.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", help="pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned (sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; expected mask at evaluation).")]
 PadOpt = Annotated[Optional[int], typer.Option("--pad", help="Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")]
+LrScoresOpt = Annotated[Optional[float], typer.Option("--lr-scores", help=f"Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M; default {_defaults.optim.lr_scores:g}, the reference's for 30-epoch stages). Short stages want more: with 1-2 epoch stages on ResNet-20 at 90 %, 1e-3 gave HYDRA and VPNs about +3 points (docs/benchmarks.md).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of scores, data order and augmentation.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 TrainSubsetOpt = Annotated[Optional[int], typer.Option("--train-subset", help="Use N class-balanced training images (quick runs).")]
@@ -97,6 +99,15 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
 
+
+
+def _optim(lr_scores: float | None) -> OptimConfig:
+    """The default optimisers, with the score learning rate the user asked for."""
+    if lr_scores is None:
+        return _defaults.optim
+    if not lr_scores > 0:
+        raise UserError(f"--lr-scores must be > 0, got {lr_scores}", "pass e.g. --lr-scores 1e-3, or leave it out")
+    return dataclasses.replace(_defaults.optim, lr_scores=lr_scores)
 
 
 @app.command(
@@ -129,6 +140,7 @@ def compress(
     batch_size: BatchOpt = _defaults.batch_size,
     prompt: PromptOpt = _defaults.prompt,
     pad: PadOpt = None,
+    lr_scores: LrScoresOpt = None,
     seed: SeedOpt = _defaults.seed,
     device: DeviceOpt = _defaults.device,
     train_subset: TrainSubsetOpt = None,
@@ -158,7 +170,7 @@ def compress(
     cfg = CompressConfig(
         method=method, mode=mode, speedup=speedup, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
-        train_subset=train_subset, test_subset=test_subset,
+        train_subset=train_subset, test_subset=test_subset, optim=_optim(lr_scores),
     )
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
@@ -183,6 +195,7 @@ def sweep(
     batch_size: BatchOpt = _defaults.batch_size,
     prompt: PromptOpt = _defaults.prompt,
     pad: PadOpt = None,
+    lr_scores: LrScoresOpt = None,
     seed: SeedOpt = _defaults.seed,
     device: DeviceOpt = _defaults.device,
     train_subset: TrainSubsetOpt = None,
@@ -208,7 +221,7 @@ def sweep(
     base = CompressConfig(
         method=method, mode=mode, epochs_mask=epochs_mask, epochs_tune=epochs_tune, batch_size=batch_size,  # type: ignore[arg-type]
         prompt=prompt, pad=pad, seed=seed, device=device, train_subset=train_subset, test_subset=test_subset,  # type: ignore[arg-type]
-        speedup=_floats(speedup, "--speedup")[0] if speedup else None,
+        speedup=_floats(speedup, "--speedup")[0] if speedup else None, optim=_optim(lr_scores),
     )
     sparsities = None if speedup else _floats(sparsity, "--sparsity")
     for s in sparsities or []:
