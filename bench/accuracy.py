@@ -25,7 +25,7 @@ from pipelines.compress_stage import prepare_inputs, run_compress
 from pipelines.run_dir import RunDir, now, versions
 from vpns_deploy.atomic import atomic_write, atomic_write_json
 from vpns_deploy.compress import dense_finetune
-from vpns_deploy.config import CompressConfig
+from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig
 from vpns_deploy.device import resolve_device
 from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import SCHEDULE_STEP
@@ -50,11 +50,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pad", type=int, default=None)
     p.add_argument("--lr-prompt-mask", type=float, default=None)
     p.add_argument("--lr-prompt-tune", type=float, default=None)
-    p.add_argument("--lr-scores", type=float, default=None, help="score optimiser lr (VPNs and HYDRA)")
+    p.add_argument("--lr-scores", type=_lr_or_auto, default=None,
+                   help="score optimiser lr (VPNs and HYDRA): a number, or 'auto' for the product default "
+                        "(SCORE_LR_RULE); default: the reference's 1e-4")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
     p.add_argument("--runs", type=Path, default=Path("bench/runs"), help="run directories (not committed)")
     return p.parse_args(argv)
+
+
+def _lr_or_auto(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def _floats(text: str) -> list[float]:
@@ -114,8 +120,9 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float | None, se
         optim = replace(optim, lr_prompt_mask=args.lr_prompt_mask)
     if args.lr_prompt_tune is not None:
         optim = replace(optim, lr_prompt_tune=args.lr_prompt_tune)
-    if args.lr_scores is not None:
-        optim = replace(optim, lr_scores=args.lr_scores)
+    # The grids compare methods under the reference's optimisers unless told otherwise.
+    lr_scores = {None: REFERENCE_LR_SCORES, "auto": None}.get(args.lr_scores, args.lr_scores)
+    optim = replace(optim, lr_scores=lr_scores)
     # Equal optimiser steps: VPNs steps twice per batch (see the module docstring).
     epochs = {"vpns": (e, e), "hydra": (2 * e, 2 * e), "magnitude": (2 * e, 2 * e)}.get(method, (0, 0))
     return CompressConfig(

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from vpns_deploy.compress import _mask_stage, _tune_stage, build_prompt_spec, compress
-from vpns_deploy.config import CompressConfig
+from vpns_deploy.compress import _mask_stage, _tune_stage, build_prompt_spec, compress, score_lr
+from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig, OptimConfig, auto_lr_scores
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models import load_model
 from vpns_deploy.progress import Reporter
@@ -90,6 +90,19 @@ def test_hydra_has_no_prompt_and_one_step_per_batch(digits_model, digits_splits)
     assert [r.optimizer_steps for r in result.history] == [steps, steps]
     assert [r.test_acc_prompted for r in result.history] == [None, None]
     assert [r.prompt_mean_abs for r in result.history] == [None, None]
+    # No --lr-scores: the score rate follows the stage-1 step count (one pass per batch for HYDRA).
+    assert result.history[0].lr["0"] == pytest.approx(auto_lr_scores(steps))
+
+
+def test_default_score_lr_is_the_references_at_its_budget_and_larger_for_short_stages():
+    assert auto_lr_scores(30 * 392) == REFERENCE_LR_SCORES  # 30 epochs of CIFAR at batch 256, two passes
+    assert auto_lr_scores(392) == pytest.approx(1.02e-3, rel=0.01)  # the measured 1-2 epoch stage
+    assert auto_lr_scores(3) == 1e-2  # capped
+    masks = MaskSet.attach(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    vpns, hydra = CompressConfig(epochs_mask=1), CompressConfig(method="hydra", epochs_mask=2)
+    assert score_lr(masks, vpns, 196) == score_lr(masks, hydra, 196)  # same steps, same rate
+    given = CompressConfig(optim=OptimConfig(lr_scores=5e-4))
+    assert score_lr(masks, given, 196) == 5e-4
 
 
 def test_magnitude_spends_the_whole_budget_on_tuning(digits_model, digits_splits):

@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, CompressConfig, OptimConfig
+from vpns_deploy.config import (
+    DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, SCORE_LR_RULE, CompressConfig, OptimConfig,
+)
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import BUILTIN
@@ -88,7 +90,7 @@ EpochsTuneOpt = Annotated[int, typer.Option("--epochs-tune", help="Stage-2 (subn
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per optimiser step.")]
 PromptOpt = Annotated[str, typer.Option("--prompt", help="pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned (sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; expected mask at evaluation).")]
 PadOpt = Annotated[Optional[int], typer.Option("--pad", help="Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")]
-LrScoresOpt = Annotated[Optional[float], typer.Option("--lr-scores", help=f"Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M; default {_defaults.optim.lr_scores:g}, the reference's for 30-epoch stages). Short stages want more: with 1-2 epoch stages on ResNet-20 at 90 %, 1e-3 gave HYDRA and VPNs about +3 points (docs/benchmarks.md).")]
+LrScoresOpt = Annotated[Optional[float], typer.Option("--lr-scores", help=f"Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M). Default: {SCORE_LR_RULE}, i.e. the reference's 1e-4 for 30-epoch stages and more for short ones (1e-3 over 392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %: docs/benchmarks.md).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of scores, data order and augmentation.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 TrainSubsetOpt = Annotated[Optional[int], typer.Option("--train-subset", help="Use N class-balanced training images (quick runs).")]

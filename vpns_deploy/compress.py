@@ -11,7 +11,8 @@ from torch import nn
 from torch.optim import SGD, Adam
 
 from vpns_deploy.channels import ChannelMaskSet
-from vpns_deploy.config import CompressConfig, default_pad, parse_mode
+from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig, auto_lr_scores, default_pad, parse_mode
+from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
@@ -55,12 +56,25 @@ def _weights(net: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in net.named_parameters() if not n.endswith("scores") and id(p) not in frozen]
 
 
-def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> StagePlan:
+def score_lr(masks: Masks, cfg: CompressConfig, batches_per_epoch: int | None) -> float:
+    """The stage-1 score learning rate: given, or SCORE_LR_RULE over the stage's optimiser steps."""
+    o = cfg.optim
+    if isinstance(masks, ChannelMaskSet):
+        return o.lr_channel_scores
+    if o.lr_scores is not None:
+        return o.lr_scores
+    if batches_per_epoch is None:
+        return REFERENCE_LR_SCORES
+    return auto_lr_scores(cfg.epochs_mask * batches_per_epoch * cfg.passes_per_batch)
+
+
+def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig,
+                batches_per_epoch: int | None = None) -> StagePlan:
     o, e = cfg.optim, cfg.epochs_mask
     for p in model.parameters():
         p.requires_grad_(False)
     masks.set_scores_trainable(True)
-    lr = o.lr_channel_scores if isinstance(masks, ChannelMaskSet) else o.lr_scores
+    lr = score_lr(masks, cfg, batches_per_epoch)
     opt = Adam(masks.scores(), lr=lr, weight_decay=o.wd_scores)
     optimizers = [(opt, cosine(opt, e))]
     passes: tuple[str, ...] = (PLAIN,)
@@ -72,7 +86,8 @@ def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> StageP
     return StagePlan(
         "mask", e, optimizers, passes, after_step=masks.update_from_scores,
         describe={"trains": "scores" + (" + prompt" if model.prompt is not None else ""),
-                  "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes)},
+                  "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes),
+                  "lr_scores": lr},
     )
 
 
@@ -121,10 +136,11 @@ class TrainingCheckpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
-def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
+def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig,
+                     batches_per_epoch: int) -> list[Callable[[], StagePlan]]:
     stages: list[Callable[[], StagePlan]] = []
     if cfg.method != "magnitude":
-        stages.append(lambda: _mask_stage(model, masks, cfg))
+        stages.append(lambda: _mask_stage(model, masks, cfg, batches_per_epoch))
     if cfg.tune_epochs_effective > 0:
         stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective))
     return stages
@@ -170,7 +186,8 @@ def compress(
         masks.init_scores_scaled()
         masks.update_from_scores()
 
-    for make_plan in _stage_factories(model, masks, cfg):
+    batches = num_batches(len(splits.train), cfg.batch_size)
+    for make_plan in _stage_factories(model, masks, cfg, batches):
         plan = make_plan()  # also sets what trains in this stage
         gens = stream_generators(cfg.seed)
         start = 1

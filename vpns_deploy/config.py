@@ -19,6 +19,22 @@ DEFAULT_CALIB_IMAGES = 512
 # Paper seeds are 7, 9 and 17 (shared/docs/VPNS.md §1); the first is the default.
 DEFAULT_SEED = 7
 CHANNEL_INITS = ("group_norm", "l1")
+
+# Per-weight score learning rate when none is given. Adam moves a score by about its lr per step, so
+# what a stage can change is lr x steps. The reference's 1e-4 fits its 30-epoch stage 1 (11,760 steps
+# on CIFAR at batch 256); over 392 steps (1-2 epochs) it barely leaves the magnitude-ranked start,
+# and 1e-3 measured about +3 points for both HYDRA and VPNs (ResNet-20, 90 %, two seeds,
+# docs/benchmarks.md). So the default keeps lr x steps at 0.4 (1e-3 over 392 steps), never below
+# the reference's rate and never above 1e-2.
+REFERENCE_LR_SCORES = 1e-4
+SCORE_TRAVEL = 0.4
+MAX_LR_SCORES = 1e-2
+SCORE_LR_RULE = f"max({REFERENCE_LR_SCORES:g}, min({MAX_LR_SCORES:g}, {SCORE_TRAVEL:g} / stage-1 optimiser steps))"
+
+
+def auto_lr_scores(steps: int) -> float:
+    """The default score learning rate for a stage 1 of `steps` optimiser steps (SCORE_LR_RULE)."""
+    return max(REFERENCE_LR_SCORES, min(MAX_LR_SCORES, SCORE_TRAVEL / max(steps, 1)))
 CHANNEL_WIDTHS = ("learned", "init")
 
 
@@ -26,7 +42,7 @@ CHANNEL_WIDTHS = ("learned", "init")
 class OptimConfig:
     """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
 
-    lr_scores: float = 1e-4  # Adam, coupled weight decay, cosine per epoch
+    lr_scores: float | None = None  # Adam, coupled weight decay, cosine per epoch; None: SCORE_LR_RULE
     # Channel scores start at their group's L1 importance over its mean (about 1), so they need a
     # larger step than per-weight scores (about sqrt(6/fan_in)) to reorder within a short stage;
     # the dev branch (VPNS.md §6) uses Adam 1.0 on Kaiming-initialised channel scores.
@@ -177,6 +193,8 @@ DEVIATIONS: tuple[str, ...] = (
     "int(0.5*e) puts both at epoch 0 when e = 1, and the prompt would train at 1e-6)",
     "the random prompt uses its expected mask (coverage probability) at evaluation and export",
     "HYDRA uses the same score optimiser (Adam) as VPNs, so only the prompt and second pass differ",
+    f"score learning rate {SCORE_LR_RULE} unless given (the reference's 1e-4 at its 30-epoch stage 1, "
+    "more for shorter stages)",
     "channel mode: groups of coupled channels (torch-pruning) are scored and removed together, "
     "residual streams included; scores start at Torch-Pruning's iterative group-norm mask (Adam 1e-2; "
     "the dev branch starts from Kaiming noise) whose per-group widths stage 1 keeps; each group keeps "
