@@ -25,7 +25,7 @@ from pipelines.run_dir import now, versions
 from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.compress import _mask_stage, build_prompt_spec
 from vpns_deploy.config import CompressConfig
-from vpns_deploy.data.batches import augment, to_unit_float
+from vpns_deploy.data.batches import augment, num_batches, to_unit_float
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.prompts import PromptedNet, VisualPrompt
 from vpns_deploy.schedules import cosine
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         masks.update_from_scores(cfg.sparsity)
         prompt = VisualPrompt(build_prompt_spec(cfg, splits.train.image_shape)) if with_prompt else None
         model = PromptedNet(net, loaded.inputs, prompt)
-        plan = _mask_stage(model, masks, cfg)
+        plan = _mask_stage(model, masks, cfg, num_batches(len(splits.train), n))
         results[kind] = _time(model, plan, batches, prompted, args.warmup)
     summary = {k: {"median_s": statistics.median(v), "p90_s": sorted(v)[int(0.9 * (len(v) - 1))], "steps": len(v)}
                for k, v in results.items()}

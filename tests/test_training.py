@@ -8,6 +8,7 @@ import torch
 
 from vpns_deploy.compress import _mask_stage, _tune_stage, build_prompt_spec, compress, score_lr
 from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig, OptimConfig, auto_lr_scores
+from vpns_deploy.data.batches import num_batches
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models import load_model
 from vpns_deploy.progress import Reporter
@@ -35,7 +36,7 @@ def _snapshot(model):
 def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
     before = _snapshot(model)
-    plan = _mask_stage(model, masks, cfg)
+    plan = _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), cfg.batch_size))
     hist = run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
     after = _snapshot(model)
     weights = [k for k in before if k.endswith(("weight", "bias")) and "prompt" not in k]
@@ -54,7 +55,7 @@ def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digit
 
 def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
-    run_stage(model, _mask_stage(model, masks, cfg), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     mask_before = masks.masks()
     scores_before = [s.detach().clone() for s in masks.scores()]
     kept_before = [m.weight[m.mask.bool()].clone() for _, m in masks.layers]
@@ -69,7 +70,7 @@ def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, d
 
 def test_pad_prompt_changes_only_the_frame(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
-    run_stage(model, _mask_stage(model, masks, cfg), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     p = model.prompt
     pad = p.spec.pad
     add = p.additive()

@@ -104,12 +104,8 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated:
 
 
 def _optim(lr_scores: float | None) -> OptimConfig:
-    """The default optimisers, with the score learning rate the user asked for."""
-    if lr_scores is None:
-        return _defaults.optim
-    if not lr_scores > 0:
-        raise UserError(f"--lr-scores must be > 0, got {lr_scores}", "pass e.g. --lr-scores 1e-3, or leave it out")
-    return dataclasses.replace(_defaults.optim, lr_scores=lr_scores)
+    """The default optimisers, with the score learning rate the user asked for (OptimConfig checks it)."""
+    return _defaults.optim if lr_scores is None else dataclasses.replace(_defaults.optim, lr_scores=lr_scores)
 
 
 @app.command(

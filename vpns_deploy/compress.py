@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim import SGD, Adam
 
 from vpns_deploy.channels import ChannelMaskSet
-from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig, auto_lr_scores, default_pad, parse_mode
+from vpns_deploy.config import CompressConfig, auto_lr_scores, default_pad, parse_mode
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.masks import MaskSet
@@ -56,20 +56,17 @@ def _weights(net: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in net.named_parameters() if not n.endswith("scores") and id(p) not in frozen]
 
 
-def score_lr(masks: Masks, cfg: CompressConfig, batches_per_epoch: int | None) -> float:
+def score_lr(masks: Masks, cfg: CompressConfig, batches_per_epoch: int) -> float:
     """The stage-1 score learning rate: given, or SCORE_LR_RULE over the stage's optimiser steps."""
     o = cfg.optim
     if isinstance(masks, ChannelMaskSet):
         return o.lr_channel_scores
     if o.lr_scores is not None:
         return o.lr_scores
-    if batches_per_epoch is None:
-        return REFERENCE_LR_SCORES
     return auto_lr_scores(cfg.epochs_mask * batches_per_epoch * cfg.passes_per_batch)
 
 
-def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig,
-                batches_per_epoch: int | None = None) -> StagePlan:
+def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, batches_per_epoch: int) -> StagePlan:
     o, e = cfg.optim, cfg.epochs_mask
     for p in model.parameters():
         p.requires_grad_(False)

@@ -19,6 +19,7 @@ DEFAULT_CALIB_IMAGES = 512
 # Paper seeds are 7, 9 and 17 (shared/docs/VPNS.md §1); the first is the default.
 DEFAULT_SEED = 7
 CHANNEL_INITS = ("group_norm", "l1")
+CHANNEL_WIDTHS = ("learned", "init")
 
 # Per-weight score learning rate when none is given. Adam moves a score by about its lr per step, so
 # what a stage can change is lr x steps. The reference's 1e-4 fits its 30-epoch stage 1 (11,760 steps
@@ -35,7 +36,6 @@ SCORE_LR_RULE = f"max({REFERENCE_LR_SCORES:g}, min({MAX_LR_SCORES:g}, {SCORE_TRA
 def auto_lr_scores(steps: int) -> float:
     """The default score learning rate for a stage 1 of `steps` optimiser steps (SCORE_LR_RULE)."""
     return max(REFERENCE_LR_SCORES, min(MAX_LR_SCORES, SCORE_TRAVEL / max(steps, 1)))
-CHANNEL_WIDTHS = ("learned", "init")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ class OptimConfig:
     lr_weights: float = 0.01  # SGD in stage 2, cosine
     momentum: float = 0.9
     wd_tune: float = 1e-4
+
+    def __post_init__(self) -> None:
+        from vpns_deploy.errors import UserError
+
+        if self.lr_scores is not None and not self.lr_scores > 0:
+            raise UserError(f"--lr-scores must be > 0 (recipe: compress.optim.lr_scores), got {self.lr_scores}",
+                            "pass e.g. --lr-scores 1e-3, or leave it out")
 
 
 @dataclass(frozen=True)
