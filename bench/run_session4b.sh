@@ -6,18 +6,8 @@
 #   scores_lr_1e-2: HYDRA and VPNs with scores on Adam 1e-2
 #   long2:          VPNs 2+2 vs HYDRA 4+4 at the reference score lr (2x the grid's budget)
 # Resumable per cell.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-while [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; do sleep 20; done
-common=(--model ../shared/models/cifar10/resnet20-12fca82f.th --arch cifar_resnet20
-        --data tar:../shared/data/cifar10-jpeg.tar.gz --sparsities 0.9 --seeds 7 --extra-seeds "")
-PY=${PY:-.venv/bin/python}
-out=bench/results/investigate
-mkdir -p "$out"
-cell() {  # name, then bench.accuracy arguments
-    local name=$1; shift
-    $PY -m bench.accuracy "${common[@]}" --runs "bench/runs/investigate/$name" --out "$out/$name.json" "$@"
-}
+defaults=(--sparsities 0.9 --seeds 7 --extra-seeds "")
+source "$(dirname "$0")/investigate_cells.sh"
 cell scores_lr_1e-3 --methods hydra,vpns --epochs 1 --lr-scores 1e-3 --seeds 7,9
 cell scores_lr_1e-2 --methods hydra,vpns --epochs 1 --lr-scores 1e-2
 cell long2 --methods hydra,vpns --epochs 2
