@@ -17,18 +17,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How the network expects its input: channels and per-channel normalisation of [0,1] pixels."""
+    """How the network expects its input: channels, side length, resampling and per-channel
+    normalisation of [0,1] pixels. One record feeds the data pipeline, the prompt's geometry, the
+    manifest and the exported graph, so they can never disagree.
+
+    size: the square side the network is trained and exported at; None keeps the data's own size
+    (the lab regime: CIFAR at 32 px). crop_pct: evaluation resizes the shorter side to
+    size / crop_pct and centre-crops `size` (timm's convention; 1.0 resizes straight to size).
+    """
 
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    size: int | None = None
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+        return {"channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "size": self.size, "interpolation": self.interpolation, "crop_pct": self.crop_pct}
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+        size = d.get("size")
+        return cls(int(d["channels"]), tuple(d["mean"]), tuple(d["std"]),
+                   None if size is None else int(size), str(d.get("interpolation", "bilinear")),
+                   float(d.get("crop_pct", 1.0)))
 
 
 @dataclass(frozen=True)
