@@ -7,7 +7,7 @@ CLI := $(VENV)/bin/vpns-deploy
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 DEMO := runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ demo: install
 	$(CLI) run recipes/digits-demo.toml && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; artifacts in $(DEMO)/vpns-s0.9"
 
-test: install
+# The HTML report test renders in headless Chromium: installed once here (root + apt-get only), never
+# by a test while the suite runs; without it that test skips with the reason.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	echo "note: headless Chromium unavailable; the HTML rendering test will skip"
+
+test: install chromium
 	$(PY) -m pytest -q
 
 clean:
