@@ -122,3 +122,25 @@ def test_same_seed_same_result(digits_model, digits_splits):
     (m1, p1), (m2, p2) = once(), once()
     assert all(torch.equal(m1[k], m2[k]) for k in m1)
     assert torch.equal(p1, p2)
+
+
+def test_zero_prompt_control_keeps_the_prompt_exactly_zero_but_runs_both_passes(digits_model, digits_splits):
+    """The transfer benchmark's control: everything as VPNs except that the prompt never moves."""
+    loaded = load_model(digits_model, "digits_cnn", 10)
+    cfg = CompressConfig(sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64, prompt_trainable=False)
+    result = compress(loaded, digits_splits, cfg, CPU, Reporter(quiet=True))
+    assert torch.count_nonzero(result.model.prompt.delta) == 0
+    steps = -(-len(digits_splits.train) // cfg.batch_size)
+    assert [r.optimizer_steps for r in result.history] == [2 * steps, 2 * steps]
+    assert "prompt" not in result.stage_plans["mask"]["trains"]
+
+
+def test_paper_hydra_score_optimizer_is_sgd(digits_model, digits_splits):
+    cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
+    cfg = CompressConfig(method="hydra", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64,
+                         optim=OptimConfig(score_optimizer="sgd", lr_scores=0.01))
+    plan = _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), cfg.batch_size))
+    assert type(plan.optimizers[0][0]).__name__ == "SGD" and plan.describe["score_optimizer"] == "sgd"
+    before = [s.detach().clone() for s in masks.scores()]
+    run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
+    assert any(not torch.equal(b, s) for b, s in zip(before, masks.scores()))

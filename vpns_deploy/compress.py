@@ -72,17 +72,20 @@ def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, batches_p
         p.requires_grad_(False)
     masks.set_scores_trainable(True)
     lr = score_lr(masks, cfg, batches_per_epoch)
-    opt = Adam(masks.scores(), lr=lr, weight_decay=o.wd_scores)
+    opt = (Adam(masks.scores(), lr=lr, weight_decay=o.wd_scores) if o.score_optimizer == "adam"
+           else SGD(masks.scores(), lr=lr, momentum=o.momentum, weight_decay=o.wd_scores))
     optimizers = [(opt, cosine(opt, e))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
+        passes = (PROMPTED, PLAIN)
+    if model.prompt is not None and cfg.prompt_trainable:
         model.prompt.delta.requires_grad_(True)
         popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
         optimizers.append((popt, multistep(popt, e)))
-        passes = (PROMPTED, PLAIN)
     return StagePlan(
         "mask", e, optimizers, passes, after_step=masks.update_from_scores,
-        describe={"trains": "scores" + (" + prompt" if model.prompt is not None else ""),
+        describe={"trains": "scores" + (" + prompt" if len(optimizers) > 1 else ""),
+                  "score_optimizer": o.score_optimizer,
                   "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes),
                   "lr_scores": lr},
     )
@@ -99,13 +102,14 @@ def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: i
     optimizers = [(opt, cosine(opt, epochs))]
     passes: tuple[str, ...] = (PLAIN,)
     if model.prompt is not None:
+        passes = (PROMPTED, PLAIN)
+    if model.prompt is not None and cfg.prompt_trainable:
         model.prompt.delta.requires_grad_(True)
         popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
         optimizers.append((popt, cosine(popt, epochs)))
-        passes = (PROMPTED, PLAIN)
     return StagePlan(
         "tune", epochs, optimizers, passes,
-        describe={"trains": "weights + BN affine" + (" + prompt" if model.prompt is not None else ""),
+        describe={"trains": "weights + BN affine" + (" + prompt" if len(optimizers) > 1 else ""),
                   "frozen": "scores and mask", "passes": list(passes)},
     )
 
