@@ -78,11 +78,13 @@ def _quiet():
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str = "images",
-                output_name: str = "logits", verify: Callable[[Path], None] | None = None) -> GraphInfo:
+                output_name: str = "logits", verify: Callable[[Path], None] | None = None,
+                edit: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> GraphInfo:
     """Export module(example) with a dynamic batch to path, atomically.
 
     The file is renamed into place only after the graph checks and `verify` (e.g. an ONNX Runtime
     parity check) have passed on the temporary file, so a failed export never replaces a good one.
+    `edit` rewrites the exported graph before those checks.
     """
     module = module.eval().cpu()
     checked: list[GraphInfo] = []
@@ -100,8 +102,10 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
             raise UserError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:200]}",
                             "report this model's architecture as an issue") from None
         model = onnx.load(tmp)
-        if model.ir_version > MAX_IR_VERSION:
-            model.ir_version = MAX_IR_VERSION
+        if edit is not None:  # e.g. export/resize_front.py's Resize in front of the input
+            model = edit(model)
+        if model.ir_version > MAX_IR_VERSION or edit is not None:
+            model.ir_version = min(model.ir_version, MAX_IR_VERSION)
             onnx.save(model, tmp)
         checked.append(check_graph(Path(tmp)))
         if verify is not None:

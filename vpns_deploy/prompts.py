@@ -86,7 +86,8 @@ class VisualPrompt(nn.Module):
         self.delta = nn.Parameter(torch.zeros(spec.channels, h, w))
         self.register_buffer("region", _region(spec))
 
-    def _padding(self) -> tuple[int, int, int, int]:
+    def padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zero padding applied before the prompt is added (expand only)."""
         p = self.spec.pad if self.spec.kind == "expand" else 0
         return (p, p, p, p)
 
@@ -95,6 +96,12 @@ class VisualPrompt(nn.Module):
         g = torch.sigmoid(self.delta) if self.spec.squash else self.delta
         return g * self.region
 
+    @torch.no_grad()
+    def folded(self, scale: float = 255.0) -> tuple[tuple[int, int, int, int], torch.Tensor]:
+        """What an exported graph needs to apply this prompt at evaluation: the zero padding and the
+        additive constant scaled to the graph's pixel range, 1 x C x H x W float32 (computed in float64)."""
+        return self.padding(), (self.additive().detach().double() * scale).float().unsqueeze(0)
+
     def mean_abs(self) -> float:
         """Mean |g(P) * M| over the learnable region, in pixel units: shows whether the prompt trains."""
         with torch.no_grad():
@@ -102,8 +109,8 @@ class VisualPrompt(nn.Module):
             return float(self.additive().abs()[inside].mean()) if inside.any() else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self._padding()):
-            x = F.pad(x, self._padding())
+        if any(self.padding()):
+            x = F.pad(x, self.padding())
         if self.spec.kind == "random" and self.training:
             h, w = self.spec.output_size
             s = self.spec.square
@@ -128,20 +135,31 @@ class Normalize(nn.Module):
 
 
 class PromptedNet(nn.Module):
-    """[0,1] image -> (prompt) -> normalise -> network; `prompted=False` skips the prompt.
+    """[0,1] image -> (prompt) -> normalise -> network -> (label map); `prompted=False` skips the prompt.
+
+    label_map (--head map): a frozen index, one source logit per data class (shared/docs/VPNS.md §4),
+    kept as a buffer so checkpoints carry it; `mapped=False` gives the raw source logits (what the
+    mapping itself is computed from).
 
     Runs channels-last: 1.3x faster training steps and 2.5x faster evaluation for CIFAR ResNets on
     CPU (measured), and the layout tensor cores want on GPU.
     """
 
-    def __init__(self, net: nn.Module, inputs: InputSpec, prompt: VisualPrompt | None) -> None:
+    label_map: torch.Tensor | None
+
+    def __init__(self, net: nn.Module, inputs: InputSpec, prompt: VisualPrompt | None,
+                 label_map: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last)
         self.normalize = Normalize(inputs)
         self.prompt = prompt
+        self.register_buffer("label_map", None if label_map is None else label_map.detach().clone().long())
 
-    def forward(self, x: torch.Tensor, prompted: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prompted: bool = True, mapped: bool = True) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         if prompted and self.prompt is not None:
             x = self.prompt(x)
-        return self.net(self.normalize(x))
+        logits = self.net(self.normalize(x))
+        if mapped and self.label_map is not None:
+            logits = logits.index_select(1, self.label_map)
+        return logits
