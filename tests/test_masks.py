@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from vpns_deploy.masks import MaskedConv2d, MaskedLinear, MaskSet
+from torch.nn.utils import parametrize
+
+from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.cifar_resnet import CifarResNet
 
 
@@ -25,10 +27,11 @@ def test_every_conv_and_linear_is_scored_including_stem_and_head():
     names = [n for n, _ in masks.layers]
     assert names[0] == "conv1" and names[-1] == "linear"
     assert len(names) == 19 + 1  # 19 convs + classifier in ResNet-20
-    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, (MaskedConv2d, MaskedLinear))
-                   for m in net.modules())
-    # Parameter names are unchanged, so pretrained state dicts still load.
-    assert "layer1.0.conv1.weight" in dict(net.named_parameters())
+    assert all(parametrize.is_parametrized(m, "weight") for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    # Reading .weight gives W * mask: the mask holds wherever the weight is read.
+    _, layer = masks.layers[1]
+    layer.mask.zero_()
+    assert torch.count_nonzero(net.layer1[0].conv1.weight) == 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -70,18 +73,19 @@ def test_scaled_init_matches_hydra_formula():
 
 def test_straight_through_gradient_is_sign_times_grad_times_weight():
     torch.manual_seed(0)
-    conv = MaskedConv2d.wrap(nn.Conv2d(3, 4, 3, padding=1))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    (_, conv), = MaskSet.attach(net).layers
     conv.scores.data.normal_()
     conv.mask.copy_((torch.rand_like(conv.mask) > 0.5).float())
     conv.scores.requires_grad_(True)
     conv.weight.requires_grad_(False)
     x = torch.randn(2, 3, 5, 5)
-    out = conv(x)
+    out = net(x)
     grad_out = torch.randn_like(out)
     out.backward(grad_out)
     # Reference: gradient w.r.t. the effective weight, computed on a plain conv.
     w_eff = (conv.weight * conv.mask).detach().requires_grad_(True)
-    F.conv2d(x, w_eff, conv.bias, padding=1).backward(grad_out)
+    F.conv2d(x, w_eff, net[0].bias, padding=1).backward(grad_out)
     expected = torch.sign(conv.scores.detach()) * w_eff.grad * conv.weight
     assert torch.allclose(conv.scores.grad, expected, atol=1e-6)
     # Pruned weights get a score gradient too: they can come back.
@@ -94,7 +98,7 @@ def test_baked_model_is_plain_and_equal_to_masked():
     masks.update_from_scores(0.8)
     net.eval()
     plain = masks.baked(net).eval()
-    assert not any(isinstance(m, (MaskedConv2d, MaskedLinear)) for m in plain.modules())
+    assert not any(parametrize.is_parametrized(m) for m in plain.modules())
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(plain(x), net(x), atol=1e-5)

@@ -33,6 +33,18 @@ DATA_HELP = f"Data set: {DATA_SPEC_HELP}."
 QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal output, e.g. CI logs, gets anyway)."
 
 
+# What an interrupted command leaves behind (each command writes all-or-nothing, resumably).
+INTERRUPTED = {
+    "compress": "no run directory was written (a run interrupted after its first epoch keeps its checkpoint "
+                "and the same command resumes it)",
+    "export": "the run directory is as it was before this export",
+    "report": "the run's model and graphs are untouched; run report again for a complete report",
+    "sweep": "finished points are kept; the same command skips them and resumes the interrupted one",
+    "run_recipe_cmd": "finished stages are kept; running the recipe again continues where it stopped",
+    "train": "no model file was written",
+}
+
+
 def friendly(fn):
     """Bad input -> one line on stderr and exit code 2; Ctrl-C -> exit 130. No tracebacks, no partial runs."""
 
@@ -43,8 +55,13 @@ def friendly(fn):
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # disk full, read-only or vanished paths: one line, not a traceback
+            from vpns_deploy.errors import os_error
+
+            typer.echo(f"error: {os_error(exc, 'a file operation')}", err=True)
+            raise typer.Exit(UserError.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: no run directory was written", err=True)
+            typer.echo(f"interrupted: {INTERRUPTED.get(fn.__name__, 'nothing was half-written')}", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -145,6 +162,7 @@ def compress(
     test_subset: TestSubsetOpt = None,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    allow_empty_layers: Annotated[bool, typer.Option(help="Unstructured mode: accept a --sparsity so high that some layer keeps no weight at all (its output becomes a constant). Refused without this.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it was started with. Re-running the same command does the same.")] = None,
@@ -160,7 +178,7 @@ def compress(
                             "--resume continues with the settings the run was started with")
         from pipelines.compress_stage import resume_compress
 
-        typer.echo(str(resume_compress(resume, Reporter(quiet=quiet))))
+        typer.echo(str(resume_compress(resume, Reporter(quiet=quiet), overwrite=overwrite)))
         return
     if model is None or data is None:
         raise UserError("compress needs MODEL and --data", "e.g. vpns-deploy compress model.pt --data tar:cifar10.tar.gz "
@@ -169,6 +187,7 @@ def compress(
         method=method, mode=mode, speedup=speedup, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
         train_subset=train_subset, test_subset=test_subset, optim=_optim(lr_scores),
+        allow_empty_layers=allow_empty_layers,
     )
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
@@ -261,6 +280,7 @@ def run_recipe_cmd(
 
 
 RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."
+RunTrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow the run's model.pt/dense.pt to be pickled nn.Modules (a run made from a pickled MODEL). Unpickling runs code from the file, and a run directory can be edited by anyone who can write it: only for runs you trust.")]
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -294,6 +314,7 @@ def export(
     calib_images: Annotated[int, typer.Option(help="INT8: class-balanced training images fed through the whole deployed graph to calibrate its scales.")] = DEFAULT_CALIB_IMAGES,
     trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (strongly typed; SPARSE_WEIGHTS for N:M runs; dynamic batch 1..256, opt 64; timing cache kept in the run). Without a GPU or TensorRT: one line saying which is missing, exit 0.")] = False,
     require_trt: Annotated[bool, typer.Option("--require-trt", help="Make a missing GPU/TensorRT an error (exit 2) instead of a note.")] = False,
+    trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
     """Write model.onnx (uint8 NHWC in, prompt folded into the preprocessing) and dense.onnx.
 
@@ -303,9 +324,11 @@ def export(
     pattern is read back from the shipped fp32 and int8 weights.
     """
     from pipelines.export_stage import run_export
+    from pipelines.load_run import pickles_trusted
 
-    run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data, precisions=_precisions(precision),
-               calib_images=calib_images, trt=trt or require_trt, require_trt=require_trt)
+    with pickles_trusted(trust_pickle):
+        run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data, precisions=_precisions(precision),
+                   calib_images=calib_images, trt=trt or require_trt, require_trt=require_trt)
 
 
 @app.command()
@@ -315,6 +338,7 @@ def report(
     data: Annotated[Optional[str], typer.Option(help="Override the runs' data.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Several runs: where the comparison goes (default: a 'comparison' folder beside the first run).")] = None,
     remeasure: Annotated[bool, typer.Option(help="Measure again even where a run's report.json is newer than its export.")] = False,
+    trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
     """Measure dense vs compressed and show it: top-1 (PyTorch, ONNX Runtime in every exported precision),
     parameters, MACs, sizes, ONNX Runtime CPU latency (median and p90, batch 1 and 64), speedup and
@@ -325,8 +349,10 @@ def report(
     A run measured after its last export is not measured again unless --remeasure.
     """
     from pipelines.compare import report_runs
+    from pipelines.load_run import pickles_trusted
 
-    report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure)
+    with pickles_trusted(trust_pickle):
+        report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -339,8 +365,28 @@ def _interrupt_on_sigterm() -> None:
 
 
 def main() -> None:
+    """The console script: click's usage errors (a bad option value, a missing argument) become the same
+    one-line `error:` as every other bad input, instead of a boxed usage screen."""
+    import click
+
     _interrupt_on_sigterm()
-    app(prog_name="vpns-deploy")
+    try:
+        code = app(prog_name="vpns-deploy", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `vpns-deploy` or `vpns-deploy compress` alone: help
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "vpns-deploy"
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        typer.echo(f"error: {message[:1].lower() + message[1:]}; see {where} --help", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

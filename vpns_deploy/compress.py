@@ -47,7 +47,7 @@ def attach_masks(net: nn.Module, cfg: CompressConfig, example: torch.Tensor) -> 
     if kind == "channel":
         return ChannelMaskSet(net, example, None if cfg.speedup else cfg.sparsity, cfg.speedup,
                               cfg.channel_min_keep, cfg.channel_round_to, cfg.channel_init, cfg.channel_widths)
-    return MaskSet.attach(net, cfg.sparsity, pattern)
+    return MaskSet.attach(net, cfg.sparsity, pattern, cfg.allow_empty_layers)
 
 
 def _weights(net: nn.Module) -> list[nn.Parameter]:

@@ -39,6 +39,38 @@ def auto_lr_scores(steps: int) -> float:
     return max(REFERENCE_LR_SCORES, min(MAX_LR_SCORES, SCORE_TRAVEL / max(steps, 1)))
 
 
+# Numeric fields that are also command-line options (errors name the option; others the recipe key).
+CLI_NUMBERS = frozenset({"sparsity", "speedup", "lr_scores", "epochs_mask", "epochs_tune", "batch_size", "pad",
+                         "seed", "train_subset", "test_subset", "epochs", "lr"})
+
+
+def check_numbers(obj: object) -> None:
+    """One range check for every numeric field of a config dataclass, driven by the field's name.
+
+    Every float must be finite (nan/inf are refused everywhere); learning rates (lr*) > 0; weight
+    decays (wd*, *weight_decay) >= 0; momentum in [0, 1). Runs before anything trains, so a bad
+    value in a recipe or on the command line costs nothing.
+    """
+    import math
+    from dataclasses import fields
+
+    from vpns_deploy.errors import UserError
+
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = f"--{f.name.replace('_', '-')}" if f.name in CLI_NUMBERS else f.name
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}", "pass a finite value")
+        if f.name.startswith("lr") and not value > 0:
+            raise UserError(f"{flag} is a learning rate and must be > 0, got {value}", "e.g. 0.01")
+        if (f.name.startswith("wd") or f.name.endswith("weight_decay")) and value < 0:
+            raise UserError(f"{flag} is a weight decay and must be >= 0, got {value}", "e.g. 1e-4, or 0 for none")
+        if f.name == "momentum" and not 0 <= value < 1:
+            raise UserError(f"{flag} must lie in [0, 1), got {value}", "e.g. 0.9")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
@@ -65,9 +97,10 @@ class OptimConfig:
         if self.score_optimizer not in SCORE_OPTIMIZERS:
             raise UserError(f"unknown score optimizer {self.score_optimizer!r}",
                             f"use one of {', '.join(SCORE_OPTIMIZERS)}")
-        if self.lr_scores is not None and not self.lr_scores > 0:
+        if self.lr_scores is not None and not 0 < self.lr_scores < float("inf"):
             raise UserError(f"--lr-scores must be > 0 (recipe: compress.optim.lr_scores), got {self.lr_scores}",
                             "pass e.g. --lr-scores 1e-3, or leave it out")
+        check_numbers(self)
 
 
 @dataclass(frozen=True)
@@ -91,6 +124,9 @@ class CompressConfig:
     # 1 + 1 epochs: "init" 79.78 % vs Torch-Pruning + 2 epochs 77.69 %; "learned" emptied the residual
     # streams again (32 -> 16 channels) and trailed it (measured, docs/benchmarks.md).
     channel_widths: str = "init"
+    # unstructured mode: a sparsity that would leave some layer without any weight (its output a
+    # constant) is refused unless this is set; see masks.MaskSet.
+    allow_empty_layers: bool = False
     epochs_mask: int = 30
     epochs_tune: int = 30
     batch_size: int = 256
@@ -108,6 +144,7 @@ class CompressConfig:
     def __post_init__(self) -> None:
         from vpns_deploy.errors import UserError
 
+        check_numbers(self)
         if not 0.0 < self.sparsity < 1.0:
             raise UserError(
                 f"sparsity must lie strictly between 0 and 1, got {self.sparsity}",
@@ -187,8 +224,13 @@ def parse_mode(mode: str) -> tuple[str, tuple[int, int] | None]:
     if mode in ("unstructured", "channel"):
         return mode, None
     n_text, sep, m_text = mode.partition(":")
-    if sep and n_text.isdigit() and m_text.isdigit() and 0 < int(n_text) < int(m_text):
-        return "nm", (int(n_text), int(m_text))
+    if sep and n_text.isdigit() and m_text.isdigit():
+        n, m = int(n_text), int(m_text)
+        if 0 < n < m:
+            return "nm", (n, m)
+        raise UserError(f"unknown mode {mode!r}: N:M keeps N of every M consecutive weights, so N must be at least 1 "
+                        f"and below M ({'N = 0 would keep nothing' if n == 0 else 'N >= M would prune nothing'})",
+                        "pass e.g. --mode 2:4")
     raise UserError(f"unknown mode {mode!r}", f"pass --mode {MODES_HELP} (N < M)")
 
 
