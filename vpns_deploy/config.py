@@ -12,6 +12,7 @@ METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude")
 # N:M (e.g. 2:4): N of every M consecutive weights along input channels (sparse tensor cores).
 MODES_HELP = "unstructured, channel, or N:M such as 2:4"
 PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
+HEADS: tuple[str, ...] = ("keep", "map", "new")  # see vpns_deploy/heads.py
 
 # INT8 calibration: class-balanced training images run through the whole deployed graph.
 DEFAULT_CALIB_IMAGES = 512
@@ -88,6 +89,7 @@ class OptimConfig:
     wd_prompt_mask: float = 1e-4
     lr_prompt_tune: float = 0.01  # SGD in stage 2, cosine
     lr_weights: float = 0.01  # SGD in stage 2, cosine
+    lr_head: float = 0.01  # SGD (momentum, wd_tune), cosine: the --head new warm-up, fresh head only
     momentum: float = 0.9
     wd_tune: float = 1e-4
 
@@ -124,6 +126,10 @@ class CompressConfig:
     # 1 + 1 epochs: "init" 79.78 % vs Torch-Pruning + 2 epochs 77.69 %; "learned" emptied the residual
     # streams again (32 -> 16 channels) and trailed it (measured, docs/benchmarks.md).
     channel_widths: str = "init"
+    # What to do with the model's head (vpns_deploy/heads.py): keep (classes match), map (frequency
+    # label mapping onto the source head, shared/docs/VPNS.md §4) or new (fresh head + warm-up).
+    head: str = "keep"
+    head_warmup_epochs: int = 1  # --head new: epochs training only the fresh head before stage 1
     # unstructured mode: a sparsity that would leave some layer without any weight (its output a
     # constant) is refused unless this is set; see masks.MaskSet.
     allow_empty_layers: bool = False
@@ -178,6 +184,11 @@ class CompressConfig:
             )
         if self.batch_size < 1:
             raise UserError("batch size must be >= 1", "pass --batch-size 256 or similar")
+        if self.head not in HEADS:
+            raise UserError(f"unknown --head {self.head!r}", f"choose one of {', '.join(HEADS)}")
+        if self.head_warmup_epochs < (1 if self.head == "new" else 0):
+            raise UserError(f"--head-warmup-epochs must be >= 1 with --head new, got {self.head_warmup_epochs}",
+                            "a fresh head must train before stage 1 freezes the weights; e.g. 1")
         if self.pad is not None and self.pad < 1:
             raise UserError(f"--pad must be >= 1, got {self.pad}", "pass e.g. --pad 2")
         for name in ("train_subset", "test_subset"):
@@ -242,7 +253,9 @@ def default_pad(image_size: int) -> int:
 # Deviations from the reference implementation; written into --help and every manifest.
 DEVIATIONS: tuple[str, ...] = (
     "exact global top-k (ties broken by index) instead of |s| > kth-value, so the sparsity is exact",
-    "identity label mapping (the model's head already matches the data's classes; no FLM)",
+    "label mapping: identity with --head keep (the head matches the data's classes); --head map runs the "
+    "reference's frequency label mapping once after the initial mask (un-prompted, i.e. the zero prompt) and "
+    "freezes it; --head new replaces the head (the reference never does) and warms it up first",
     "native resolution, no resize to 224; prompt frame scaled to 7 % of the side",
     "no model selection on the test set: the last epoch of stage 2 is reported",
     "weights, biases and BN affine are frozen in stage 1 (equivalent: no optimiser held them)",

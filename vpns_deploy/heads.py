@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.optim import SGD
 
+from vpns_deploy.config import HEADS
 from vpns_deploy.errors import UserError
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from vpns_deploy.prompts import PromptedNet
     from vpns_deploy.trainer import EpochRecord
 
-HEADS: tuple[str, ...] = ("keep", "map", "new")
 HEAD_HELP = (
     "keep: the model's head already has the data's classes (default). map: keep the source head (e.g. "
     "ImageNet's 1000 classes) and map each data class to one source class by frequency label mapping "
@@ -31,7 +31,7 @@ HEAD_HELP = (
     "set, computed after the initial mask with the zero prompt, then frozen; needs at least as many "
     "source as data classes); the mapping is folded into the exported graph. new: replace the head by a "
     "fresh layer for the data's classes, trained alone (other weights frozen) for --head-warmup-epochs "
-    "before stage 1; its optimiser steps count in the run's budget."
+    "before stage 1 (SGD, --lr-head in recipes: optim.lr_head); its optimiser steps count in the run's budget."
 )
 # Seed offset of the FLM and warm-up data streams, so they never replay the stages' own streams.
 FLM_STREAM, WARMUP_STREAM = 101, 202
