@@ -8,6 +8,7 @@ from vpns_deploy.errors import UserError
 from vpns_deploy.evaluate import top1
 from vpns_deploy.models import load_model
 from vpns_deploy.models.cifar_resnet import CifarResNet
+from vpns_deploy.models.digits_cnn import DigitsCNN
 from vpns_deploy.prompts import PromptedNet
 
 
@@ -55,3 +56,137 @@ def test_torchvision_architecture_by_name(tmp_path):
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
     loaded = load_model(path, "resnet18", 10)
     assert loaded.net.fc.out_features == 10 and loaded.inputs.channels == 3
+
+
+# --- Input specs from the model's own config (issue 13 items 2-3) ---------------------------------
+
+def test_builtin_architectures_take_their_own_small_sizes():
+    from vpns_deploy.models import get_arch
+
+    assert get_arch("cifar_resnet20").inputs.size == 32
+    digits = get_arch("digits_cnn").inputs
+    assert (digits.size, digits.channels, digits.mean, digits.std) == (8, 1, (0.5,), (0.5,))
+
+
+@pytest.mark.parametrize("name,size,crop_pct,interpolation", [
+    ("resnet18", 224, 224 / 256, "bilinear"),  # torchvision's ImageClassification(crop 224, resize 256)
+    ("inception_v3", 299, 299 / 342, "bilinear"),
+    ("efficientnet_b3", 300, 300 / 320, "bicubic"),
+])
+def test_torchvision_input_spec_comes_from_the_weights_meta(name, size, crop_pct, interpolation):
+    from vpns_deploy.models import get_arch
+
+    spec = get_arch(name).inputs
+    assert (spec.size, spec.interpolation) == (size, interpolation)
+    assert spec.crop_pct == pytest.approx(crop_pct)
+    assert spec.mean == pytest.approx((0.485, 0.456, 0.406)) and spec.std == pytest.approx((0.229, 0.224, 0.225))
+
+
+def test_timm_model_loads_a_state_dict_with_its_pretrained_cfg(tmp_path):
+    import timm
+
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=5).eval()
+    path = tmp_path / "timm.pt"
+    torch.save(source.state_dict(), path)
+    loaded = load_model(path, "timm:test_resnet", 5)
+    cfg = timm.get_pretrained_cfg("test_resnet")
+    assert loaded.arch == "timm:test_resnet"
+    assert loaded.inputs.size == cfg.input_size[-1] and loaded.inputs.crop_pct == pytest.approx(cfg.crop_pct)
+    assert loaded.inputs.interpolation == cfg.interpolation
+    assert loaded.inputs.mean == pytest.approx(cfg.mean) and loaded.inputs.std == pytest.approx(cfg.std)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.net(x), source(x))
+
+
+@pytest.mark.parametrize("arch,needle", [
+    ("resnet181", "did you mean resnet18"),
+    ("nonsense", "timm:NAME"),
+    ("timm:resnt18", "did you mean timm:resnet18"),
+])
+def test_unknown_architecture_is_one_line_naming_the_families(arch, needle):
+    from vpns_deploy.models import get_arch
+
+    with pytest.raises(UserError) as info:
+        get_arch(arch)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    if not arch.startswith("timm:"):
+        assert "efficientnet_lite0..4" in str(info.value) and "torchvision" in str(info.value)
+
+
+def test_input_overrides_replace_the_config_fields(tmp_path):
+    from vpns_deploy.models import InputOverrides
+
+    path = tmp_path / "r20.pt"
+    torch.save(CifarResNet(20).state_dict(), path)
+    overrides = InputOverrides(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
+    loaded = load_model(path, "cifar_resnet20", 10, inputs=overrides)
+    assert loaded.inputs.to_dict() == {"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "size": 64,
+                                       "interpolation": "bicubic", "crop_pct": 1.0}
+    assert "overridden: input_size, mean, std, interpolation" in loaded.inputs_from
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"mean": (float("nan"), 0.5, 0.5)}, "--mean must be finite"),
+    ({"std": (0.5, 0.0, 0.5)}, "--std must be > 0"),
+    ({"std": (0.5, float("inf"), 0.5)}, "--std must be finite"),
+    ({"mean": (0.5, 0.5), "std": (0.5, 0.5, 0.5)}, "--mean has 2 values but --std has 3"),
+    ({"interpolation": "area"}, "unknown --interpolation"),
+    ({"input_size": 0}, "--input-size must be a positive"),
+])
+def test_bad_input_overrides_are_one_line_errors(kwargs, needle):
+    from vpns_deploy.models import InputOverrides
+
+    with pytest.raises(UserError, match=needle):
+        InputOverrides(**kwargs)
+
+
+def test_override_channel_count_must_match_the_model(tmp_path):
+    from vpns_deploy.models import InputOverrides
+
+    path = tmp_path / "d.pt"
+    torch.save(DigitsCNN().state_dict(), path)
+    with pytest.raises(UserError, match="--mean has 3 values but the model takes 1-channel images"):
+        load_model(path, "digits_cnn", 10, inputs=InputOverrides(mean=(0.5, 0.5, 0.5)))
+
+
+def test_comma_separated_floats_are_parsed_or_refused():
+    from vpns_deploy.models.input_overrides import parse_floats
+
+    assert parse_floats("0.5, 0.25,1", "--mean") == (0.5, 0.25, 1.0)
+    assert parse_floats(None, "--mean") is None
+    with pytest.raises(UserError, match="--std must be comma-separated numbers"):
+        parse_floats("0.5,abc", "--std")
+
+
+# --- A pickled module keeps its normalisation (issue 16 item 6) ----------------------------------
+
+def _digits_top1(loaded, split) -> float:
+    return top1(PromptedNet(loaded.net, loaded.inputs, None), split, torch.device("cpu"), prompted=False)
+
+
+def test_pickled_digits_cnn_scores_like_its_state_dict(tmp_path, digits_model, digits_splits):
+    from vpns_deploy.models import InputOverrides
+
+    reference = load_model(digits_model, "digits_cnn", 10)
+    pickled = tmp_path / "digits_module.pt"
+    torch.save(reference.net, pickled)  # a whole nn.Module: needs --trust-pickle
+
+    with pytest.raises(UserError, match="pass --arch NAME .* or --mean and --std"):
+        load_model(pickled, None, 10, trust_pickle=True)
+    by_arch = load_model(pickled, "digits_cnn", 10, trust_pickle=True)
+    by_stats = load_model(pickled, None, 10, trust_pickle=True, inputs=InputOverrides(mean=(0.5,), std=(0.5,)))
+    assert by_arch.inputs == reference.inputs
+    assert (by_stats.inputs.mean, by_stats.inputs.std, by_stats.inputs.channels) == ((0.5,), (0.5,), 1)
+
+    expected = _digits_top1(reference, digits_splits.test)
+    assert expected > 0.9
+    assert _digits_top1(by_arch, digits_splits.test) == expected
+    assert _digits_top1(by_stats, digits_splits.test) == expected
+
+
+def test_pickled_module_must_fit_the_arch_it_names(tmp_path):
+    pickled = tmp_path / "digits_module.pt"
+    torch.save(DigitsCNN(), pickled)
+    with pytest.raises(UserError, match="do not fit --arch cifar_resnet20"):
+        load_model(pickled, "cifar_resnet20", 10, trust_pickle=True)

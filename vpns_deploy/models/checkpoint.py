@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from vpns_deploy.data.cache import sha256_file
 from vpns_deploy.errors import UserError
-from vpns_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec, get_arch
+from vpns_deploy.models.input_overrides import InputOverrides
+from vpns_deploy.models.registry import InputSpec, get_arch
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -22,6 +24,7 @@ class LoadedModel:
     num_classes: int
     inputs: InputSpec
     sha256: str
+    inputs_from: str = ""  # where the InputSpec came from (the arch's config, overrides), for the manifest
 
 
 def _read(path: Path, trust_pickle: bool) -> object:
@@ -30,12 +33,14 @@ def _read(path: Path, trust_pickle: bool) -> object:
     if not path.is_file():
         raise UserError(f"{path} is not a file", "MODEL must be a checkpoint file (.pt/.pth/.th)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: we explain below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # The safe unpickler names the class it refused ("Unsupported global"); anything else it
         # cannot parse is simply not a checkpoint.
         if "Unsupported global" not in str(exc):
-            raise UserError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})", _SAVE_HINT) from None
+            raise UserError(f"{path} is not a PyTorch checkpoint ({_reason(exc, path)})", _SAVE_HINT) from None
         if not trust_pickle:
             raise UserError(
                 f"{path} contains pickled Python objects (e.g. a whole nn.Module), and loading them can run "
@@ -43,7 +48,7 @@ def _read(path: Path, trust_pickle: bool) -> object:
                 "save model.state_dict() and pass --arch, or pass --trust-pickle if you trust the file",
             ) from None
     except Exception as exc:  # torch raises RuntimeError, zip, EOF, index errors on garbage
-        raise UserError(f"{path} is not a PyTorch checkpoint ({_reason(exc)})", _SAVE_HINT) from None
+        raise UserError(f"{path} is not a PyTorch checkpoint ({_reason(exc, path)})", _SAVE_HINT) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the user vouched for it, but it still must load
@@ -58,8 +63,12 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else exc.__class__.__name__)[:160]
 
 
-def _reason(exc: BaseException) -> str:
-    """The informative line of torch's long weights-only message, else the first line."""
+def _reason(exc: BaseException, path: Path | None = None) -> str:
+    """Why a file is not a checkpoint, in plain words: from its first bytes where they tell, else from
+    the informative line of torch's long weights-only message."""
+    told = _content_reason(path, str(exc)) if path is not None else None
+    if told:
+        return told
     for line in str(exc).splitlines():
         if "WeightsUnpickler error" in line:
             tail = line.split("WeightsUnpickler error:", 1)[1].strip()
@@ -71,6 +80,39 @@ def _reason(exc: BaseException) -> str:
     if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
         return next((ln for ln in lines[1:] if "WeightsUnpickler" not in ln), lines[1])[:160]
     return _first_line(exc)
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+PICKLE_PROTO = 0x80  # a pickle of protocol >= 2 starts with PROTO, then the protocol number
+
+
+def _content_reason(path: Path, message: str = "") -> str | None:
+    """What the file's first bytes say it is, when that explains the failure (None: they do not)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(ZIP_MAGIC):
+        if not any(w in message for w in ("zip archive", "central directory", "EOF", "failed reading")):
+            return None  # a complete zip that is not a torch file: torch's own line says more
+        return (f"its zip archive is incomplete or damaged ({size} bytes): the file was truncated or corrupted, "
+                "e.g. by an interrupted copy or download")
+    if head[0] == PICKLE_PROTO and len(head) > 1:
+        if head[1] > 2:
+            return (f"a plain Python pickle (protocol {head[1]}, e.g. from pickle.dump), not a file written by "
+                    "torch.save, which the safe loader cannot read")
+        return f"a legacy torch.save or pickle file that ends early or is damaged ({size} bytes): truncated or corrupted"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised binary content: neither a torch.save file nor a pickle"
+    if all(ch.isprintable() or ch.isspace() for ch in text):
+        return f"it is a text file (starts with {text.strip()[:30]!r}), not a saved model"
+    return "unrecognised content: neither a torch.save file nor a pickle"
 
 
 def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -117,9 +159,16 @@ def _check_fits(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Pa
         )
 
 
-def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: bool = False) -> LoadedModel:
-    """Build the model MODEL describes for a data set of num_classes classes."""
+def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: bool = False,
+               inputs: InputOverrides | None = None) -> LoadedModel:
+    """Build the model MODEL describes for a data set of num_classes classes.
+
+    Its InputSpec comes from the architecture's config (registry), with the user's overrides
+    applied. A pickled module says nothing about its input, so it needs --arch (which it must fit)
+    or --mean/--std: assuming a normalisation silently can cost most of its accuracy.
+    """
     path = Path(path)
+    inputs = inputs or InputOverrides()
     obj = _read(path, trust_pickle)
     digest = sha256_file(path)
     if isinstance(obj, nn.Module):
@@ -130,15 +179,44 @@ def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: boo
                 f"{num_classes} classes",
                 "pass data with the same classes",
             )
-        convs = [m for m in obj.modules() if isinstance(m, nn.Conv2d)]
-        channels = convs[0].in_channels if convs else 3
-        inputs = InputSpec(channels, IMAGENET_MEAN[:channels], IMAGENET_STD[:channels])
-        return LoadedModel(obj.float().eval(), None, num_classes, inputs, digest)
+        spec, source = _pickled_input_spec(obj, arch, path, num_classes, inputs)
+        return LoadedModel(obj.float().eval(), None, num_classes, inputs.apply(spec), digest,
+                           _source_text(source, inputs))
     if arch is None:
         raise UserError(f"{path} is a state dict, which does not say its architecture", "pass --arch NAME")
     spec = get_arch(arch)
     sd = _state_dict_of(obj, path)
     net = spec.build(num_classes)
+    if spec.adapt_state_dict is not None:
+        sd = spec.adapt_state_dict(sd, net)
     _check_fits(net, sd, arch, path, num_classes)
     net.load_state_dict(sd, strict=False)
-    return LoadedModel(net.float().eval(), arch, num_classes, spec.inputs, digest)
+    return LoadedModel(net.float().eval(), arch, num_classes, inputs.apply(spec.inputs), digest,
+                       _source_text(spec.summary, inputs))
+
+
+def _pickled_input_spec(module: nn.Module, arch: str | None, path: Path, num_classes: int,
+                        inputs: InputOverrides) -> tuple[InputSpec, str]:
+    """A pickled module's InputSpec: from --arch (the module must fit it), else from --mean/--std."""
+    if arch is not None:
+        spec = get_arch(arch)
+        net = spec.build(num_classes)
+        sd = module.state_dict()
+        if spec.adapt_state_dict is not None:
+            sd = spec.adapt_state_dict(sd, net)
+        _check_fits(net, sd, arch, path, num_classes)
+        return spec.inputs, spec.summary
+    if not inputs.normalisation:
+        raise UserError(
+            f"{path.name} is a pickled nn.Module, which does not say how its input pixels were normalised",
+            "pass --arch NAME (the architecture it is an instance of) or --mean and --std (per channel, for "
+            "[0,1] pixels)",
+        )
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    channels = convs[0].in_channels if convs else len(inputs.mean)
+    return InputSpec(channels, inputs.mean, inputs.std), "--mean/--std of a pickled module"
+
+
+def _source_text(source: str, inputs: InputOverrides) -> str:
+    given = [k for k, v in inputs.to_dict().items() if v is not None]
+    return source + (f"; overridden: {', '.join(given)}" if given else "")
