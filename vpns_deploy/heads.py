@@ -63,6 +63,22 @@ def head_keys(net: nn.Module) -> set[str]:
     return {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False)}
 
 
+def checkpoint_classes(net: nn.Module, sd: dict[str, torch.Tensor]) -> int | None:
+    """The class count of sd's head when the head is the only part of sd that does not fit net
+    (same keys, shapes differ only in the logits layer's output dimension); None otherwise."""
+    own = net.state_dict()
+    if {k for k in own if not k.endswith("num_batches_tracked")} - set(sd) or set(sd) - set(own):
+        return None
+    wrong = {k for k in sd if own[k].shape != sd[k].shape}
+    keys = head_keys(net)
+    if not wrong or not wrong <= keys:
+        return None
+    name = next(k for k in keys if k.endswith(".weight"))
+    if own[name].shape[1:] != sd[name].shape[1:]:
+        return None
+    return int(sd[name].shape[0])
+
+
 def mismatch_error(source: int, target: int, what: str = "the model's head") -> UserError:
     """The one-line error for a class-count mismatch under --head keep."""
     fix = (f"pass --head map (keeps the source head and maps each data class to one of its {source} classes) "

@@ -11,6 +11,7 @@ from torch import nn
 
 from vpns_deploy.data.cache import sha256_file
 from vpns_deploy.errors import UserError
+from vpns_deploy.heads import checkpoint_classes, head_outputs, logits_layer, mismatch_error
 from vpns_deploy.models.input_overrides import InputOverrides
 from vpns_deploy.models.registry import InputSpec, get_arch
 
@@ -136,14 +137,9 @@ def _check_fits(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Pa
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     wrong = [k for k in sd if k in own and own[k].shape != sd[k].shape]
-    heads = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    head_keys = {f"{heads[-1]}.weight", f"{heads[-1]}.bias"} if heads else set()
-    if not missing and not unexpected and wrong and set(wrong) <= head_keys:
-        found = sd[f"{heads[-1]}.weight"].shape[0]
-        raise UserError(
-            f"class-count mismatch: {path.name}'s head has {found} outputs but the data has {num_classes} classes",
-            "pass data with the same classes, or --num-classes to match the checkpoint",
-        )
+    found = checkpoint_classes(net, sd)  # the logits layer may be a Linear or a conv (SqueezeNet)
+    if found is not None:
+        raise mismatch_error(found, num_classes, f"{path.name}'s head")
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -160,8 +156,11 @@ def _check_fits(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Pa
 
 
 def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: bool = False,
-               inputs: InputOverrides | None = None) -> LoadedModel:
+               inputs: InputOverrides | None = None, head: str = "keep") -> LoadedModel:
     """Build the model MODEL describes for a data set of num_classes classes.
+
+    head != "keep" (--head map/new): a head of another class count is accepted, and the model is
+    returned with the checkpoint's own class count in num_classes.
 
     Its InputSpec comes from the architecture's config (registry), with the user's overrides
     applied. A pickled module says nothing about its input, so it needs --arch (which it must fit)
@@ -172,13 +171,12 @@ def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: boo
     obj = _read(path, trust_pickle)
     digest = sha256_file(path)
     if isinstance(obj, nn.Module):
-        heads = [m for m in obj.modules() if isinstance(m, nn.Linear)]
-        if heads and heads[-1].out_features != num_classes:
-            raise UserError(
-                f"class-count mismatch: the model's head has {heads[-1].out_features} outputs but the data has "
-                f"{num_classes} classes",
-                "pass data with the same classes",
-            )
+        logits = logits_layer(obj)
+        source = head_outputs(logits[1]) if logits is not None else num_classes
+        if source != num_classes:
+            if head == "keep":
+                raise mismatch_error(source, num_classes)
+            num_classes = source  # --head map/new: the module keeps its own head for now
         spec, source = _pickled_input_spec(obj, arch, path, num_classes, inputs)
         return LoadedModel(obj.float().eval(), None, num_classes, inputs.apply(spec), digest,
                            _source_text(source, inputs))
@@ -189,6 +187,9 @@ def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: boo
     net = spec.build(num_classes)
     if spec.adapt_state_dict is not None:
         sd = spec.adapt_state_dict(sd, net)
+    if head != "keep":  # --head map/new: build the checkpoint's own head; heads.py maps or replaces it
+        num_classes = checkpoint_classes(net, sd) or num_classes
+        net = spec.build(num_classes) if num_classes != head_outputs(logits_layer(net)[1]) else net
     _check_fits(net, sd, arch, path, num_classes)
     net.load_state_dict(sd, strict=False)
     return LoadedModel(net.float().eval(), arch, num_classes, inputs.apply(spec.inputs), digest,
