@@ -22,11 +22,21 @@ class LoadedRun:
     inputs: InputSpec
     prompt: VisualPrompt | None
 
+    @property
+    def label_map(self) -> torch.Tensor | None:
+        """--head map: the frozen source logit of each data class (None: the head is the data's)."""
+        return _seq(self.run.manifest.get("method", {}).get("label_mapping"), self.run.manifest)
+
+    @property
+    def dense_label_map(self) -> torch.Tensor | None:
+        """--head map: the dense network's own frequency label map (its fair reference)."""
+        return _seq(self.run.manifest.get("method", {}).get("dense_label_mapping"), self.run.manifest)
+
     def prompted(self, prompt: bool = True) -> PromptedNet:
-        return PromptedNet(self.compressed, self.inputs, self.prompt if prompt else None).eval()
+        return PromptedNet(self.compressed, self.inputs, self.prompt if prompt else None, self.label_map).eval()
 
     def dense_model(self) -> PromptedNet:
-        return PromptedNet(self.dense, self.inputs, None).eval()
+        return PromptedNet(self.dense, self.inputs, None, self.dense_label_map).eval()
 
     def train_split(self, data_spec: str | None = None) -> ImageSet:
         """The run's training images (INT8 calibration draws from these, never from the test split)."""
@@ -36,10 +46,10 @@ class LoadedRun:
         """The test images the run was measured on (same subset), from its data or an override."""
         m = self.run.manifest
         test = load_splits(data_spec or m["data"]["spec"]).test
-        if test.num_classes != int(m["model"]["num_classes"]):
+        run_classes = len(m["data"]["classes"])  # the model's own head may be larger (--head map)
+        if test.num_classes != run_classes:
             raise UserError(
-                f"class-count mismatch: the data has {test.num_classes} classes, the run's model "
-                f"{m['model']['num_classes']}",
+                f"class-count mismatch: the data has {test.num_classes} classes, the run was trained on {run_classes}",
                 "pass --data with the classes the run was trained on",
             )
         return test.subset(m["config"]["test_subset"], int(m["config"]["seed"]))
@@ -56,6 +66,17 @@ def _network(run: RunDir, name: str) -> nn.Module:
         net = _compacted_skeleton(run, net)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
+
+
+def _seq(record: object, manifest: dict) -> torch.Tensor | None:
+    """A manifest's label-map record -> its index tensor; None for 'identity' or nothing."""
+    if not isinstance(record, dict):
+        return None
+    seq, bound = record.get("seq"), int(manifest["model"]["num_classes"])
+    if (not isinstance(seq, list) or len(seq) != len(manifest["data"]["classes"])
+            or not all(isinstance(i, int) and 0 <= i < bound for i in seq)):
+        raise UserError("manifest.json: method.label_mapping.seq is not a list of class indices", "re-run compress")
+    return torch.tensor(seq, dtype=torch.long)
 
 
 def _compacted_skeleton(run: RunDir, net: nn.Module) -> nn.Module:

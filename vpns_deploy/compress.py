@@ -14,6 +14,7 @@ from vpns_deploy.channels import ChannelMaskSet
 from vpns_deploy.config import CompressConfig, auto_lr_scores, default_pad, parse_mode
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
+from vpns_deploy.heads import set_label_map
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
 from vpns_deploy.models.checkpoint import LoadedModel
@@ -34,6 +35,7 @@ class CompressResult:
     history: list[EpochRecord] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_plans: dict[str, dict] = field(default_factory=dict)
+    label_map: dict | None = None  # --head map: heads.label_map_record of the frozen mapping
 
 
 def build_prompt_spec(cfg: CompressConfig, image_shape: tuple[int, int, int]) -> PromptSpec:
@@ -169,7 +171,9 @@ def compress(
     masks = attach_masks(net, cfg, example)  # masks and scores take the weights' (channels-last) layout
     prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if cfg.uses_prompt else None
     prompt = VisualPrompt(prompt_spec).to(device) if prompt_spec is not None else None
-    model = PromptedNet(net, loaded.inputs, prompt).to(device)
+    # --head map: the label map's buffer exists from the start (a resumed run loads it with the state)
+    placeholder = torch.arange(splits.num_classes) if cfg.head == "map" else None
+    model = PromptedNet(net, loaded.inputs, prompt, placeholder).to(device)
     result = CompressResult(model, masks, prompt_spec)
 
     saved = checkpoint.load() if checkpoint is not None else None
@@ -180,12 +184,15 @@ def compress(
         result.history = [EpochRecord(**r) for r in saved["history"]]
         result.stage_seconds = dict(saved["stage_seconds"])
         result.stage_plans = dict(saved["stage_plans"])
+        result.label_map = saved.get("label_map")
         reporter.line(f"resuming after {saved['stage']} epoch {saved['epoch']} (checkpoint)")
     elif cfg.method == "magnitude":
         masks.update_from_magnitude()
     else:
         masks.init_scores_scaled()
         masks.update_from_scores()
+    if cfg.head == "map" and saved is None:  # right after the initial mask, frozen from here on (VPNS.md §4)
+        result.label_map = set_label_map(model, splits, cfg, device, reporter)
 
     batches = num_batches(len(splits.train), cfg.batch_size)
     for make_plan in _stage_factories(model, masks, cfg, batches):
@@ -223,6 +230,7 @@ def compress(
                     "torch_rng": torch.get_rng_state(),
                     "history": [r.to_dict() for r in result.history],
                     "stage_seconds": result.stage_seconds, "stage_plans": result.stage_plans,
+                    "label_map": result.label_map,
                 })
 
         run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter, on_epoch, gens, start)

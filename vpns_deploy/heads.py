@@ -18,7 +18,7 @@ from vpns_deploy.errors import UserError
 
 if TYPE_CHECKING:
     from vpns_deploy.config import CompressConfig
-    from vpns_deploy.data.dataset import ImageSet, Splits
+    from vpns_deploy.data.dataset import AugmentPolicy, ImageSet, Splits
     from vpns_deploy.models.checkpoint import LoadedModel
     from vpns_deploy.progress import Reporter
     from vpns_deploy.prompts import PromptedNet
@@ -147,11 +147,12 @@ def greedy_one_to_one(counts: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prediction_counts(model: "PromptedNet", train: "ImageSet", splits: "Splits", batch_size: int,
+def prediction_counts(model: "PromptedNet", train: "ImageSet", augment: "AugmentPolicy | None", batch_size: int,
                       device: torch.device, seed: int) -> torch.Tensor:
     """count[source i, target j]: target-j training images (augmented) the network predicts as i.
 
-    Eval mode, no prompt (the zero prompt), raw source logits (no label map yet).
+    Eval mode, no prompt (the zero prompt), raw source logits (no label map yet); its own seeded
+    stream, so the stages' data order is untouched and a rerun gives the same counts.
     """
     from vpns_deploy.data.batches import train_batches
 
@@ -159,7 +160,7 @@ def prediction_counts(model: "PromptedNet", train: "ImageSet", splits: "Splits",
     model.eval()
     counts: torch.Tensor | None = None
     gen = torch.Generator().manual_seed(seed * 1000 + FLM_STREAM)
-    for x, y in train_batches(train, batch_size, gen, device, splits.augment):
+    for x, y in train_batches(train, batch_size, gen, device, augment):
         logits = model(x, prompted=False, mapped=False)
         if counts is None:
             counts = torch.zeros(logits.shape[1], train.num_classes, dtype=torch.long)
@@ -170,10 +171,10 @@ def prediction_counts(model: "PromptedNet", train: "ImageSet", splits: "Splits",
     return counts
 
 
-def frequency_label_map(model: "PromptedNet", splits: "Splits", batch_size: int, device: torch.device,
-                        seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def frequency_label_map(model: "PromptedNet", train: "ImageSet", augment: "AugmentPolicy | None", batch_size: int,
+                        device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(seq, counts): the FLM sequence over the augmented training set, and the counts it came from."""
-    counts = prediction_counts(model, splits.train, splits, batch_size, device, seed)
+    counts = prediction_counts(model, train, augment, batch_size, device, seed)
     return greedy_one_to_one(counts), counts
 
 
@@ -233,3 +234,17 @@ def warm_up_head(loaded: "LoadedModel", splits: "Splits", cfg: "CompressConfig",
     for p in net.parameters():
         p.requires_grad_(True)
     return history
+
+
+def set_label_map(model: "PromptedNet", splits: "Splits", cfg: "CompressConfig", device: torch.device,
+                  reporter: "Reporter") -> dict:
+    """Compute the FLM on model as it stands (masked, zero prompt), freeze it into model.label_map,
+    and return its manifest record."""
+    seq, counts = frequency_label_map(model, splits.train, splits.augment, cfg.batch_size, device, cfg.seed)
+    assert model.label_map is not None, "PromptedNet was built without a label-map buffer"
+    model.label_map.copy_(seq.to(model.label_map.device))
+    record = label_map_record(seq, counts, list(splits.train.classes))
+    hits = sum(r["images"] for r in record["map"])
+    reporter.line(f"label map (frequency, {record['source_classes']} -> {len(seq)} classes): "
+                  f"{hits / max(1, int(counts.sum())):.1%} of training images fall on their class's source")
+    return record
