@@ -5,7 +5,8 @@
     [data]      spec = "tar:../shared/data/cifar10-jpeg.tar.gz"
     [pretrain]  (optional) train the model first when `model.path` does not exist yet
     [compress]  every CompressConfig field; [compress.optim] every OptimConfig field
-    [export]    (optional) prompt = true, precisions = ["fp32", "fp16", "int8"], calib_images, trt
+    [export]    (optional) prompt = true/false (default: compress's validation decision), graph_resize,
+                precisions = ["fp32", "fp16", "int8"], calib_images, trt
     [report]    (optional) enabled = true
 
 Relative paths are taken from the directory the command runs in, as on the command line.
@@ -44,7 +45,8 @@ class DataSection:
 
 @dataclass(frozen=True)
 class ExportSection:
-    prompt: bool = True
+    prompt: bool | None = None  # None: the run's validation decision (folded in only where it helped)
+    graph_resize: bool = False  # a Resize in front: the graph takes any H x W
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     calib_images: int = DEFAULT_CALIB_IMAGES
     trt: bool = False

@@ -58,12 +58,15 @@ def _export_done(recipe: Recipe) -> bool:
     m = _manifest(recipe)
     if m is None or "export" not in m or recipe.export is None:
         return False
-    wants_prompt = recipe.export.prompt and m.get("prompt") is not None
+    from pipelines.export_stage import prompt_choice
+
+    wants_prompt = prompt_choice(m, recipe.export.prompt, m.get("prompt") is not None)["fold"]
     from export.precision import precision_path
 
     wanted = _precisions(recipe)
     files = tuple(precision_path(Path(n), p).name for n in ("model.onnx", "dense.onnx") for p in wanted)
     return (m["export"]["ships_prompt"] == wants_prompt and list(m["export"].get("precisions", ["fp32"])) == list(wanted)
+            and bool(m["export"].get("graph_resize", False)) == recipe.export.graph_resize
             and ("int8" not in wanted or m["export"].get("calib_images") == recipe.export.calib_images)
             and _verified(recipe, files))
 
@@ -109,7 +112,7 @@ def _run_export(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
 
     e = recipe.export
     run_export(recipe.out, with_prompt=e.prompt, reporter=reporter, precisions=_precisions(recipe),
-               calib_images=e.calib_images, trt=e.trt)
+               calib_images=e.calib_images, trt=e.trt, graph_resize=e.graph_resize)
 
 
 def _run_report(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:

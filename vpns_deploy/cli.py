@@ -15,6 +15,7 @@ from vpns_deploy.config import (
 )
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
+from vpns_deploy.heads import HEAD_HELP
 from vpns_deploy.models.registry import BUILTIN
 
 app = typer.Typer(
@@ -112,7 +113,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of scores, data order
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 TrainSubsetOpt = Annotated[Optional[int], typer.Option("--train-subset", help="Use N class-balanced training images (quick runs).")]
 TestSubsetOpt = Annotated[Optional[int], typer.Option("--test-subset", help="Evaluate on N class-balanced test images (default: all).")]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head; must match the data (default: the data's).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a check): with --head keep it must match the data; with --head map/new it must match the checkpoint's head.")]
+HeadOpt = Annotated[str, typer.Option("--head", help=HEAD_HELP)]
+HeadWarmupOpt = Annotated[int, typer.Option("--head-warmup-epochs", help="--head new: epochs that train only the fresh head (SGD, cosine; recipes: compress.optim.lr_head) before stage 1, counted in the run's optimiser steps.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only once the new run is complete).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
@@ -161,6 +164,8 @@ def compress(
     train_subset: TrainSubsetOpt = None,
     test_subset: TestSubsetOpt = None,
     num_classes: NumClassesOpt = None,
+    head: HeadOpt = _defaults.head,
+    head_warmup_epochs: HeadWarmupOpt = _defaults.head_warmup_epochs,
     trust_pickle: TrustPickleOpt = False,
     allow_empty_layers: Annotated[bool, typer.Option(help="Unstructured mode: accept a --sparsity so high that some layer keeps no weight at all (its output becomes a constant). Refused without this.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
@@ -187,7 +192,7 @@ def compress(
         method=method, mode=mode, speedup=speedup, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
         train_subset=train_subset, test_subset=test_subset, optim=_optim(lr_scores),
-        allow_empty_layers=allow_empty_layers,
+        allow_empty_layers=allow_empty_layers, head=head, head_warmup_epochs=head_warmup_epochs,
     )
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
@@ -308,7 +313,8 @@ def _run_dir(run_dir: Optional[Path]) -> Path:
 @friendly
 def export(
     run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
-    prompt: Annotated[bool, typer.Option("--prompt/--no-prompt", help="Fold the learned prompt into the graph (default) or ship the network without it.")] = True,
+    prompt: Annotated[Optional[bool], typer.Option("--prompt/--no-prompt", help="Fold the learned prompt into the graph, or ship the network without it. Default: what compress decided on the validation split (folded in only where top-1 with it >= without it; recorded in manifest.json).", show_default=False)] = None,
+    graph_resize: Annotated[bool, typer.Option("--graph-resize", help="Fold a Resize in front of the graph so it takes uint8 NHWC images of any height and width (resize shorter side + centre crop, antialiased, as the training evaluation transform; its parity with PyTorch is measured and recorded). Without it the graph takes the model's input size only.")] = False,
     data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity and calibration images).")] = None,
     precision: PrecisionOpt = "fp32",
     calib_images: Annotated[int, typer.Option(help="INT8: class-balanced training images fed through the whole deployed graph to calibrate its scales.")] = DEFAULT_CALIB_IMAGES,
@@ -328,7 +334,8 @@ def export(
 
     with pickles_trusted(trust_pickle):
         run_export(_run_dir(run_dir), with_prompt=prompt, data_spec=data, precisions=_precisions(precision),
-                   calib_images=calib_images, trt=trt or require_trt, require_trt=require_trt)
+                   calib_images=calib_images, trt=trt or require_trt, require_trt=require_trt,
+                   graph_resize=graph_resize)
 
 
 @app.command()
