@@ -1,7 +1,7 @@
 """--graph-resize: an ONNX Resize + centre crop in front of the deployed graph, so it takes any H x W.
 
 The evaluation transform of the training pipeline is torchvision's: resize the shorter side to
-floor(size / crop_pct) (antialiased; the longer side to int(side * long / short)), centre-crop
+round(size / crop_pct) (antialiased; the longer side to int(side * long / short)), centre-crop
 size x size (offset round(margin / 2), half to even), round to uint8. The graph computes the same
 sizes and offsets from the input's shape (Shape, integer Div, Round), then Resize(axes=[1, 2],
 antialias=1) -> Slice -> Round -> Clip(0, 255) -> Cast(uint8), then the fixed-size graph unchanged.
@@ -10,10 +10,9 @@ measures pixels and logits.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 MIN_OPSET = 18  # Resize's axes/antialias/keep_aspect_ratio_policy and CenterCropPad
@@ -22,8 +21,21 @@ MODES = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}
 
 
 def resize_side(size: int, crop_pct: float) -> int:
-    """The shorter side the evaluation transform resizes to before its centre crop (timm's rule)."""
-    return int(math.floor(size / crop_pct))
+    """The shorter side the evaluation transform resizes to before its centre crop: round(size /
+    crop_pct), as the data pipeline's evaluation geometry (vpns_deploy/data/geometry.py) does."""
+    return int(round(size / crop_pct))
+
+
+def reference_resize(images: torch.Tensor, size: int, crop_pct: float, interpolation: str) -> torch.Tensor:
+    """The PyTorch reference of the folded front: uint8 N x C x H x W -> torchvision Resize(shorter
+    side, antialias) + CenterCrop(size), the evaluation transform of the training pipeline."""
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    side = resize_side(size, crop_pct)
+    if min(images.shape[-2:]) != side:
+        images = TF.resize(images, [side], interpolation=InterpolationMode(interpolation), antialias=True)
+    return TF.center_crop(images, [size, size])
 
 
 def caller_contract(size: int, channels: int, crop_pct: float, interpolation: str, graph_resize: bool) -> dict:

@@ -1,4 +1,5 @@
-"""Stage `export`: deployment ONNX (prompt folded in) plus the dense reference, both parity-checked."""
+"""Stage `export`: deployment ONNX (prompt folded in where it helped on validation, label map folded in,
+optionally a Resize in front) plus the dense reference, both parity-checked against PyTorch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from calibration.feeds import nhwc_uint8
 from calibration.calibrator import DEFAULT_CALIB_IMAGES, ImageCalibrationReader, calibration_images
 from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
+from export.resize_front import caller_contract, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
 from export.sparsity_check import weight_patterns
@@ -24,9 +26,34 @@ TIMING_CACHE = "trt_timing.cache"
 FP16_MIN_AGREEMENT = 0.99  # below this fp16 is not rounding noise but overflow: refuse to ship it
 
 
-def run_export(run_dir: Path, with_prompt: bool = True, data_spec: str | None = None,
+def prompt_choice(manifest: dict, with_prompt: bool | None, has_prompt: bool) -> dict:
+    """Whether model.onnx carries the prompt: the user's --prompt/--no-prompt, else the run's validation
+    decision (compress), else (runs made before the decision existed) the old default, folded in."""
+    decision = manifest.get("metrics", {}).get("prompt_decision")
+    if not has_prompt:
+        return {"fold": False, "by": "the run learned no prompt", "decision": decision}
+    if with_prompt is not None:
+        return {"fold": with_prompt, "by": "--prompt" if with_prompt else "--no-prompt", "decision": decision}
+    if isinstance(decision, dict) and isinstance(decision.get("fold"), bool):
+        return {"fold": decision["fold"], "by": decision.get("rule", "the run's decision"), "decision": decision}
+    return {"fold": True, "by": "run has no prompt decision (made before it existed): folded in", "decision": None}
+
+
+def input_size(loaded, test) -> int:
+    """The side the graph takes: the model's InputSpec.size, else the data's (square) size."""
+    _, h, w = test.image_shape
+    size = loaded.inputs.size or h
+    if (h, w) != (size, size):
+        raise UserError(f"the export data's images are {h}x{w} but the run's model takes {size}x{size}",
+                        "pass --data with the run's data, or re-run compress")
+    return size
+
+
+def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | None = None,
                reporter: Reporter | None = None, precisions: tuple[str, ...] = ("fp32",),
-               calib_images: int = DEFAULT_CALIB_IMAGES, trt: bool = False, require_trt: bool = False) -> dict:
+               calib_images: int = DEFAULT_CALIB_IMAGES, trt: bool = False, require_trt: bool = False,
+               graph_resize: bool = False) -> dict:
+    """with_prompt None: the run's validation decision; graph_resize: accept any H x W (Resize folded in)."""
     reporter = reporter or Reporter()
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -36,47 +63,69 @@ def run_export(run_dir: Path, with_prompt: bool = True, data_spec: str | None = 
     loaded = load_run(run_dir)
     run = loaded.run
     test = loaded.test_split(data_spec)
+    size = input_size(loaded, test)
     example = torch.from_numpy(nhwc_uint8(test, 0, 2))
-    ships_prompt = with_prompt and loaded.prompt is not None
+    choice = prompt_choice(run.manifest, with_prompt, loaded.prompt is not None)
+    ships_prompt = choice["fold"]
+    inputs = loaded.inputs
+    contract = caller_contract(size, inputs.channels, inputs.crop_pct, inputs.interpolation, graph_resize)
+    edit = (lambda m: prepend_resize(m, size, inputs.crop_pct, inputs.interpolation)) if graph_resize else None
     results = {}
     calib = None
     jobs = [
-        (MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None),
-        (DENSE_ONNX, loaded.dense, None),
+        (MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None, loaded.label_map),
+        (DENSE_ONNX, loaded.dense, None, loaded.dense_label_map),
     ]
-    for name, net, prompt in jobs:
-        reference = PromptedNet(net, loaded.inputs, prompt)
+    for name, net, prompt, label_map in jobs:
+        reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
         parity = {}
 
-        def verify(tmp: Path, reference=reference, parity=parity, name=name) -> None:
+        def verify(tmp: Path, reference=reference, parity=parity, name=name, prompt=prompt) -> None:
             parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
             require_parity(parity["result"], name)
+            if graph_resize:
+                parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
 
-        info = export_onnx(DeployGraph(net, loaded.inputs, prompt), example, run.file(name), verify=verify)
+        info = export_onnx(DeployGraph(net, inputs, prompt, label_map), example, run.file(name), verify=verify,
+                           edit=edit)
         run.record(name)
         p = parity["result"]
         results[name] = {
             "prompt_folded": prompt is not None,
+            "label_map_folded": label_map is not None,
             "opset": info.opset, "ir_version": info.ir_version,
             "input": {"name": info.input_name, "type": info.input_type, "shape": info.input_shape, "layout": "NHWC"},
             "output_shape": info.output_shape, "ops": info.ops,
             "parity": p.to_dict(),
+            **({"resize_parity": parity["resize"]} if graph_resize else {}),
         }
         reporter.line(
             f"{name}: uint8 NHWC {info.input_shape} -> {info.output_shape}, "
-            f"{'prompt folded in' if prompt is not None else 'no prompt'}; ORT vs PyTorch on {p.images} test "
+            f"{'prompt folded in' if prompt is not None else 'no prompt'}"
+            f"{', label map folded in' if label_map is not None else ''}; ORT vs PyTorch on {p.images} test "
             f"images: max |diff| {p.max_abs_diff:.1e}, top-1 agreement {p.top1_agreement:.2%}"
         )
+        if graph_resize:
+            r = parity["resize"]
+            reporter.line(f"{name}: Resize in the graph, {r['images']} test images at {r['height']}x{r['width']} vs "
+                          f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
+                          f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
         if "int8" in precisions and calib is None:  # one calibration set for both graphs
             calib = calibration_images(loaded.train_split(data_spec), calib_images, int(run.manifest["seed"]))
         results[name]["precisions"] = _derive(run, run.file(name), precisions, test, calib, reporter)
     if with_prompt and loaded.prompt is None:
         reporter.line(f"note: this run ({run.manifest['config']['method']}) learned no prompt; none to fold in")
+    elif loaded.prompt is not None:
+        d = choice["decision"] or {}
+        numbers = (f" (validation top-1 {d['val_top1_prompted']:.2%} with, {d['val_top1_plain']:.2%} without)"
+                   if d.get("val_top1_plain") is not None and d.get("val_top1_prompted") is not None else "")
+        reporter.line(f"prompt {'folded in' if ships_prompt else 'left out'}: {choice['by']}{numbers}")
     pattern = run.manifest.get("metrics", {}).get("structure", {}).get("pattern")
     if pattern:
         results[MODEL_ONNX]["nm_pattern"] = _check_pattern(run.file(MODEL_ONNX), precisions, tuple(pattern), reporter)
     engines = _engines(run, precisions, pattern is not None, require_trt, reporter) if trt else None
-    run.manifest["export"] = {"created": now(), "ships_prompt": ships_prompt, "graphs": results,
+    run.manifest["export"] = {"created": now(), "ships_prompt": ships_prompt, "prompt_choice": choice,
+                              "graph_resize": graph_resize, "caller_must_feed": contract, "graphs": results,
                               "precisions": list(precisions), "calib_images": calib_images, "tensorrt": engines}
     run.save()
     return run.manifest["export"]
@@ -147,3 +196,59 @@ def _engines(run, precisions: tuple[str, ...], sparse: bool, require_trt: bool,
         reporter.line(f"{engine_path.name}: TensorRT {info.tensorrt}, {info.layers} layers, "
                       f"{len(info.sparse_layers)} on sparse kernels, built in {info.build_seconds:.0f} s")
     return {"built": True, "tensorrt": available.tensorrt, "engines": engines}
+
+
+RESIZE_PARITY_IMAGES = 64
+RESIZE_PARITY_SCALE = (1.5, 1.25)  # the test images upsampled to another, non-square size
+
+
+@torch.no_grad()
+def resize_parity(onnx_path: Path, reference: PromptedNet, test, size: int, inputs) -> dict:
+    """A graph with the Resize in front, fed test images of another size, vs the PyTorch reference
+    pipeline (torchvision resize + centre crop, then the model) on the same images.
+
+    The resize is not bit-exact (ONNX Runtime's and torchvision's antialias filters round differently),
+    so this is measured and recorded, not required; tests/test_graph_resize.py bounds it.
+    """
+    import numpy as np
+    import torchvision.transforms.v2.functional as TF
+
+    from calibration.session import cpu_session, run as run_session
+    from vpns_deploy.data.batches import to_unit_float
+
+    images = torch.from_numpy(nhwc_uint8(test, 0, RESIZE_PARITY_IMAGES)).permute(0, 3, 1, 2)
+    h, w = round(size * RESIZE_PARITY_SCALE[0]), round(size * RESIZE_PARITY_SCALE[1])
+    big = TF.resize(images, [h, w], antialias=True)
+    got = run_session(cpu_session(onnx_path), np.ascontiguousarray(big.permute(0, 2, 3, 1).numpy()))
+    pixels = reference_resize(big, size, inputs.crop_pct, inputs.interpolation)
+    want = reference.cpu().eval()(to_unit_float(pixels), prompted=reference.prompt is not None).numpy()
+    front = _front_only(size, inputs, big)
+    off = np.abs(front.astype(np.int32) - pixels.permute(0, 2, 3, 1).numpy().astype(np.int32))
+    return {"images": len(big), "height": h, "width": w, "max_abs_diff": float(np.abs(got - want).max()),
+            "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
+            "pixels_max_diff": int(off.max()), "pixels_mean_diff": float(off.mean()),
+            "pixels_off_by_more_than_1": float((off > 1).mean())}
+
+
+def _front_only(size: int, inputs, images: torch.Tensor):
+    """The folded Resize front alone (an identity graph behind it), run on images: its uint8 output."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from calibration.session import cpu_session, run as run_session
+    from export.resize_front import MIN_OPSET
+
+    c = inputs.channels
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "front",
+                              [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", size, size, c])],
+                              [helper.make_tensor_value_info("out", TensorProto.UINT8, ["batch", size, size, c])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", MIN_OPSET)])
+    model.ir_version = 10
+    model = prepend_resize(model, size, inputs.crop_pct, inputs.interpolation)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "front.onnx"
+        onnx.save(model, str(path))
+        return run_session(cpu_session(path), np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy()))

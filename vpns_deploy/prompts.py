@@ -163,3 +163,24 @@ class PromptedNet(nn.Module):
         if mapped and self.label_map is not None:
             logits = logits.index_select(1, self.label_map)
         return logits
+
+
+PROMPT_RULE = "fold the prompt into the exported graph only when validation top-1 with it >= without it"
+PROMPT_FALLBACK_RULE = ("no validation split (--val-fraction 0): the prompt is folded in, as the method trained the "
+                        "network with it; the test split never decides")
+
+
+def prompt_decision(val_plain: float | None, val_prompted: float | None, has_prompt: bool) -> dict:
+    """Whether the exported graph carries the prompt, with the numbers and the rule that decided it.
+
+    Measured on the validation split (never the test split): the prompt is kept only where it helps
+    or ties, since the reference evaluates un-prompted and a prompt can cost accuracy at test time.
+    """
+    if not has_prompt:
+        return {"fold": False, "rule": "the run learned no prompt", "split": None,
+                "val_top1_plain": val_plain, "val_top1_prompted": None}
+    if val_plain is None or val_prompted is None:
+        return {"fold": True, "rule": PROMPT_FALLBACK_RULE, "split": None,
+                "val_top1_plain": None, "val_top1_prompted": None}
+    return {"fold": val_prompted >= val_plain, "rule": PROMPT_RULE, "split": "validation",
+            "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
