@@ -10,7 +10,7 @@ import torch
 
 from vpns_deploy.atomic import atomic_torch_save
 from pipelines.checkpoint import FileCheckpoint, fingerprint
-from pipelines.run_dir import CHECKPOINT, RunDir, now, partial_path, staged_directory, versions
+from pipelines.run_dir import CHECKPOINT, RunDir, check_out, now, partial_path, staged_directory, versions
 from vpns_deploy.compress import compress
 from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
 from vpns_deploy.macs import count_macs, count_params
@@ -62,9 +62,18 @@ def prepare_inputs(
             f"class-count mismatch: --num-classes {num_classes} but the data has {splits.num_classes} classes",
             "leave --num-classes out or pass matching data",
         )
+    if cfg.train_subset is not None and cfg.train_subset < splits.num_classes:
+        raise UserError(f"--train-subset {cfg.train_subset} is fewer images than the data's {splits.num_classes} "
+                        "classes (the subset is class-balanced)",
+                        f"pass --train-subset {splits.num_classes} or more, or leave it out")
     splits.train = splits.train.subset(cfg.train_subset, cfg.seed)
     splits.test = splits.test.subset(cfg.test_subset, cfg.seed)
     loaded = load_model(model_path, arch, splits.num_classes, trust_pickle)
+    broken = next((n for n, t in [*loaded.net.named_parameters(), *loaded.net.named_buffers()]
+                   if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise UserError(f"{model_path} holds NaN or infinite values (in {broken}): nothing can be learned from them",
+                        "pass a checkpoint saved before training diverged")
     channels = splits.train.image_shape[0]
     if loaded.inputs.channels != channels:
         raise UserError(
@@ -89,8 +98,7 @@ def run_compress(
 ) -> Path:
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"{out} already exists", "pass --out to another directory or --overwrite")
+    check_out(out, overwrite)  # before any work: '.', a folder or file that is not a run, an existing run
     device = resolve_device(cfg.device)
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle)
     dense = copy.deepcopy(loaded.net).to(device).eval()
@@ -102,11 +110,11 @@ def run_compress(
     settings = {"config": cfg.to_dict(), "model_sha256": loaded.sha256, "arch": loaded.arch,
                 "data": splits.fingerprint, "train": len(splits.train), "test": len(splits.test)}
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
-                  "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle}
+                  "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle,
+                  "overwrite": overwrite}
     checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings), invocation)
-    if partial_path(out).exists() and checkpoint.claim(overwrite):
-        reporter.line(f"found an unfinished run with the same settings in {partial_path(out)}")
-    with staged_directory(out, overwrite) as tmp:
+    resumed = lambda p: reporter.line(f"found an unfinished run with the same settings in {p}")  # noqa: E731
+    with staged_directory(out, overwrite, checkpoint, resumed) as tmp:
         run = RunDir(tmp)
         try:
             with reporter:
@@ -169,8 +177,11 @@ def run_compress(
     return Path(out)
 
 
-def resume_compress(run_dir: Path, reporter: Reporter | None = None) -> Path:
-    """Continue an interrupted compress from its last finished epoch, with the settings it began with."""
+def resume_compress(run_dir: Path, reporter: Reporter | None = None, overwrite: bool = False) -> Path:
+    """Continue an interrupted compress from its last finished epoch, with the settings it began with.
+
+    An interrupted --overwrite stays one (the finished run it was replacing is replaced at the end);
+    `overwrite` lets a user confirm that for a checkpoint written before that was recorded."""
     from pipelines.checkpoint import read_invocation
     from pipelines.run_dir import MANIFEST
     from vpns_deploy.config import OptimConfig
@@ -187,5 +198,9 @@ def resume_compress(run_dir: Path, reporter: Reporter | None = None) -> Path:
                         "pass the --out directory of the interrupted compress, or start a new run")
     cfg_dict = dict(inv["config"])
     cfg = CompressConfig(**{**cfg_dict, "optim": OptimConfig(**cfg_dict["optim"])})
-    return run_compress(Path(inv["model_path"]), inv["arch"], inv["data_spec"], cfg, run_dir,
+    overwrite = overwrite or bool(inv.get("overwrite"))
+    if run_dir.exists() and not overwrite:
+        raise UserError(f"{run_dir} holds a finished run and {partial_path(run_dir)} an unfinished run meant to "
+                        "replace it", f"pass --resume {run_dir} --overwrite to finish and replace it")
+    return run_compress(Path(inv["model_path"]), inv["arch"], inv["data_spec"], cfg, run_dir, overwrite=overwrite,
                         num_classes=inv["num_classes"], trust_pickle=inv["trust_pickle"], reporter=reporter)

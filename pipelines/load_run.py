@@ -1,6 +1,9 @@
 """Rebuild a run's networks and prompt from its verified artifacts (no masking code needed)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,16 +58,56 @@ class LoadedRun:
         return test.subset(m["config"]["test_subset"], int(m["config"]["seed"]))
 
 
-def _network(run: RunDir, name: str) -> nn.Module:
+# Whether the command that opens runs was given --trust-pickle. A run directory is untrusted input
+# (anyone who can write it can edit manifest.json and its sha256s), so a manifest saying "pickled
+# module" never suffices: the user must say so for this command.
+_TRUST_PICKLE: ContextVar[bool] = ContextVar("trust_pickle", default=False)
+
+
+@contextmanager
+def pickles_trusted(trust: bool) -> Iterator[None]:
+    """Within this block, load_run may unpickle a run's pickled-module artifacts when `trust` is True."""
+    token = _TRUST_PICKLE.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST_PICKLE.reset(token)
+
+
+def _unpickle(run: RunDir, path: Path, trust_pickle: bool) -> nn.Module:
+    if not trust_pickle:
+        raise UserError(
+            f"{path} is a pickled nn.Module (the run was made from a pickled MODEL), and unpickling it can run "
+            "arbitrary code; a run directory proves nothing about who wrote it",
+            "pass --trust-pickle if you made this run yourself and nobody else could change it",
+        )
+    try:
+        net = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the user vouched for it, but it still must load
+        raise UserError(f"cannot unpickle {path} ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})",
+                        "re-run compress") from None
+    if not isinstance(net, nn.Module):
+        raise UserError(f"{path} holds a {type(net).__name__}, not an nn.Module", "re-run compress")
+    return net.eval()
+
+
+def _network(run: RunDir, name: str, trust_pickle: bool) -> nn.Module:
     path = run.verified(name)
     meta = run.manifest["model"]
     if run.manifest["artifacts"][name].get("format") == "pickled_module":
-        # Our own artifact, sha256-verified above; the user trusted the source with --trust-pickle.
-        return torch.load(path, map_location="cpu", weights_only=False).eval()
+        return _unpickle(run, path, trust_pickle)
+    if meta["arch"] is None:
+        raise UserError(f"{run.file('manifest.json')} names no architecture for {name}", "re-run compress")
     net = get_arch(meta["arch"]).build(int(meta["num_classes"]))
     if name == "model.pt" and run.manifest["config"].get("mode") == "channel":
         net = _compacted_skeleton(run, net)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # a state dict that is not one, or does not fit the recorded architecture
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} cannot be loaded as the run's {meta['arch']} ({first})",
+                        "re-run compress (pass --trust-pickle only for a run made from a pickled MODEL)") from None
     return net.eval()
 
 
@@ -90,7 +133,10 @@ def _compacted_skeleton(run: RunDir, net: nn.Module) -> nn.Module:
     return compact(net, masks, example)
 
 
-def load_run(path: Path) -> LoadedRun:
+def load_run(path: Path, trust_pickle: bool | None = None) -> LoadedRun:
+    """A run's networks and prompt. Pickled modules load only with trust_pickle (None: the value set by
+    pickles_trusted(), i.e. the command's --trust-pickle; False when nothing set it)."""
+    trust = _TRUST_PICKLE.get() if trust_pickle is None else trust_pickle
     run = RunDir.open(path)
     inputs = InputSpec.from_dict(run.manifest["model"]["inputs"])
     prompt = None
@@ -98,4 +144,4 @@ def load_run(path: Path) -> LoadedRun:
         prompt = VisualPrompt(PromptSpec.from_dict(run.manifest["prompt"]))
         prompt.load_state_dict(torch.load(run.verified("prompt.pt"), map_location="cpu", weights_only=True))
         prompt.eval()
-    return LoadedRun(run, _network(run, "model.pt"), _network(run, "dense.pt"), inputs, prompt)
+    return LoadedRun(run, _network(run, "model.pt", trust), _network(run, "dense.pt", trust), inputs, prompt)

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers
 from vpns_deploy.errors import UserError
 from vpns_deploy.pretrain import PretrainConfig
 
@@ -28,6 +28,11 @@ from vpns_deploy.pretrain import PretrainConfig
 @dataclass(frozen=True)
 class RunSection:
     out: str
+
+    def __post_init__(self) -> None:
+        if self.out.strip() in ("", ".", "..") or Path(self.out).name in ("", ".", ".."):
+            raise UserError(f"run.out = {self.out!r} is not a directory compress can create",
+                            'write e.g. out = "runs/my-run"')
 
 
 @dataclass(frozen=True)
@@ -138,9 +143,11 @@ def _build(cls: type, table: dict, where: str, origin: Path):
     if missing:
         raise UserError(f"{origin}: missing key {where}.{missing[0]}", "add it to the recipe")
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
+        check_numbers(built)  # nan/inf and impossible rates in every section, not only those that check
     except UserError as exc:
         raise UserError(f"{origin}: [{where}] {exc}") from None
+    return built
 
 
 def load_recipe(path: Path) -> Recipe:

@@ -1,13 +1,15 @@
 """A run directory: artifacts, each recorded with its sha256 in manifest.json, created all-or-nothing."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,14 @@ from vpns_deploy.errors import UserError
 
 MANIFEST = "manifest.json"
 DEFAULT_RUNS = Path("runs")
+# Written into every manifest: only a directory that says this may be replaced by --overwrite.
+TOOL = "vpns-deploy"
+# What a manifest must hold before anything in it is used (key -> type; dotted keys are nested).
+REQUIRED = {
+    "artifacts": dict, "config": dict, "model": dict, "data": dict,
+    "model.arch": (str, type(None)), "model.num_classes": int, "model.inputs": dict,
+    "data.spec": str, "data.image_shape": list, "config.mode": str, "config.seed": int,
+}
 
 
 def versions() -> dict[str, str]:
@@ -40,18 +50,22 @@ def now() -> str:
 class RunDir:
     def __init__(self, path: Path, manifest: dict | None = None) -> None:
         self.path = Path(path)
-        self.manifest = manifest if manifest is not None else {"artifacts": {}}
+        self.manifest = manifest if manifest is not None else {"tool": TOOL, "artifacts": {}}
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":
+        """Read and schema-check a run's manifest: a run directory is input like any other file."""
         path = Path(path)
         mf = path / MANIFEST
         if not mf.is_file():
             raise UserError(f"{path} is not a run directory (no {MANIFEST})", "pass a directory made by compress")
         try:
             manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{mf} is not valid JSON ({exc})", "re-run compress into a fresh directory") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {mf}: {exc.strerror or exc}", "check its permissions") from None
+        check_manifest(manifest, mf)
         return cls(path, manifest)
 
     def file(self, name: str) -> Path:
@@ -70,6 +84,9 @@ class RunDir:
         p = self.file(name)
         if entry is None or not p.is_file():
             raise UserError(f"{self.path} has no artifact {name}", "re-run the stage that writes it")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise UserError(f"{self.file(MANIFEST)}: artifacts.{name} has no sha256",
+                            "re-run the stage that writes it")
         if sha256_file(p) != entry["sha256"]:
             raise UserError(
                 f"{p} does not match the sha256 in {MANIFEST} (modified or corrupted)",
@@ -81,6 +98,82 @@ class RunDir:
         self.manifest["updated"] = now()
         atomic_write_json(self.file(MANIFEST), self.manifest)
 
+    @contextmanager
+    def staged(self) -> Iterator["StagedWrite"]:
+        """Write several artifacts so that the run shows all of them with its manifest, or none.
+
+        Files go to a hidden staging folder inside the run (`stage.path(name)`); on success each is
+        renamed into place and the manifest is saved once; on any failure or Ctrl-C the staging
+        folder is removed and the run's files and manifest stay as they were.
+        """
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+        stage = StagedWrite(self, staging)
+        try:
+            yield stage
+            for name in stage.names:
+                os.replace(staging / name, self.file(name))
+            self.manifest.setdefault("artifacts", {}).update(stage.entries)
+            self.save()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class StagedWrite:
+    """Artifacts written inside RunDir.staged(): where to write them and their manifest entries."""
+
+    def __init__(self, run: RunDir, staging: Path) -> None:
+        self.run, self.dir = run, staging
+        self.entries: dict[str, dict] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def record(self, name: str, **meta: object) -> None:
+        p = self.path(name)
+        self.entries[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, **meta}
+
+
+def check_manifest(manifest: object, where: Path) -> None:
+    """One-line error naming the first key a manifest lacks (or holds with the wrong type)."""
+    if not isinstance(manifest, dict):
+        raise UserError(f"{where} holds a JSON {type(manifest).__name__}, not a run manifest (an object)",
+                        "pass a directory made by compress, or re-run compress")
+    for key, kind in REQUIRED.items():
+        value: object = manifest
+        for part in key.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            raise UserError(f"{where} lacks the key {key!r}: not a complete vpns-deploy manifest",
+                            "re-run compress into a fresh directory")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{where}: {key!r} has the wrong type ({type(value).__name__})",
+                            "re-run compress into a fresh directory")
+    for name, entry in manifest["artifacts"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise UserError(f"{where}: artifacts.{name} has no sha256", "re-run compress into a fresh directory")
+
+
+_MISSING = object()
+
+
+def is_run(path: Path) -> bool:
+    """True only for a directory whose manifest says vpns-deploy wrote it (what --overwrite may replace)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict):
+        return False
+    legacy = {"schema", "artifacts", "config", "model"} <= manifest.keys()  # runs made before the marker
+    return manifest.get("tool") == TOOL or legacy
+
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -91,33 +184,137 @@ def partial_path(final: Path) -> Path:
     return final.parent / f".{final.name}.partial"
 
 
+def lock_path(final: Path) -> Path:
+    """The lock file beside a run: held by the one process writing that run."""
+    final = Path(final)
+    return final.parent / f".{final.name}.lock"
+
+
+def check_out(final: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out that cannot or must not become a run directory."""
+    final = Path(final)
+    resolved = final.resolve()
+    cwd = Path.cwd().resolve()
+    if str(final).strip() in ("", ".") or final.name in ("", ".", "..") or resolved == cwd \
+            or resolved in cwd.parents or resolved.parent == resolved:
+        raise UserError(f"--out {str(final)!r} is the current directory or one above it, not a new run directory",
+                        "pass --out runs/NAME (a directory that compress creates)")
+    if not (final.exists() or final.is_symlink()):
+        return
+    if not overwrite:
+        raise UserError(f"{final} already exists", "pass --out to another directory or --overwrite")
+    if not final.is_dir() or final.is_symlink():
+        raise UserError(f"{final} is a {'symlink' if final.is_symlink() else 'file'}, not a run directory; "
+                        "--overwrite replaces only run directories", "pass another --out")
+    if not is_run(final):
+        raise UserError(f"{final} is not a vpns-deploy run directory (its {MANIFEST} does not say so); "
+                        "--overwrite replaces only run directories",
+                        "pass another --out, or move that folder away yourself")
+
+
 @contextmanager
-def staged_directory(final: Path, overwrite: bool) -> Iterator[Path]:
+def run_lock(final: Path) -> Iterator[Path]:
+    """Hold `.<name>.lock` beside the run (fcntl.flock) for the whole command; a second writer is told who."""
+    path = lock_path(final)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {path.parent}: {exc.strerror or exc}",
+                        "pass an --out where you may write") from None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        except OSError as exc:
+            raise UserError(f"cannot write in {path.parent}: {exc.strerror or exc}",
+                            "pass an --out where you may write") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise UserError(f"{final} is being written by another vpns-deploy process ({holder})",
+                            "wait for it to finish, or pass another --out") from None
+        try:  # the file may have been unlinked by its previous holder between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": now(),
+                "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(info) + "\n").encode())
+        yield path
+    finally:
+        try:
+            path.unlink(missing_ok=True)  # before unlocking: a waiter then re-opens a fresh file
+        finally:
+            os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 65536).decode() or "{}")
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+class Claim:
+    """What may already sit in a run's partial directory (a FileCheckpoint satisfies this)."""
+
+    def claim(self, overwrite: bool) -> bool: ...  # pragma: no cover - protocol
+
+
+@contextmanager
+def staged_directory(final: Path, overwrite: bool, checkpoint: Claim | None = None,
+                     on_resume: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Build a run in its hidden partial directory and rename it into place only when complete.
 
+    Holds the run's lock throughout, so a second writer of the same --out stops with a message.
+    `checkpoint.claim` decides, under the lock, whether an unfinished run there is resumed.
     If the body fails after a training checkpoint was written there, the partial directory stays so
     the same command resumes it; otherwise it is removed. The checkpoint is dropped on success.
+    A finished run is replaced only with --overwrite, re-checked at the final rename.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise UserError(f"{final} already exists", "pass --out to another directory or --overwrite")
-    partial = partial_path(final)
-    partial.mkdir(parents=True, exist_ok=True)
-    os.chmod(partial, 0o777 & ~current_umask())
-    try:
-        yield partial
-    except BaseException:
-        if not (partial / CHECKPOINT).exists():
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    (partial / CHECKPOINT).unlink(missing_ok=True)
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, trash / "run")
-        os.replace(partial, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(partial, final)
+    check_out(final, overwrite)
+    with run_lock(final):
+        check_out(final, overwrite)  # again under the lock: another process may have finished meanwhile
+        partial = partial_path(final)
+        if partial.exists() and checkpoint is not None and checkpoint.claim(overwrite) and on_resume:
+            on_resume(partial)
+        try:
+            partial.mkdir(parents=True, exist_ok=True)
+            os.chmod(partial, 0o777 & ~current_umask())
+        except OSError as exc:
+            raise UserError(f"cannot create {partial}: {exc.strerror or exc}",
+                            "pass an --out where you may write") from None
+        try:
+            yield partial
+        except BaseException:
+            if not (partial / CHECKPOINT).exists():
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if final.exists() or final.is_symlink():
+            kept = f"the finished run is kept in {partial}"
+            if not overwrite:
+                raise UserError(f"{final} appeared while this run was being made; {kept}",
+                                "run the same command with --overwrite to put it in place")
+            if not is_run(final):
+                raise UserError(f"{final} was replaced by something that is not a run while this run was being "
+                                f"made; {kept}", "move it away and run the same command again")
+        (partial / CHECKPOINT).unlink(missing_ok=True)
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, trash / "run")
+            os.replace(partial, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(partial, final)
 
 
 def latest_run(root: Path = DEFAULT_RUNS) -> Path:

@@ -109,16 +109,20 @@ def _run_compress(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
 
 def _run_export(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
     from pipelines.export_stage import run_export
+    from pipelines.load_run import pickles_trusted
 
     e = recipe.export
-    run_export(recipe.out, with_prompt=e.prompt, reporter=reporter, precisions=_precisions(recipe),
-               calib_images=e.calib_images, trt=e.trt, graph_resize=e.graph_resize)
+    with pickles_trusted(recipe.model.trust_pickle):  # the recipe vouched for its pickled model
+        run_export(recipe.out, with_prompt=e.prompt, reporter=reporter, precisions=_precisions(recipe),
+                   calib_images=e.calib_images, trt=e.trt, graph_resize=e.graph_resize)
 
 
 def _run_report(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
+    from pipelines.load_run import pickles_trusted
     from pipelines.report_stage import run_report
 
-    run_report(recipe.out, reporter=reporter, print_table=False)
+    with pickles_trusted(recipe.model.trust_pickle):
+        run_report(recipe.out, reporter=reporter, print_table=False)
 
 
 STAGES: tuple[Stage, ...] = (

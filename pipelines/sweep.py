@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipelines import plots
 from pipelines.compare import report_runs
+from pipelines.load_run import pickles_trusted
 from pipelines.recipe import DataSection, ExportSection, ModelSection, Recipe, ReportSection, RunSection
 from pipelines.run_dir import now
 from pipelines.stages import run_recipe
@@ -22,7 +23,13 @@ from vpns_deploy.progress import Reporter
 
 def point_configs(base: CompressConfig, sparsities: list[float] | None,
                   speedups: list[float] | None) -> list[tuple[str, CompressConfig]]:
-    """(directory name, config) per point; speedups only in channel mode."""
+    """(directory name, config) per point; speedups only in channel mode; a point given twice is refused."""
+    flag, values = ("--speedup", speedups) if speedups else ("--sparsity", sparsities or [])
+    names = [f"{v:g}" for v in values]  # the point's directory name: values equal to 6 digits collide
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{flag} lists {', '.join(repeated)} more than once (each value is a whole run)",
+                        f"give each {flag} value once")
     if speedups:
         if base.mode != "channel":
             raise UserError("--speedup sweeps need --mode channel", "add --mode channel or sweep --sparsity")
@@ -63,5 +70,6 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
                                            "points": summary, "dense": dense,
                                            "pareto_front": plots.pareto_front(
                                                [(p["latency_ms"]["64"], p["top1"]) for p in [dense, *summary]])})
-    report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra)
+    with pickles_trusted(trust_pickle):
+        report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra)
     return out

@@ -103,7 +103,7 @@ def test_pickled_module_with_trust_runs_and_exports(tmp_path):
     result = runner.invoke(app, ["compress", str(model), "--data", "digits", "--trust-pickle", "--epochs-mask", "1",
                                  "--epochs-tune", "0", "--test-subset", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["export", str(out)])
+    result = runner.invoke(app, ["export", str(out), "--trust-pickle"])  # the run holds the pickled module
     assert result.exit_code == 0, result.output
     assert (out / "model.onnx").is_file()
 

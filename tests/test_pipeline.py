@@ -41,6 +41,7 @@ def test_overwrite_replaces_only_when_complete(tmp_path):
     final = tmp_path / "run"
     final.mkdir()
     (final / "old.txt").write_text("old")
+    (final / "manifest.json").write_text('{"tool": "vpns-deploy"}')  # only a run may be replaced
     with pytest.raises(RuntimeError):
         with staged_directory(final, overwrite=True):
             raise RuntimeError("boom")

@@ -9,19 +9,27 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path), fsync it, then rename over path."""
+    """Call write(tmp_path), fsync it, then rename over path.
+
+    An OSError (disk full, read-only, permission) comes out naming the file it was writing, so the
+    CLI can say which write failed in one line; the previous file, if any, is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or exc.__class__.__name__
+        raise OSError(exc.errno, f"writing {path.name} failed: {reason}", str(path)) from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
@@ -32,7 +40,7 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -45,6 +53,12 @@ def atomic_write_json(path: Path, obj: object) -> Path:
 
 
 def atomic_torch_save(path: Path, obj: object) -> Path:
+    import io
+
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    # Serialise in memory first: torch's own file writer turns ENOSPC into an unreadable
+    # "enforce fail at inline_container.cc" RuntimeError; Python's write keeps the errno.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getbuffer())

@@ -38,7 +38,7 @@ QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal outpu
 INTERRUPTED = {
     "compress": "no run directory was written (a run interrupted after its first epoch keeps its checkpoint "
                 "and the same command resumes it)",
-    "export": "the run directory is as it was before this export",
+    "export": "export did not finish; graphs it wrote are not recorded in the manifest: run export again",
     "report": "the run's model and graphs are untouched; run report again for a complete report",
     "sweep": "finished points are kept; the same command skips them and resumes the interrupted one",
     "run_recipe_cmd": "finished stages are kept; running the recipe again continues where it stopped",
@@ -372,27 +372,23 @@ def _interrupt_on_sigterm() -> None:
 
 
 def main() -> None:
-    """The console script: click's usage errors (a bad option value, a missing argument) become the same
-    one-line `error:` as every other bad input, instead of a boxed usage screen."""
-    import click
-
+    """The console script: usage errors (a bad option value, a missing argument) become the same one-line
+    `error:` as every other bad input, instead of a boxed usage screen."""
     _interrupt_on_sigterm()
     try:
         code = app(prog_name="vpns-deploy", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # `vpns-deploy` or `vpns-deploy compress` alone: help
-        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
-    except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx else "vpns-deploy"
-        message = " ".join(exc.format_message().split()).rstrip(".")
-        typer.echo(f"error: {message[:1].lower() + message[1:]}; see {where} --help", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except typer.TyperException as exc:  # typer's click: UsageError, BadParameter, NoArgsIsHelpError, ...
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `vpns-deploy` or a command alone: its help
+            typer.echo(ctx.get_help() if ctx is not None else "")
+            sys.exit(0)
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        where = f"; see {ctx.command_path} --help" if ctx is not None else ""
+        typer.echo(f"error: {message[:1].lower() + message[1:]}{where}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
 
 

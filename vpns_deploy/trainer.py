@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from vpns_deploy.data.batches import num_batches, train_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.evaluate import top1
+from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
 
@@ -118,6 +119,12 @@ def run_stage(
                     x, y = next(streams[p])
                     loss, logits = train_step(model, plan, x, y, prompted=p == PROMPTED)
                     steps += 1
+                    if not torch.isfinite(loss):  # stop before a NaN reaches the epoch's checkpoint
+                        raise UserError(
+                            f"training diverged: the loss became {loss.item()} in {label} (step {steps}); the "
+                            "checkpoint of the last finished epoch, if any, is kept",
+                            "lower the learning rates, or check the model's weights for NaN/inf",
+                        )
                     if p == plan.passes[-1]:  # the logged train metrics come from the last pass
                         loss_sum += loss.item() * len(y)
                         correct += int((logits.argmax(1) == y).sum())
