@@ -18,7 +18,7 @@ from vpns_deploy.data import Splits, absolute_spec, load_splits
 from vpns_deploy.device import resolve_device
 from vpns_deploy.errors import UserError
 from vpns_deploy.evaluate import top1
-from vpns_deploy.models import LoadedModel, load_model
+from vpns_deploy.models import InputOverrides, LoadedModel, load_model
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
 
@@ -53,7 +53,7 @@ def _structure(cfg: CompressConfig, masks, dense: torch.nn.Module, baked: torch.
 
 def prepare_inputs(
     model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig,
-    num_classes: int | None = None, trust_pickle: bool = False,
+    num_classes: int | None = None, trust_pickle: bool = False, inputs: InputOverrides | None = None,
 ) -> tuple[LoadedModel, Splits]:
     """Everything that can be wrong with the inputs is found here, before any file is written."""
     splits = load_splits(data_spec)
@@ -68,7 +68,7 @@ def prepare_inputs(
                         f"pass --train-subset {splits.num_classes} or more, or leave it out")
     splits.train = splits.train.subset(cfg.train_subset, cfg.seed)
     splits.test = splits.test.subset(cfg.test_subset, cfg.seed)
-    loaded = load_model(model_path, arch, splits.num_classes, trust_pickle)
+    loaded = load_model(model_path, arch, splits.num_classes, trust_pickle, inputs=inputs)
     broken = next((n for n, t in [*loaded.net.named_parameters(), *loaded.net.named_buffers()]
                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if broken is not None:
@@ -94,13 +94,14 @@ def _save_network(run: RunDir, name: str, net: torch.nn.Module, arch: str | None
 def run_compress(
     model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig, out: Path,
     overwrite: bool = False, num_classes: int | None = None, trust_pickle: bool = False,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, inputs: InputOverrides | None = None,
 ) -> Path:
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
     check_out(out, overwrite)  # before any work: '.', a folder or file that is not a run, an existing run
     device = resolve_device(cfg.device)
-    loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle)
+    inputs = inputs or InputOverrides()
+    loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle, inputs)
     dense = copy.deepcopy(loaded.net).to(device).eval()
     dense_top1 = top1(PromptedNet(dense, loaded.inputs, None).to(device), splits.test, device, prompted=False)
     reporter.line(
@@ -108,10 +109,11 @@ def run_compress(
         f"images, dense top-1 {dense_top1:.2%}"
     )
     settings = {"config": cfg.to_dict(), "model_sha256": loaded.sha256, "arch": loaded.arch,
-                "data": splits.fingerprint, "train": len(splits.train), "test": len(splits.test)}
+                "data": splits.fingerprint, "train": len(splits.train), "test": len(splits.test),
+                "inputs": loaded.inputs.to_dict()}
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
                   "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle,
-                  "overwrite": overwrite}
+                  "overwrite": overwrite, "inputs": inputs.to_dict()}
     checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings), invocation)
     resumed = lambda p: reporter.line(f"found an unfinished run with the same settings in {p}")  # noqa: E731
     with staged_directory(out, overwrite, checkpoint, resumed) as tmp:
@@ -142,7 +144,8 @@ def run_compress(
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
             "config": cfg.to_dict(),
             "model": {"source": str(Path(model_path).resolve()), "sha256": loaded.sha256, "arch": loaded.arch,
-                      "num_classes": loaded.num_classes, "inputs": loaded.inputs.to_dict()},
+                      "num_classes": loaded.num_classes, "inputs": loaded.inputs.to_dict(),
+                      "inputs_from": loaded.inputs_from, "input_overrides": inputs.to_dict()},
             "data": {"spec": absolute_spec(splits.spec), "fingerprint": splits.fingerprint, "classes": splits.train.classes,
                      "image_shape": list(splits.train.image_shape), "train_images": len(splits.train),
                      "test_images": len(splits.test), "augment": vars(splits.augment)},
@@ -203,4 +206,5 @@ def resume_compress(run_dir: Path, reporter: Reporter | None = None, overwrite: 
         raise UserError(f"{run_dir} holds a finished run and {partial_path(run_dir)} an unfinished run meant to "
                         "replace it", f"pass --resume {run_dir} --overwrite to finish and replace it")
     return run_compress(Path(inv["model_path"]), inv["arch"], inv["data_spec"], cfg, run_dir, overwrite=overwrite,
-                        num_classes=inv["num_classes"], trust_pickle=inv["trust_pickle"], reporter=reporter)
+                        num_classes=inv["num_classes"], trust_pickle=inv["trust_pickle"], reporter=reporter,
+                        inputs=InputOverrides.from_dict(inv.get("inputs")))

@@ -1,7 +1,8 @@
 """Recipes: a whole run described once in TOML, validated completely before anything runs.
 
     [run]       out = "runs/name"
-    [model]     path, arch, trust_pickle, num_classes
+    [model]     path, arch, trust_pickle, num_classes; input_size, mean, std, interpolation (overrides of
+                the architecture's input config, as --input-size/--mean/--std/--interpolation)
     [data]      spec = "tar:../shared/data/cifar10-jpeg.tar.gz"
     [pretrain]  (optional) train the model first when `model.path` does not exist yet
     [compress]  every CompressConfig field; [compress.optim] every OptimConfig field
@@ -41,6 +42,21 @@ class ModelSection:
     arch: str | None = None
     trust_pickle: bool = False
     num_classes: int | None = None
+    input_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+
+    def __post_init__(self) -> None:
+        self.inputs  # noqa: B018 - validates the overrides before anything runs
+
+    @property
+    def inputs(self):
+        """The input overrides (InputOverrides): None fields keep the architecture's config."""
+        from vpns_deploy.models.input_overrides import InputOverrides
+
+        return InputOverrides(self.input_size, None if self.mean is None else tuple(self.mean),
+                              None if self.std is None else tuple(self.std), self.interpolation)
 
 
 @dataclass(frozen=True)

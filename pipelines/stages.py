@@ -51,6 +51,9 @@ def _compress_done(recipe: Recipe) -> bool:
         return False
     if m["model"]["sha256"] != sha256_file(model):  # the model was replaced since
         return False
+    overrides = recipe.model.inputs.to_dict()  # runs from before overrides existed had none
+    if m["model"].get("input_overrides", dict.fromkeys(overrides)) != overrides:
+        return False
     return _verified(recipe, ("model.pt", "dense.pt", "masks.pt"))
 
 
@@ -104,7 +107,7 @@ def _run_compress(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
                         "pass --overwrite to replace it, or change [run] out")
     run_compress(Path(recipe.model.path), recipe.model.arch, recipe.data.spec, recipe.compress, recipe.out,
                  overwrite=True, num_classes=recipe.model.num_classes, trust_pickle=recipe.model.trust_pickle,
-                 reporter=reporter)
+                 reporter=reporter, inputs=recipe.model.inputs)
 
 
 def _run_export(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:

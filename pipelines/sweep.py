@@ -18,6 +18,7 @@ from pipelines.stages import run_recipe
 from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.errors import UserError
+from vpns_deploy.models.input_overrides import InputOverrides
 from vpns_deploy.progress import Reporter
 
 
@@ -40,17 +41,23 @@ def point_configs(base: CompressConfig, sparsities: list[float] | None,
     return [(f"s{v:g}", replace(base, sparsity=v)) for v in sparsities or []]
 
 
+def _input_fields(inputs: InputOverrides | None) -> dict:
+    """InputOverrides as ModelSection's input_size/mean/std/interpolation fields."""
+    return (inputs or InputOverrides()).to_dict()  # the same four names
+
+
 def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, out: Path,
               sparsities: list[float] | None = None, speedups: list[float] | None = None,
               precisions: tuple[str, ...] = ("fp32",), num_classes: int | None = None,
-              trust_pickle: bool = False, overwrite: bool = False, reporter: Reporter | None = None) -> Path:
+              trust_pickle: bool = False, overwrite: bool = False, reporter: Reporter | None = None,
+              inputs: InputOverrides | None = None) -> Path:
     reporter = reporter or Reporter()
     points = point_configs(base, sparsities, speedups)  # every config validated before anything runs
     run_dirs = []
     for i, (name, cfg) in enumerate(points, 1):
         reporter.line(f"sweep point {i}/{len(points)}: {name}")
         recipe = Recipe(source=Path("<sweep>"), run=RunSection(str(out / name)),
-                        model=ModelSection(str(model), arch, trust_pickle, num_classes), data=DataSection(data),
+                        model=ModelSection(str(model), arch, trust_pickle, num_classes, **_input_fields(inputs)), data=DataSection(data),
                         compress=cfg, export=ExportSection(precisions=list(precisions)), report=ReportSection())
         run_recipe(recipe, overwrite=overwrite, reporter=reporter)
         run_dirs.append(out / name)

@@ -16,7 +16,7 @@ from vpns_deploy.config import (
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
 from vpns_deploy.heads import HEAD_HELP
-from vpns_deploy.models.registry import BUILTIN
+from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
 
 app = typer.Typer(
     add_completion=False,
@@ -29,7 +29,9 @@ app = typer.Typer(
 )
 
 _defaults = CompressConfig()
-ARCH_HELP = f"Architecture of a state-dict MODEL: {', '.join(sorted(BUILTIN))}, or a torchvision name (e.g. resnet18)."
+ARCH_HELP = (f"Architecture of MODEL: {ARCH_FAMILIES}. Sets the input size, resampling and normalisation the "
+             "network was trained with (its timm/torchvision config), unless overridden below. A pickled MODEL "
+             "takes its input from --arch (and must fit it) or from --mean/--std.")
 DATA_HELP = f"Data set: {DATA_SPEC_HELP}."
 QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal output, e.g. CI logs, gets anyway)."
 
@@ -116,11 +118,23 @@ TestSubsetOpt = Annotated[Optional[int], typer.Option("--test-subset", help="Eva
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a check): with --head keep it must match the data; with --head map/new it must match the checkpoint's head.")]
 HeadOpt = Annotated[str, typer.Option("--head", help=HEAD_HELP)]
 HeadWarmupOpt = Annotated[int, typer.Option("--head-warmup-epochs", help="--head new: epochs that train only the fresh head (SGD, cosine; recipes: compress.optim.lr_head) before stage 1, counted in the run's optimiser steps.")]
+InputSizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Side in pixels the network is trained and exported at (images are resized; evaluation resizes to size/crop_pct and centre-crops). Default: the architecture's own (32 CIFAR ResNets, 8 digits_cnn, 224 or the config's for torchvision/timm; a pickled MODEL without --arch keeps the data's size).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean of [0,1] pixels, comma-separated (e.g. 0.485,0.456,0.406). Default: the architecture's config.")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std of [0,1] pixels, comma-separated, all > 0 (e.g. 0.229,0.224,0.225). Default: the architecture's config.")]
+InterpolationOpt = Annotated[Optional[str], typer.Option("--interpolation", help=f"Resampling when resizing: {'|'.join(INTERPOLATIONS)}. Default: the architecture's config.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only once the new run is complete).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
 
+
+
+def _input_overrides(input_size: int | None, mean: str | None, std: str | None,
+                     interpolation: str | None):
+    """--input-size/--mean/--std/--interpolation as one validated InputOverrides (one-line errors)."""
+    from vpns_deploy.models.input_overrides import InputOverrides, parse_floats
+
+    return InputOverrides(input_size, parse_floats(mean, "--mean"), parse_floats(std, "--std"), interpolation)
 
 
 def _optim(lr_scores: float | None) -> OptimConfig:
@@ -149,6 +163,10 @@ def compress(
     model: Annotated[Optional[Path], typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module. Leave out with --resume.")] = None,
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP + " Required unless --resume.")] = None,
     arch: ArchOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    interpolation: InterpolationOpt = None,
     sparsity: Annotated[float, typer.Option(help="Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable channels (channel). Unused by N:M.")] = _defaults.sparsity,
     method: MethodOpt = _defaults.method,
     mode: ModeOpt = _defaults.mode,
@@ -196,9 +214,10 @@ def compress(
     )
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
-        out = DEFAULT_RUNS / f"{arch or model.stem}-{method}-{mode_part}{cfg.target_text}-seed{seed}"
+        out = DEFAULT_RUNS / f"{(arch or model.stem).replace(':', '-')}-{method}-{mode_part}{cfg.target_text}-seed{seed}"
 
-    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet))
+    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet),
+                 inputs=_input_overrides(input_size, mean, std, interpolation))
     typer.echo(str(out))
 
 
@@ -210,6 +229,10 @@ def sweep(
     sparsity: Annotated[str, typer.Option(help="Comma-separated targets, one run each (unstructured: of weights; channel: of channels).")] = "0.5,0.7,0.9",
     speedup: Annotated[Optional[str], typer.Option(help="Channel mode: comma-separated MACs reductions instead of --sparsity, e.g. 1.5,2,3.")] = None,
     arch: ArchOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    interpolation: InterpolationOpt = None,
     method: MethodOpt = _defaults.method,
     mode: ModeOpt = _defaults.mode,
     epochs_mask: EpochsMaskOpt = _defaults.epochs_mask,
@@ -248,9 +271,10 @@ def sweep(
     sparsities = None if speedup else _floats(sparsity, "--sparsity")
     for s in sparsities or []:
         CompressConfig(sparsity=s)  # one-line error for a value outside (0, 1), before anything runs
-    out = out or DEFAULT_RUNS / f"sweep-{arch or model.stem}-{method}-{mode.replace(':', 'of')}"
+    out = out or DEFAULT_RUNS / f"sweep-{(arch or model.stem).replace(':', '-')}-{method}-{mode.replace(':', 'of')}"
     result = run_sweep(model, arch, data, base, out, sparsities, _floats(speedup, "--speedup") if speedup else None,
-                       _precisions(precision), num_classes, trust_pickle, overwrite, Reporter(quiet=quiet))
+                       _precisions(precision), num_classes, trust_pickle, overwrite, Reporter(quiet=quiet),
+                       inputs=_input_overrides(input_size, mean, std, interpolation))
     typer.echo(str(result))
 
 
