@@ -1,5 +1,8 @@
-"""Models: the CIFAR ResNets match the published checkpoints; checkpoints load safely."""
+"""Models: CIFAR ResNets match the published checkpoints; checkpoints load safely; every architecture family
+brings its own input (size, resampling, normalisation), which users can override and a pickled module must be told."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,3 +193,81 @@ def test_pickled_module_must_fit_the_arch_it_names(tmp_path):
     torch.save(DigitsCNN(), pickled)
     with pytest.raises(UserError, match="do not fit --arch cifar_resnet20"):
         load_model(pickled, "cifar_resnet20", 10, trust_pickle=True)
+
+
+# --- The command line and recipes: --input-size, --mean, --std, --interpolation ------------------
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from vpns_deploy.cli import app
+
+    return CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+
+
+def test_compress_help_explains_the_input_options():
+    text = _cli(["compress", "--help"]).output
+    for needle in ("--input-size", "--mean", "--std", "--interpolation", "bilinear|bicubic|nearest", "timm:NAME",
+                   "efficientnet_lite0..4", "pickled MODEL"):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--mean", "abc"], "--mean must be comma-separated numbers"),
+    (["--std", "0"], "--std must be > 0"),
+    (["--mean", "0.5,0.5,0.5"], "--mean has 3 values but the model takes 1-channel images"),
+    (["--interpolation", "area"], "unknown --interpolation 'area'"),
+    (["--input-size", "0"], "--input-size must be a positive number"),
+])
+def test_bad_input_options_are_one_line_errors_and_write_nothing(tmp_path, digits_model, extra, needle):
+    out = tmp_path / "run"
+    result = _cli(["compress", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--out", str(out), *extra])
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_pickled_module_without_arch_or_normalisation_is_refused(tmp_path):
+    model = tmp_path / "module.pt"
+    torch.save(DigitsCNN(), model)
+    result = _cli(["compress", str(model), "--trust-pickle", "--data", "digits", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "does not say how its input pixels were normalised" in result.stderr and "--mean and --std" in result.stderr
+
+
+def test_input_overrides_reach_the_data_and_the_manifest(tmp_path, digits_model):
+    import json
+
+    out = tmp_path / "run"
+    result = _cli(["compress", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--method", "magnitude",
+                   "--epochs-mask", "0", "--epochs-tune", "1", "--train-subset", "100", "--test-subset", "50",
+                   "--batch-size", "50", "--input-size", "12", "--mean", "0.4", "--std", "0.6",
+                   "--interpolation", "bicubic", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    model = manifest["model"]
+    assert model["inputs"] == {"channels": 1, "mean": [0.4], "std": [0.6], "size": 12, "interpolation": "bicubic",
+                               "crop_pct": 1.0}
+    assert model["input_overrides"] == {"input_size": 12, "mean": [0.4], "std": [0.6], "interpolation": "bicubic"}
+    assert model["inputs_from"].startswith("small CNN") and "overridden" in model["inputs_from"]
+    assert manifest["data"]["image_shape"] == [1, 12, 12]
+
+
+def test_recipe_model_section_takes_and_validates_the_overrides(tmp_path):
+    from pipelines.recipe import load_recipe
+
+    def recipe(model_lines: str) -> Path:
+        path = tmp_path / "r.toml"
+        path.write_text(f'[run]\nout = "runs/x"\n[model]\npath = "m.pt"\narch = "resnet18"\n{model_lines}\n'
+                        '[data]\nspec = "digits"\n[compress]\nsparsity = 0.5\n')
+        return path
+
+    good = load_recipe(recipe('input_size = 128\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n'
+                              'interpolation = "bicubic"'))
+    assert good.model.inputs.to_dict() == {"input_size": 128, "mean": [0.5] * 3, "std": [0.25] * 3,
+                                           "interpolation": "bicubic"}
+    with pytest.raises(UserError, match=r"\[model\] --std must be > 0"):
+        load_recipe(recipe("std = [0.5, 0.0, 0.5]"))
+    with pytest.raises(UserError, match="model.interpolation must be"):
+        load_recipe(recipe("interpolation = 3"))
