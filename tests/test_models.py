@@ -271,3 +271,15 @@ def test_recipe_model_section_takes_and_validates_the_overrides(tmp_path):
         load_recipe(recipe("std = [0.5, 0.0, 0.5]"))
     with pytest.raises(UserError, match="model.interpolation must be"):
         load_recipe(recipe("interpolation = 3"))
+
+
+def test_input_size_the_network_cannot_take_is_a_one_line_error(tmp_path):
+    import timm
+
+    path = tmp_path / "vit.pt"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3).state_dict(), path)
+    from vpns_deploy.models import InputOverrides
+
+    with pytest.raises(UserError, match=r"timm:vit_tiny_patch16_224 cannot take 64x64 inputs \(.*224"):
+        load_model(path, "timm:vit_tiny_patch16_224", 3, inputs=InputOverrides(input_size=64))
+    assert load_model(path, "timm:vit_tiny_patch16_224", 3).inputs.size == 224  # its own size loads

@@ -178,8 +178,9 @@ def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: boo
                 raise mismatch_error(source, num_classes)
             num_classes = source  # --head map/new: the module keeps its own head for now
         spec, source = _pickled_input_spec(obj, arch, path, num_classes, inputs)
-        return LoadedModel(obj.float().eval(), None, num_classes, inputs.apply(spec), digest,
-                           _source_text(source, inputs))
+        loaded = LoadedModel(obj.float().eval(), None, num_classes, inputs.apply(spec), digest,
+                             _source_text(source, inputs))
+        return _probed(loaded, inputs, arch or "the pickled module")
     if arch is None:
         raise UserError(f"{path} is a state dict, which does not say its architecture", "pass --arch NAME")
     spec = get_arch(arch)
@@ -192,8 +193,9 @@ def load_model(path: Path, arch: str | None, num_classes: int, trust_pickle: boo
         net = spec.build(num_classes) if num_classes != head_outputs(logits_layer(net)[1]) else net
     _check_fits(net, sd, arch, path, num_classes)
     net.load_state_dict(sd, strict=False)
-    return LoadedModel(net.float().eval(), arch, num_classes, inputs.apply(spec.inputs), digest,
-                       _source_text(spec.summary, inputs))
+    loaded = LoadedModel(net.float().eval(), arch, num_classes, inputs.apply(spec.inputs), digest,
+                         _source_text(spec.summary, inputs))
+    return _probed(loaded, inputs, arch)
 
 
 def _pickled_input_spec(module: nn.Module, arch: str | None, path: Path, num_classes: int,
@@ -216,6 +218,22 @@ def _pickled_input_spec(module: nn.Module, arch: str | None, path: Path, num_cla
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     channels = convs[0].in_channels if convs else len(inputs.mean)
     return InputSpec(channels, inputs.mean, inputs.std), "--mean/--std of a pickled module"
+
+
+def _probed(loaded: LoadedModel, inputs: InputOverrides, what: str) -> LoadedModel:
+    """With --input-size, one forward pass of a blank image at that size: a network that cannot take
+    it (a ViT's fixed patch grid, a size its strides reduce to nothing) is a one-line error now
+    rather than a traceback after the data is loaded."""
+    if inputs.input_size is None:
+        return loaded
+    size = loaded.inputs.size
+    try:
+        with torch.no_grad():
+            loaded.net(torch.zeros(1, loaded.inputs.channels, size, size))
+    except Exception as exc:  # any failure of the user's network at this size
+        raise UserError(f"{what} cannot take {size}x{size} inputs ({_first_line(exc)})",
+                        "pass another --input-size, or leave it out for the architecture's own size") from None
+    return loaded
 
 
 def _source_text(source: str, inputs: InputOverrides) -> str:
