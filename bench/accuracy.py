@@ -134,13 +134,15 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float | None, se
 
 
 def _epochs_summary(epochs: list[dict]) -> list[dict]:
-    """Per epoch: cumulative train seconds and optimiser steps, and test top-1 (both ways)."""
+    """Per epoch: cumulative train seconds and optimiser steps, validation top-1 (both ways) and the
+    test top-1 measured at the end of each stage (None on other epochs)."""
     out, secs, steps = [], 0.0, 0
     for e in epochs:
         secs += e["train_seconds"]
         steps += e["optimizer_steps"]
         out.append({"stage": e["stage"], "epoch": e["epoch"], "train_seconds_cum": secs, "steps_cum": steps,
                     "top1_plain": e["test_acc_plain"], "top1_prompted": e["test_acc_prompted"],
+                    "val_top1_plain": e.get("val_acc_plain"), "val_top1_prompted": e.get("val_acc_prompted"),
                     "prompt_mean_abs": e.get("prompt_mean_abs")})
     return out
 

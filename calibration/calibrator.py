@@ -13,14 +13,16 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from calibration.feeds import nhwc_uint8
 from vpns_deploy.config import DEFAULT_CALIB_IMAGES  # noqa: F401 - re-exported for export/
-from vpns_deploy.data.dataset import ImageSet
+from vpns_deploy.data.dataset import AnySet, ImageSet
 
 CALIB_BATCH = 64
 
 
-def calibration_images(train: ImageSet, n: int, seed: int) -> ImageSet:
-    """n class-balanced training images (never test images: the test split measures the result)."""
-    return train.subset(min(n, len(train)), seed)
+def calibration_images(train: AnySet, n: int, seed: int) -> ImageSet:
+    """n class-balanced training images (never test images: the test split measures the result), in
+    memory as the network sees them un-augmented (a streamed split decodes just these n)."""
+    chosen = train.subset(min(n, len(train)), seed)
+    return chosen.head(len(chosen))
 
 
 class ImageCalibrationReader(CalibrationDataReader):

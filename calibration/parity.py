@@ -35,7 +35,7 @@ class Parity:
 def check_parity(onnx_path: Path, model: PromptedNet, data: ImageSet, prompted: bool,
                  images: int = 256, batch_size: int = 64) -> Parity:
     """ORT on raw uint8 NHWC vs the training-path PyTorch model on the same images (CPU, fp32)."""
-    subset = ImageSet(data.images[:images], data.labels[:images], data.classes)
+    subset = data.head(images)
     session = cpu_session(onnx_path)
     model = model.cpu().eval()
     worst, agree, n = 0.0, 0, 0
@@ -74,7 +74,7 @@ class Agreement:
 
 def compare_graphs(reference: Path, candidate: Path, data: ImageSet, images: int = 1000,
                    batch_size: int = 64) -> Agreement:
-    subset = ImageSet(data.images[:images], data.labels[:images], data.classes)
+    subset = data.head(images)
     ref_s, cand_s = cpu_session(reference), cpu_session(candidate)
     worst, agree, n = 0.0, 0, 0
     for batch, _ in nhwc_batches(subset, batch_size):

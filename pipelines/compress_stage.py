@@ -14,10 +14,10 @@ from pipelines.run_dir import CHECKPOINT, RunDir, check_out, now, partial_path, 
 from vpns_deploy.compress import compress
 from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
 from vpns_deploy.macs import count_macs, count_params
-from vpns_deploy.data import Splits, absolute_spec, load_splits
+from vpns_deploy.data import Splits, absolute_spec, build_splits, read_catalog
 from vpns_deploy.device import resolve_device
 from vpns_deploy.errors import UserError
-from vpns_deploy.evaluate import top1
+from vpns_deploy.evaluate import top1, top1_pair
 from vpns_deploy.models import InputOverrides, LoadedModel, load_model
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
@@ -51,35 +51,41 @@ def _structure(cfg: CompressConfig, masks, dense: torch.nn.Module, baked: torch.
     return info
 
 
+def _data_text(splits: Splits) -> str:
+    d = splits.details
+    size = f"{d['input_size']} px" if d.get("input_size") else "own size"
+    where = "in RAM" if splits.storage == "memory" else f"streamed, {d.get('workers', 0)} workers"
+    return f"{size}, {where}"
+
+
 def prepare_inputs(
     model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig,
     num_classes: int | None = None, trust_pickle: bool = False, inputs: InputOverrides | None = None,
 ) -> tuple[LoadedModel, Splits]:
-    """Everything that can be wrong with the inputs is found here, before any file is written."""
-    splits = load_splits(data_spec)
-    if num_classes is not None and num_classes != splits.num_classes:
+    """Everything that can be wrong with the inputs is found here, before any file is written.
+
+    The data's class list is read first (cheap: no pixels decoded), then the model is loaded, then the
+    splits are built at the model's input (channels, size, interpolation, crop): grayscale data feeds
+    a 3-channel model and colour data a 1-channel one."""
+    catalog = read_catalog(data_spec)
+    if num_classes is not None and num_classes != catalog.num_classes:
         raise UserError(
-            f"class-count mismatch: --num-classes {num_classes} but the data has {splits.num_classes} classes",
+            f"class-count mismatch: --num-classes {num_classes} but the data has {catalog.num_classes} classes",
             "leave --num-classes out or pass matching data",
         )
-    if cfg.train_subset is not None and cfg.train_subset < splits.num_classes:
-        raise UserError(f"--train-subset {cfg.train_subset} is fewer images than the data's {splits.num_classes} "
+    if cfg.train_subset is not None and cfg.train_subset < catalog.num_classes:
+        raise UserError(f"--train-subset {cfg.train_subset} is fewer images than the data's {catalog.num_classes} "
                         "classes (the subset is class-balanced)",
-                        f"pass --train-subset {splits.num_classes} or more, or leave it out")
-    splits.train = splits.train.subset(cfg.train_subset, cfg.seed)
-    splits.test = splits.test.subset(cfg.test_subset, cfg.seed)
-    loaded = load_model(model_path, arch, splits.num_classes, trust_pickle, inputs=inputs)
+                        f"pass --train-subset {catalog.num_classes} or more, or leave it out")
+    loaded = load_model(model_path, arch, catalog.num_classes, trust_pickle, inputs=inputs)
     broken = next((n for n, t in [*loaded.net.named_parameters(), *loaded.net.named_buffers()]
                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if broken is not None:
         raise UserError(f"{model_path} holds NaN or infinite values (in {broken}): nothing can be learned from them",
                         "pass a checkpoint saved before training diverged")
-    channels = splits.train.image_shape[0]
-    if loaded.inputs.channels != channels:
-        raise UserError(
-            f"the model takes {loaded.inputs.channels}-channel images but the data has {channels} channels",
-            "pass data or an --arch that match",
-        )
+    splits = build_splits(catalog, loaded.inputs, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
+                          test_subset=cfg.test_subset, seed=cfg.seed, workers=cfg.workers,
+                          memory_budget=cfg.memory_budget)
     return loaded, splits
 
 
@@ -104,12 +110,17 @@ def run_compress(
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle, inputs)
     dense = copy.deepcopy(loaded.net).to(device).eval()
     dense_top1 = top1(PromptedNet(dense, loaded.inputs, None).to(device), splits.test, device, prompted=False)
+    val_text = f" / {len(splits.val)} validation" if splits.val is not None else ""
     reporter.line(
-        f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train / {len(splits.test)} test "
-        f"images, dense top-1 {dense_top1:.2%}"
+        f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train{val_text} / "
+        f"{len(splits.test)} test images ({_data_text(splits)}), dense top-1 {dense_top1:.2%}"
     )
-    settings = {"config": cfg.to_dict(), "model_sha256": loaded.sha256, "arch": loaded.arch,
-                "data": splits.fingerprint, "train": len(splits.train), "test": len(splits.test),
+    # The worker count never changes a result (draws are made in the main process), so a resumed run
+    # may use another; where the images live (RAM or streamed) does change the augmentation draws.
+    settings = {"config": {k: v for k, v in cfg.to_dict().items() if k != "workers"},
+                "model_sha256": loaded.sha256, "arch": loaded.arch, "data": splits.fingerprint,
+                "train": len(splits.train), "test": len(splits.test),
+                "val": len(splits.val) if splits.val is not None else 0, "storage": splits.storage,
                 "inputs": loaded.inputs.to_dict()}
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
                   "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle,
@@ -127,10 +138,11 @@ def run_compress(
             raise
         baked = result.masks.baked(result.model.net).to(device).eval()
         shipped = PromptedNet(baked, loaded.inputs, result.model.prompt).to(device).eval()
-        final = {
-            "top1_plain": top1(shipped, splits.test, device, prompted=False),
-            "top1_prompted": top1(shipped, splits.test, device, prompted=True) if result.prompt_spec else None,
-        }
+        test_plain, test_prompted = top1_pair(shipped, splits.test, device, result.prompt_spec is not None)
+        val_plain, val_prompted = (top1_pair(shipped, splits.val, device, result.prompt_spec is not None)
+                                   if splits.val is not None else (None, None))
+        final = {"top1_plain": test_plain, "top1_prompted": test_prompted,
+                 "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
         _save_network(run, "model.pt", baked, loaded.arch)
         _save_network(run, "dense.pt", dense, loaded.arch)
         atomic_torch_save(run.file("masks.pt"), result.masks.masks())
@@ -148,7 +160,8 @@ def run_compress(
                       "inputs_from": loaded.inputs_from, "input_overrides": inputs.to_dict()},
             "data": {"spec": absolute_spec(splits.spec), "fingerprint": splits.fingerprint, "classes": splits.train.classes,
                      "image_shape": list(splits.train.image_shape), "train_images": len(splits.train),
-                     "test_images": len(splits.test), "augment": vars(splits.augment)},
+                     "val_images": len(splits.val) if splits.val is not None else 0,
+                     "test_images": len(splits.test), "augment": vars(splits.augment), **splits.details},
             "prompt": result.prompt_spec.to_dict() if result.prompt_spec else None,
             "method": {"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]], "stages": result.stage_plans,
                        "label_mapping": "identity", "deviations": list(DEVIATIONS)},

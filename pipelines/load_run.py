@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipelines.run_dir import RunDir
-from vpns_deploy.data import ImageSet, load_splits
+from vpns_deploy.data import AnySet, load_splits
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import InputSpec, get_arch
 from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
@@ -41,21 +41,32 @@ class LoadedRun:
     def dense_model(self) -> PromptedNet:
         return PromptedNet(self.dense, self.inputs, None, self.dense_label_map).eval()
 
-    def train_split(self, data_spec: str | None = None) -> ImageSet:
-        """The run's training images (INT8 calibration draws from these, never from the test split)."""
-        return load_splits(data_spec or self.run.manifest["data"]["spec"]).train
+    def _data_options(self) -> dict:
+        """How the run built its data (memory budget, workers), so export/report see the same images."""
+        cfg = self.run.manifest["config"]
+        return {k: cfg[k] for k in ("workers", "memory_budget") if cfg.get(k) is not None}
 
-    def test_split(self, data_spec: str | None = None) -> ImageSet:
-        """The test images the run was measured on (same subset), from its data or an override."""
+    def train_split(self, data_spec: str | None = None) -> AnySet:
+        """The run's training images at the run's input (INT8 calibration draws from these, never
+        from the test split)."""
+        return load_splits(data_spec or self.run.manifest["data"]["spec"], self.inputs, **self._data_options()).train
+
+    def test_split(self, data_spec: str | None = None) -> AnySet:
+        """The test images the run was measured on (same subset), from its data or an override, built at
+        the run's input: channels converted, resized and centre-cropped as in compress."""
+        from vpns_deploy.data import build_splits, read_catalog
+
         m = self.run.manifest
-        test = load_splits(data_spec or m["data"]["spec"]).test
+        catalog = read_catalog(data_spec or m["data"]["spec"])  # class names first: nothing decoded yet
         run_classes = len(m["data"]["classes"])  # the model's own head may be larger (--head map)
-        if test.num_classes != run_classes:
+        if catalog.num_classes != run_classes:
             raise UserError(
-                f"class-count mismatch: the data has {test.num_classes} classes, the run was trained on {run_classes}",
+                f"class-count mismatch: the data has {catalog.num_classes} classes, the run was trained on "
+                f"{run_classes}",
                 "pass --data with the classes the run was trained on",
             )
-        return test.subset(m["config"]["test_subset"], int(m["config"]["seed"]))
+        return build_splits(catalog, self.inputs, include_train=False, test_subset=m["config"]["test_subset"],
+                            seed=int(m["config"]["seed"]), **self._data_options()).test
 
 
 # Whether the command that opens runs was given --trust-pickle. A run directory is untrusted input

@@ -21,17 +21,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _percent(epochs: list[dict], key: str) -> list[float]:
+    return [100 * e[key] if e.get(key) is not None else float("nan") for e in epochs]
+
+
 def training_curves(runs: list[Run], path: Path) -> Path:
-    """Test top-1 after every epoch, stage by stage (dashed: with the prompt)."""
+    """Validation top-1 after every epoch, stage by stage (dashed: with the prompt); test top-1 (x) at
+    the end of each stage. A run without a validation split shows its stage-end test points only."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, manifest, _) in enumerate(runs):
         epochs = manifest["metrics"]["epochs"]
         color = f"C{i}"
         x = list(range(1, len(epochs) + 1))
-        ax.plot(x, [100 * e["test_acc_plain"] for e in epochs], "-o", ms=3, color=color, label=f"{label}")
-        if any(e["test_acc_prompted"] is not None for e in epochs):
-            ax.plot(x, [100 * e["test_acc_prompted"] if e["test_acc_prompted"] is not None else float("nan")
-                        for e in epochs], "--", color=color, label=f"{label} (prompt)")
+        if any(e.get("val_acc_plain") is not None for e in epochs):
+            ax.plot(x, _percent(epochs, "val_acc_plain"), "-o", ms=3, color=color, label=f"{label} (validation)")
+        if any(e.get("val_acc_prompted") is not None for e in epochs):
+            ax.plot(x, _percent(epochs, "val_acc_prompted"), "--", color=color, label=f"{label} (validation, prompt)")
+        ax.plot(x, _percent(epochs, "test_acc_plain"), "x", ms=7, color=color, label=f"{label} (test, stage end)")
+        if any(e.get("test_acc_prompted") is not None for e in epochs):
+            ax.plot(x, _percent(epochs, "test_acc_prompted"), "+", ms=8, color=color)
         for j in range(1, len(epochs)):
             if epochs[j]["stage"] != epochs[j - 1]["stage"]:
                 ax.axvline(j + 0.5, color=color, alpha=0.3, lw=1)
@@ -39,7 +47,7 @@ def training_curves(runs: list[Run], path: Path) -> Path:
         ax.axhline(100 * manifest["metrics"]["dense_top1"], color="grey", ls=":", lw=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (all stages; vertical line: next stage)")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel("top-1 (%)")
     ax.set_title("Training curves (dotted: dense model)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -66,7 +66,9 @@ def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_m
     ma = json.loads((full / "manifest.json").read_text())["metrics"]
     mb = json.loads((cut / "manifest.json").read_text())["metrics"]
     assert ma["top1_plain"] == mb["top1_plain"] and ma["top1_prompted"] == mb["top1_prompted"]
-    assert [e["test_acc_plain"] for e in ma["epochs"]] == [e["test_acc_plain"] for e in mb["epochs"]]
+    for key in ("val_acc_plain", "val_acc_prompted", "test_acc_plain"):
+        assert [e[key] for e in ma["epochs"]] == [e[key] for e in mb["epochs"]], key
+    assert all(e["val_acc_plain"] is not None for e in ma["epochs"])  # the validation split judged every epoch
 
 
 def test_different_settings_do_not_resume_a_foreign_checkpoint(tmp_path, digits_model):

@@ -248,3 +248,47 @@ def set_label_map(model: "PromptedNet", splits: "Splits", cfg: "CompressConfig",
     reporter.line(f"label map (frequency, {record['source_classes']} -> {len(seq)} classes): "
                   f"{hits / max(1, int(counts.sum())):.1%} of training images fall on their class's source")
     return record
+
+
+# --- what compress does with the head, before and after the method runs --------------------------------
+
+def prepare_head(loaded: "LoadedModel", cfg: "CompressConfig", data_classes: int,
+                 num_classes_given: int | None = None) -> int:
+    """Check the head choice against model and data (one-line errors), and for --head new put the
+    fresh data-sized head in place (seeded), so everything after sees the network it will train.
+    Returns the checkpoint head's class count."""
+    if cfg.head != "keep" and num_classes_given is not None and num_classes_given != loaded.num_classes:
+        raise UserError(f"--num-classes {num_classes_given} but the checkpoint's head has {loaded.num_classes} outputs",
+                        "leave --num-classes out (it is read from the checkpoint)")
+    check_head(loaded, cfg.head, data_classes)
+    source = loaded.num_classes
+    if cfg.head == "new":
+        replace_head(loaded.net, data_classes, cfg.seed)
+        loaded.num_classes = data_classes
+    return source
+
+
+def dense_label_map(net: nn.Module, loaded: "LoadedModel", splits: "Splits", cfg: "CompressConfig",
+                    device: torch.device) -> tuple[torch.Tensor, dict]:
+    """--head map: the dense network's own FLM (the reference computes it at start-up too), so the
+    dense reference is measured with the mapping that suits it."""
+    from vpns_deploy.prompts import PromptedNet
+
+    model = PromptedNet(net, loaded.inputs, None).to(device)
+    seq, counts = frequency_label_map(model, splits.train, splits.augment, cfg.batch_size, device, cfg.seed)
+    record = label_map_record(seq, counts, list(splits.train.classes))
+    record["computed_on"] = "dense network, no prompt, augmented training set, eval mode"
+    return seq, record
+
+
+def head_record(cfg: "CompressConfig", net: nn.Module, data_classes: int, warmup: list["EpochRecord"]) -> dict:
+    """The manifest's account of the head: what was done and, for a new head, what its warm-up cost."""
+    found = logits_layer(net)
+    out: dict = {"kind": cfg.head, "layer": found[0] if found else None,
+                 "outputs": head_outputs(found[1]) if found else None, "data_classes": data_classes}
+    if cfg.head == "new":
+        out["warmup"] = {"epochs": len(warmup), "optimizer_steps": sum(r.optimizer_steps for r in warmup),
+                         "images_seen": sum(r.images_seen for r in warmup), "lr": cfg.optim.lr_head,
+                         "optimizer": "SGD (momentum, wd_tune), cosine; only the new head trains",
+                         "counted_in": "metrics.epochs (stage 'head')"}
+    return out

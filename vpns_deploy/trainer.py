@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from vpns_deploy.data.batches import num_batches, train_batches
 from vpns_deploy.data.dataset import Splits
-from vpns_deploy.evaluate import top1
+from vpns_deploy.evaluate import top1_pair
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
@@ -39,12 +39,16 @@ class StagePlan:
 
 @dataclass
 class EpochRecord:
+    """One epoch's numbers. val_*: top-1 on the validation split after every epoch (None without one);
+    test_*: top-1 on the test split, measured only after a stage's last epoch (None otherwise), and
+    never used to choose anything."""
+
     stage: str
     epoch: int
     train_loss: float
     train_acc: float
-    test_acc_plain: float
-    test_acc_prompted: float | None
+    val_acc_plain: float | None
+    val_acc_prompted: float | None
     train_seconds: float
     eval_seconds: float
     optimizer_steps: int
@@ -52,6 +56,8 @@ class EpochRecord:
     lr: dict[str, float]
     # mean |prompt| over its region at the end of the epoch, pixel units (None: no prompt)
     prompt_mean_abs: float | None = None
+    test_acc_plain: float | None = None
+    test_acc_prompted: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +65,18 @@ class EpochRecord:
 
 def _status(loss: float, acc: float) -> str:
     return f"loss {loss:.3f}  acc {acc:6.2%}"
+
+
+def _eval_text(r: EpochRecord) -> str:
+    """'  val 91.20% (prompt 91.40%)  test ...' for the epoch line; empty parts left out."""
+    out = ""
+    for name, plain, prompted in (("val", r.val_acc_plain, r.val_acc_prompted),
+                                  ("test", r.test_acc_plain, r.test_acc_prompted)):
+        if plain is not None:
+            out += f"  {name} {plain:6.2%}" + (f" (prompt {prompted:6.2%})" if prompted is not None else "")
+    if r.prompt_mean_abs is not None:
+        out += f"  |prompt| {r.prompt_mean_abs:.4f}"
+    return out
 
 
 def train_step(model: PromptedNet, plan: StagePlan, x: torch.Tensor, y: torch.Tensor,
@@ -93,20 +111,23 @@ def run_stage(
     gens: dict[str, torch.Generator] | None = None,
     start_epoch: int = 1,
 ) -> list[EpochRecord]:
-    """Train epochs start_epoch..plan.epochs; returns one record per epoch (test top-1 after each).
+    """Train epochs start_epoch..plan.epochs; returns one record per epoch (validation top-1 after
+    each, test top-1 after the last).
 
     A resumed stage passes the generators and start epoch saved in its checkpoint, so the data order
     and augmentation continue exactly where the interrupted run stopped.
     """
-    train, test = splits.train, splits.test
+    train, val, test = splits.train, splits.val, splits.test
     has_prompt = model.prompt is not None
     gens = gens if gens is not None else stream_generators(seed)
     history: list[EpochRecord] = []
     steps_per_epoch = num_batches(len(train), batch_size)
     for epoch in range(start_epoch, plan.epochs + 1):
         model.train()
+        # Streamed sets: the passes' loaders share the decoding workers.
+        workers = max(1, getattr(train, "workers", 0) // len(plan.passes)) if getattr(train, "workers", 0) else 0
         streams = {
-            p: train_batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment)
+            p: train_batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment, workers)
             for p in plan.passes
         }
         loss_sum = correct = seen = steps = 0
@@ -130,20 +151,25 @@ def run_stage(
                         correct += int((logits.argmax(1) == y).sum())
                         seen += len(y)
                 bar.advance(_status(loss_sum / max(seen, 1), correct / max(seen, 1)))
+        for stream in streams.values():
+            stream.close()  # stops a streamed set's workers
         train_seconds = time.perf_counter() - t0
         for _, sched in plan.optimizers:
             if sched is not None:
                 sched.step()
         t1 = time.perf_counter()
-        acc_plain = top1(model, test, device, prompted=False)
-        acc_prompted = top1(model, test, device, prompted=True) if has_prompt else None
+        val_plain, val_prompted = top1_pair(model, val, device, has_prompt) if val is not None else (None, None)
+        test_plain, test_prompted = (top1_pair(model, test, device, has_prompt) if epoch == plan.epochs
+                                     else (None, None))
         record = EpochRecord(
             stage=plan.name,
             epoch=epoch,
             train_loss=loss_sum / max(seen, 1),
             train_acc=correct / max(seen, 1),
-            test_acc_plain=acc_plain,
-            test_acc_prompted=acc_prompted,
+            val_acc_plain=val_plain,
+            val_acc_prompted=val_prompted,
+            test_acc_plain=test_plain,
+            test_acc_prompted=test_prompted,
             train_seconds=train_seconds,
             eval_seconds=time.perf_counter() - t1,
             optimizer_steps=steps,
@@ -152,12 +178,8 @@ def run_stage(
             prompt_mean_abs=model.prompt.mean_abs() if has_prompt else None,
         )
         history.append(record)
-        prompted_txt = (f"  test(prompt) {acc_prompted:6.2%}  |prompt| {record.prompt_mean_abs:.4f}"
-                        if acc_prompted is not None else "")
-        reporter.line(
-            f"{label:>10}  {_status(record.train_loss, record.train_acc)}  test {acc_plain:6.2%}"
-            f"{prompted_txt}  {train_seconds:6.1f}s"
-        )
+        reporter.line(f"{label:>10}  {_status(record.train_loss, record.train_acc)}{_eval_text(record)}"
+                      f"  {train_seconds:6.1f}s")
         if on_epoch is not None:
             on_epoch(record)
     return history

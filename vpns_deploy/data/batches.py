@@ -1,11 +1,16 @@
-"""Batch iteration over in-memory uint8 sets, with augmentation done in torch on the batch's device."""
+"""Batch iteration. In-memory sets: slices of uint8 tensors, augmented in torch on the batch's device
+(fast). Streamed sets: DataLoader workers decode and augment (data/loader.py). Both draw their
+order and augmentation from the caller's generator, so runs repeat and resume exactly."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
 
-from vpns_deploy.data.dataset import AugmentPolicy, ImageSet
+from vpns_deploy.data.dataset import AnySet, AugmentPolicy, ImageSet
+from vpns_deploy.data.geometry import centre_crop
+
+SEED_RANGE = 2**62  # per-image augmentation seeds of streamed sets
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -14,15 +19,17 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator) -> torch.Tensor:
-    """Random crop from a zero-padded copy plus optional horizontal flip, per sample."""
+    """Random crop (from a zero-padded copy, or a crop_size window of a larger image) plus optional
+    horizontal flip, per sample."""
     n, _, h, w = x.shape
     p = policy.crop_pad
-    if p > 0:
-        padded = torch.nn.functional.pad(x, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-        ox = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # n x h x 1
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # n x 1 x w
+    oh, ow = (policy.crop_size, policy.crop_size) if policy.crop_size else (h, w)
+    if p > 0 or (oh, ow) != (h, w):
+        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p > 0 else x
+        oy = torch.randint(0, h + 2 * p - oh + 1, (n,), generator=gen).to(x.device)
+        ox = torch.randint(0, w + 2 * p - ow + 1, (n,), generator=gen).to(x.device)
+        rows = (oy[:, None] + torch.arange(oh, device=x.device))[:, :, None]  # n x oh x 1
+        cols = (ox[:, None] + torch.arange(ow, device=x.device))[:, None, :]  # n x 1 x ow
         idx = torch.arange(n, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2).contiguous()
     if policy.hflip:
@@ -32,28 +39,53 @@ def augment(x: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator) -> tor
 
 
 def train_batches(
-    data: ImageSet,
+    data: AnySet,
     batch_size: int,
     gen: torch.Generator,
     device: torch.device,
     policy: AugmentPolicy | None,
+    workers: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled epoch of float [0,1] batches; augmented when a policy is given."""
+    """One shuffled epoch of float [0,1] batches; augmented when a policy is given (else the
+    un-augmented view: a larger stored image's centre crop)."""
     perm = torch.randperm(len(data), generator=gen)
-    for start in range(0, len(data), batch_size):
-        idx = perm[start : start + batch_size]
-        x = to_unit_float(data.images[idx].to(device, non_blocking=True))
-        if policy is not None:
-            x = augment(x, policy, gen)
-        yield x, data.labels[idx].to(device, non_blocking=True)
+    if isinstance(data, ImageSet):
+        cuda = device.type == "cuda"
+        for start in range(0, len(data), batch_size):
+            idx = perm[start : start + batch_size]
+            x = to_unit_float(data.images[idx].to(device, non_blocking=cuda))
+            x = augment(x, policy, gen) if policy is not None else centre_crop(x, data.crop_to).contiguous()
+            yield x, data.labels[idx].to(device, non_blocking=cuda)
+        return
+    from vpns_deploy.data.loader import NO_AUGMENT, stream_batches
+
+    # Every draw is made here, up front: the generator's state after the epoch never depends on workers.
+    seeds = (torch.randint(0, SEED_RANGE, (len(data),), generator=gen) if policy is not None
+             else torch.full((len(data),), NO_AUGMENT))
+    order = list(zip(perm.tolist(), seeds.tolist()))
+    for x, y in stream_batches(data, order, batch_size, device, policy, workers):
+        yield to_unit_float(x), y
+
+
+def uint8_batches(data: AnySet, batch_size: int, device: torch.device | None = None,
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The set in order, uint8 N x C x H x W as the network sees it, with labels (CPU by default)."""
+    device = device or torch.device("cpu")
+    if isinstance(data, ImageSet):
+        for start in range(0, len(data), batch_size):
+            yield data.batch(start, start + batch_size).to(device), data.labels[start : start + batch_size].to(device)
+        return
+    from vpns_deploy.data.loader import NO_AUGMENT, stream_batches
+
+    yield from stream_batches(data, [(i, NO_AUGMENT) for i in range(len(data))], batch_size, device)
 
 
 def eval_batches(
-    data: ImageSet, batch_size: int, device: torch.device
+    data: AnySet, batch_size: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(data), batch_size):
-        x = to_unit_float(data.images[start : start + batch_size].to(device))
-        yield x, data.labels[start : start + batch_size].to(device)
+    """The set in order as float [0,1] batches on `device`."""
+    for x, y in uint8_batches(data, batch_size, device):
+        yield to_unit_float(x), y
 
 
 def num_batches(n: int, batch_size: int) -> int:

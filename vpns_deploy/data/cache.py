@@ -1,4 +1,5 @@
-"""A cache outside the repository: archives extracted once, keyed by their sha256, decoded tensors kept."""
+"""A cache outside the repository: archives extracted once, keyed by their sha256, decoded tensors kept;
+and the memory budget that decides whether a split is decoded into RAM or streamed."""
 from __future__ import annotations
 
 import hashlib
@@ -75,3 +76,16 @@ def cached_tensors(key: str, build) -> dict:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return value
+
+
+def physical_memory_bytes() -> int:
+    """Total RAM of this machine (0 where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def memory_budget_bytes(fraction: float) -> int:
+    """How many bytes of decoded images may be held in RAM: `fraction` of the physical memory."""
+    return int(fraction * physical_memory_bytes())
