@@ -20,7 +20,8 @@ from vpns_deploy.errors import UserError
 from vpns_deploy.evaluate import top1, top1_pair
 from vpns_deploy.models import InputOverrides, LoadedModel, load_model
 from vpns_deploy.progress import Reporter
-from vpns_deploy.prompts import PromptedNet
+from vpns_deploy.heads import dense_label_map, head_record, prepare_head, warm_up_head
+from vpns_deploy.prompts import PromptedNet, prompt_decision
 
 SCHEMA = 1
 PRUNABLE_TEXT = {
@@ -68,16 +69,16 @@ def prepare_inputs(
     splits are built at the model's input (channels, size, interpolation, crop): grayscale data feeds
     a 3-channel model and colour data a 1-channel one."""
     catalog = read_catalog(data_spec)
-    if num_classes is not None and num_classes != catalog.num_classes:
+    if cfg.head == "keep" and num_classes is not None and num_classes != catalog.num_classes:
         raise UserError(
             f"class-count mismatch: --num-classes {num_classes} but the data has {catalog.num_classes} classes",
-            "leave --num-classes out or pass matching data",
+            "leave --num-classes out or pass matching data (--head map or --head new use a head of another size)",
         )
     if cfg.train_subset is not None and cfg.train_subset < catalog.num_classes:
         raise UserError(f"--train-subset {cfg.train_subset} is fewer images than the data's {catalog.num_classes} "
                         "classes (the subset is class-balanced)",
                         f"pass --train-subset {catalog.num_classes} or more, or leave it out")
-    loaded = load_model(model_path, arch, catalog.num_classes, trust_pickle, inputs=inputs)
+    loaded = load_model(model_path, arch, catalog.num_classes, trust_pickle, inputs=inputs, head=cfg.head)
     broken = next((n for n, t in [*loaded.net.named_parameters(), *loaded.net.named_buffers()]
                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if broken is not None:
@@ -86,6 +87,7 @@ def prepare_inputs(
     splits = build_splits(catalog, loaded.inputs, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
                           test_subset=cfg.test_subset, seed=cfg.seed, workers=cfg.workers,
                           memory_budget=cfg.memory_budget)
+    prepare_head(loaded, cfg, splits.num_classes, num_classes)  # --head: checks; `new` puts the fresh head in
     return loaded, splits
 
 
@@ -108,8 +110,12 @@ def run_compress(
     device = resolve_device(cfg.device)
     inputs = inputs or InputOverrides()
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle, inputs)
+    warmup = warm_up_head(loaded, splits, cfg, device, reporter) if cfg.head == "new" else []  # before the masks
     dense = copy.deepcopy(loaded.net).to(device).eval()
-    dense_top1 = top1(PromptedNet(dense, loaded.inputs, None).to(device), splits.test, device, prompted=False)
+    dense_map, dense_map_record = (dense_label_map(dense, loaded, splits, cfg, device) if cfg.head == "map"
+                                   else (None, None))
+    dense_top1 = top1(PromptedNet(dense, loaded.inputs, None, dense_map).to(device), splits.test, device,
+                      prompted=False)
     val_text = f" / {len(splits.val)} validation" if splits.val is not None else ""
     reporter.line(
         f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train{val_text} / "
@@ -137,12 +143,14 @@ def run_compress(
                 reporter.line("interrupted; the same command resumes from the last finished epoch")
             raise
         baked = result.masks.baked(result.model.net).to(device).eval()
-        shipped = PromptedNet(baked, loaded.inputs, result.model.prompt).to(device).eval()
+        shipped = PromptedNet(baked, loaded.inputs, result.model.prompt, result.model.label_map).to(device).eval()
         test_plain, test_prompted = top1_pair(shipped, splits.test, device, result.prompt_spec is not None)
         val_plain, val_prompted = (top1_pair(shipped, splits.val, device, result.prompt_spec is not None)
                                    if splits.val is not None else (None, None))
         final = {"top1_plain": test_plain, "top1_prompted": test_prompted,
                  "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
+        decision = prompt_decision(final.get("val_top1_plain"), final.get("val_top1_prompted"),
+                                   result.prompt_spec is not None)
         _save_network(run, "model.pt", baked, loaded.arch)
         _save_network(run, "dense.pt", dense, loaded.arch)
         atomic_torch_save(run.file("masks.pt"), result.masks.masks())
@@ -164,19 +172,22 @@ def run_compress(
                      "test_images": len(splits.test), "augment": vars(splits.augment), **splits.details},
             "prompt": result.prompt_spec.to_dict() if result.prompt_spec else None,
             "method": {"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]], "stages": result.stage_plans,
-                       "label_mapping": "identity", "deviations": list(DEVIATIONS)},
+                       "label_mapping": result.label_map or "identity", "dense_label_mapping": dense_map_record,
+                       "head": head_record(cfg, baked, splits.num_classes, warmup),
+                       "deviations": list(DEVIATIONS)},
             "device": str(device),
             "seed": cfg.seed,
             "versions": versions(),
             "metrics": {
                 "dense_top1": dense_top1,
+                "prompt_decision": decision,
                 **final,
                 "sparsity": result.masks.sparsity(),
                 "structure": _structure(cfg, result.masks, dense, baked,
                                         torch.zeros(1, *splits.train.image_shape, device=device)),
                 "prunable_weights": result.masks.total,
                 "per_layer": [vars(s) | {"sparsity": s.sparsity} for s in result.masks.stats()],
-                "epochs": [r.to_dict() for r in result.history],
+                "epochs": [r.to_dict() for r in [*warmup, *result.history]],  # the head warm-up counts too
             },
             "timings": {"stage_seconds": result.stage_seconds, "total_seconds": time.perf_counter() - t_start},
         })
@@ -190,6 +201,11 @@ def run_compress(
         + (f", {final['top1_prompted']:.2%} with" if final["top1_prompted"] is not None else "")
         + f" (dense {dense_top1:.2%}) -> {out}"
     )
+    if result.prompt_spec is not None:
+        numbers = (f": validation top-1 {decision['val_top1_prompted']:.2%} with, {decision['val_top1_plain']:.2%} "
+                   "without" if decision["split"] else "")
+        reporter.line(f"prompt decision: {'fold it into' if decision['fold'] else 'leave it out of'} the exported "
+                      f"graph{numbers} ({decision['rule']})")
     return Path(out)
 
 
