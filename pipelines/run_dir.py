@@ -199,6 +199,7 @@ def check_out(final: Path, overwrite: bool) -> None:
             or resolved in cwd.parents or resolved.parent == resolved:
         raise UserError(f"--out {str(final)!r} is the current directory or one above it, not a new run directory",
                         "pass --out runs/NAME (a directory that compress creates)")
+    _check_writable(final.parent)
     if not (final.exists() or final.is_symlink()):
         return
     if not overwrite:
@@ -210,6 +211,20 @@ def check_out(final: Path, overwrite: bool) -> None:
         raise UserError(f"{final} is not a vpns-deploy run directory (its {MANIFEST} does not say so); "
                         "--overwrite replaces only run directories",
                         "pass another --out, or move that folder away yourself")
+
+
+def _check_writable(parent: Path) -> None:
+    """Try what the run will do first (create a file where the run goes), so a read-only or
+    permission-denied --out fails in one line before any data is read or any epoch trained."""
+    probe_dir = Path(parent)
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent  # the nearest existing ancestor: where mkdir would start
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir, prefix=".vpns-deploy-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write in {probe_dir}: {exc.strerror or exc}",
+                        "pass an --out where you may write") from None
 
 
 @contextmanager
