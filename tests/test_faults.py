@@ -360,3 +360,24 @@ def test_sweep_refuses_a_point_given_twice(tmp_path, digits_model):
     _cli_fails(["sweep", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--sparsity", "0.5,0.7,0.5",
                 "--out", str(tmp_path / "sweep")], "--sparsity lists 0.5 more than once")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_staged_artifacts_appear_with_the_manifest_or_not_at_all(tmp_path, digits_run):
+    """RunDir.staged(): what a multi-file writer (export) uses so a failed check leaves the run as it was."""
+    from pipelines.run_dir import RunDir
+
+    run_path = _copy_run(digits_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_path.iterdir()}
+    run = RunDir.open(run_path)
+    with pytest.raises(RuntimeError, match="parity check failed"):
+        with run.staged() as stage:
+            stage.path("model.onnx").write_bytes(b"new graph")
+            stage.record("model.onnx")
+            raise RuntimeError("parity check failed")
+    assert {p.name: p.read_bytes() for p in run_path.iterdir()} == before  # nothing replaced, no staging left
+
+    with run.staged() as stage:
+        stage.path("extra.bin").write_bytes(b"x")
+        stage.record("extra.bin", precision="fp32")
+    assert RunDir.open(run_path).verified("extra.bin").read_bytes() == b"x"
+    assert not [p for p in run_path.iterdir() if p.name.startswith(".staging-")]

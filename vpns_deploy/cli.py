@@ -96,6 +96,9 @@ def train(
         raise UserError(f"{out} already exists", "pass --overwrite or another --out")
     spec, splits, dev = get_arch(arch), load_splits(data), resolve_device(device)
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    from vpns_deploy.config import check_numbers
+
+    check_numbers(cfg)  # --lr nan/inf/<= 0: one line, before any epoch
     net, acc = pretrain(spec, splits, cfg, dev, Reporter(quiet=quiet))
     atomic_torch_save(out, {k: v.cpu() for k, v in net.state_dict().items()})
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
