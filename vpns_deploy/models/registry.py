@@ -22,8 +22,9 @@ from vpns_deploy.models.digits_cnn import DigitsCNN
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-# torchvision's ImageNet classifiers take 224 px unless their weights' meta says otherwise.
-TORCHVISION_DEFAULT_SIZE = 224
+# An ImageNet classifier whose config names no size (torchvision without weights meta, timm without
+# pretrained_cfg) is taken at the common 224 px.
+IMAGENET_DEFAULT_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def torchvision_input_spec(name: str) -> InputSpec:
     try:
         t = tvm.get_model_weights(name).DEFAULT.transforms()
     except (ValueError, AttributeError, KeyError):
-        return InputSpec(3, IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_DEFAULT_SIZE)
+        return InputSpec(3, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_DEFAULT_SIZE)
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
     interpolation = t.interpolation.value if t.interpolation.value in INTERPOLATIONS else "bilinear"
     return InputSpec(3, tuple(map(float, t.mean)), tuple(map(float, t.std)), crop, interpolation,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import difflib
 
 from vpns_deploy.errors import UserError
-from vpns_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, ArchSpec, InputSpec
+from vpns_deploy.models.registry import (
+    IMAGENET_DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, ArchSpec, InputSpec,
+)
 
 PREFIX = "timm:"
-# A timm model without a pretrained_cfg (rare) is taken as an ImageNet model at its common size.
-FALLBACK_SIZE = 224
 
 
 def timm_input_spec(name: str) -> InputSpec:
@@ -22,7 +22,7 @@ def timm_input_spec(name: str) -> InputSpec:
 
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None:
-        return InputSpec(3, IMAGENET_MEAN, IMAGENET_STD, FALLBACK_SIZE)
+        return InputSpec(3, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_DEFAULT_SIZE)
     channels, height, width = cfg.input_size
     interpolation = cfg.interpolation if cfg.interpolation in INTERPOLATIONS else "bilinear"
     mean, std = tuple(cfg.mean), tuple(cfg.std)
