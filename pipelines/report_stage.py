@@ -114,6 +114,9 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         "sparsity_target": run.manifest["config"]["sparsity"],
         "sparsity_prunable": run.manifest["metrics"]["sparsity"],
         "ships_prompt": ships_prompt,
+        "prompt_choice": run.manifest["export"].get("prompt_choice"),  # why: the validation decision or a flag
+        "head": _head_summary(run.manifest),
+        "caller_must_feed": run.manifest["export"].get("caller_must_feed"),
         "test_images": len(test),
         "accuracy": accuracy,
         "counts": counts,
@@ -191,6 +194,33 @@ def report_is_current(run_dir: Path) -> bool:
     return report["created"] >= run.manifest["export"]["created"]
 
 
+def _head_summary(manifest: dict) -> dict | None:
+    """--head map/new: what the report shows of the head (the label map, target -> source)."""
+    method = manifest.get("method", {})
+    head, mapping = method.get("head"), method.get("label_mapping")
+    if not isinstance(head, dict) or head.get("kind") == "keep":
+        return None
+    out = {"kind": head["kind"], "layer": head.get("layer")}
+    if isinstance(mapping, dict):
+        out["map"] = [f"{m['target_name']} -> {m['source']}" + (f" ({m['source_name']})" if m.get("source_name") else "")
+                      for m in mapping.get("map", [])]
+    if head.get("warmup"):
+        out["warmup_steps"] = head["warmup"]["optimizer_steps"]
+    return out
+
+
+def _prompt_rows(r: dict) -> list[tuple[str, str, str]]:
+    choice = r.get("prompt_choice") or {}
+    decision = choice.get("decision") or {}
+    if not choice or decision.get("rule") == "the run learned no prompt":
+        return []
+    numbers = "—"
+    if decision.get("val_top1_plain") is not None and decision.get("val_top1_prompted") is not None:
+        numbers = f"{_pct(decision['val_top1_prompted'])} / {_pct(decision['val_top1_plain'])}"
+    return [("prompt in the graph (validation top-1 with / without)", "",
+             f"{'folded in' if choice.get('fold') else 'left out'}: {numbers}")]
+
+
 def table_rows(r: dict) -> list[tuple[str, str, str]]:
     a, c, f, lat = r["accuracy"], r["counts"], r["files"], r["latency_ms"]
     rows = [
@@ -230,6 +260,7 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
                      f"{sp['speedup']:.2f}x ({sp['efficiency']:.2f})"))
     for b, o in r["preprocessing_overhead"].items():
         rows.append((f"folded preprocessing, batch {b}", "", f"{o['ms']:+.3f} ms ({o['fraction']:+.1%})"))
+    rows += _prompt_rows(r)
     return rows
 
 
@@ -259,6 +290,20 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"{n}:{mm} layers: every prunable layer except these, which stay dense: {exempt}.",
                   f"{n}:{mm} zeros make nothing faster in ONNX Runtime on a CPU (measured above); the speed-up "
                   "belongs to sparse tensor cores (TensorRT with SPARSE_WEIGHTS on Ampere or newer GPUs)."]
+    choice = r.get("prompt_choice") or {}
+    if choice:
+        lines += ["", f"Prompt: {'folded into' if choice.get('fold') else 'left out of'} model.onnx ({choice.get('by')})."]
+    head = r.get("head") or {}
+    if head.get("map"):
+        lines += ["", f"Head: the source head is kept; frequency label map (data class -> source class): "
+                  + "; ".join(head["map"]) + "."]
+    elif head.get("kind") == "new":
+        lines += ["", f"Head: a new {head.get('layer')} for the data's classes, warmed up for "
+                  f"{head.get('warmup_steps')} optimiser steps before stage 1."]
+    feed = r.get("caller_must_feed")
+    if feed:
+        lines += ["", f"model.onnx takes {feed['dtype']} {feed['layout']} {feed['shape']}, {feed['channel_order']}, "
+                  f"{feed['value_range']}; resize: {feed['resize']}."]
     m = r["machine"]
     lines += ["", f"Measured {r['created']} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
               f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",

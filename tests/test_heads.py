@@ -226,6 +226,14 @@ def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, d
     logits = _onnx_logits(out / "model.onnx", images)
     assert (logits.argmax(1) == test.labels[:32].numpy()).mean() > 0.8
 
+    from pipelines.report_stage import run_report
+
+    report = run_report(out, reporter=Reporter(quiet=True), print_table=False)
+    assert report["head"]["map"][0].startswith(f"{classes[0]} -> {DIGIT_CLASSES[classes[0]]}")
+    assert report["prompt_choice"]["decision"]["split"] == "validation"
+    markdown = (out / "report.md").read_text()
+    assert "frequency label map" in markdown and "validation top-1 with / without" in markdown
+
 
 def test_head_new_end_to_end_warms_up_and_counts_its_steps(tmp_path, digits_model, digits_splits):
     from pipelines.compress_stage import run_compress
