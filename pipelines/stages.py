@@ -93,7 +93,8 @@ def _run_pretrain(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
 
     if recipe.model.arch is None:
         raise UserError(f"{recipe.source}: [pretrain] needs model.arch", "add arch to [model]")
-    net, acc = pretrain(get_arch(recipe.model.arch), load_splits(recipe.data.spec), recipe.pretrain,
+    arch = get_arch(recipe.model.arch)
+    net, acc = pretrain(arch, load_splits(recipe.data.spec, arch.inputs), recipe.pretrain,
                         resolve_device(recipe.compress.device), reporter)
     atomic_torch_save(Path(recipe.model.path), {k: v.cpu() for k, v in net.state_dict().items()})
     reporter.line(f"pretrained {recipe.model.arch}: test top-1 {acc:.2%} -> {recipe.model.path}")

@@ -94,7 +94,8 @@ def train(
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists", "pass --overwrite or another --out")
-    spec, splits, dev = get_arch(arch), load_splits(data), resolve_device(device)
+    spec, dev = get_arch(arch), resolve_device(device)
+    splits = load_splits(data, spec.inputs)  # at the architecture's input: channels, size
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     from vpns_deploy.config import check_numbers
 
@@ -118,6 +119,9 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of scores, data order
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 TrainSubsetOpt = Annotated[Optional[int], typer.Option("--train-subset", help="Use N class-balanced training images (quick runs).")]
 TestSubsetOpt = Annotated[Optional[int], typer.Option("--test-subset", help="Evaluate on N class-balanced test images (default: all).")]
+ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Fraction of the training split held out (class-balanced, the same images for every --seed) as the validation split: it is evaluated after every epoch and decides whether the prompt ships; the test split is measured only at the end of each stage and never chooses anything. 0: no validation split. With --train-subset N it is carved from the N images.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader processes that decode and augment streamed images. Default: the CPU cores minus one, at most 8 (0 on a single core). Never changes a result.")]
+MemoryBudgetOpt = Annotated[float, typer.Option("--memory-budget", help="Fraction of RAM the decoded images may take: a data set that fits is decoded once into memory (tar archives also cached on disk by sha256 and size); a larger one is streamed from its files by the workers. 0: always stream.")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a check): with --head keep it must match the data; with --head map/new it must match the checkpoint's head.")]
 HeadOpt = Annotated[str, typer.Option("--head", help=HEAD_HELP)]
 HeadWarmupOpt = Annotated[int, typer.Option("--head-warmup-epochs", help="--head new: epochs that train only the fresh head (SGD, cosine; recipes: compress.optim.lr_head) before stage 1, counted in the run's optimiser steps.")]
@@ -184,6 +188,9 @@ def compress(
     device: DeviceOpt = _defaults.device,
     train_subset: TrainSubsetOpt = None,
     test_subset: TestSubsetOpt = None,
+    val_fraction: ValFractionOpt = _defaults.val_fraction,
+    workers: WorkersOpt = None,
+    memory_budget: MemoryBudgetOpt = _defaults.memory_budget,
     num_classes: NumClassesOpt = None,
     head: HeadOpt = _defaults.head,
     head_warmup_epochs: HeadWarmupOpt = _defaults.head_warmup_epochs,
@@ -214,6 +221,7 @@ def compress(
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
         train_subset=train_subset, test_subset=test_subset, optim=_optim(lr_scores),
         allow_empty_layers=allow_empty_layers, head=head, head_warmup_epochs=head_warmup_epochs,
+        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget,
     )
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
@@ -248,6 +256,9 @@ def sweep(
     device: DeviceOpt = _defaults.device,
     train_subset: TrainSubsetOpt = None,
     test_subset: TestSubsetOpt = None,
+    val_fraction: ValFractionOpt = _defaults.val_fraction,
+    workers: WorkersOpt = None,
+    memory_budget: MemoryBudgetOpt = _defaults.memory_budget,
     num_classes: NumClassesOpt = None,
     trust_pickle: TrustPickleOpt = False,
     precision: PrecisionOpt = "fp32",
@@ -270,6 +281,7 @@ def sweep(
         method=method, mode=mode, epochs_mask=epochs_mask, epochs_tune=epochs_tune, batch_size=batch_size,  # type: ignore[arg-type]
         prompt=prompt, pad=pad, seed=seed, device=device, train_subset=train_subset, test_subset=test_subset,  # type: ignore[arg-type]
         speedup=_floats(speedup, "--speedup")[0] if speedup else None, optim=_optim(lr_scores),
+        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget,
     )
     sparsities = None if speedup else _floats(sparsity, "--sparsity")
     for s in sparsities or []:

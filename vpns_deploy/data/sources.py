@@ -33,6 +33,9 @@ DATA_SPEC_HELP = (
 )
 
 
+TENSOR_CHUNK = 2048  # images resized at once from an in-memory source
+
+
 @dataclass
 class RawSplit:
     """One split's undecoded images and labels."""
@@ -191,9 +194,10 @@ def _decoded(catalog: Catalog, raw: RawSplit, sel: torch.Tensor, geo: Geometry, 
         c, side = geo.channels, geo.stored_side
         h, w = (side, side) if side is not None else (native_hw or (0, 0))
         return ImageSet(torch.zeros((0, c, h, w), dtype=torch.uint8), raw.labels[sel], catalog.classes)
-    if isinstance(raw.source, TensorSource) and geo.size is None:
-        images = raw.source.images[sel]
-        return ImageSet(_channels(images, geo.channels), raw.labels[sel], catalog.classes)
+    if isinstance(raw.source, TensorSource):  # already pixels: resized here in chunks, no workers needed
+        chunks = [geo.store(_channels(raw.source.images[sel[i : i + TENSOR_CHUNK]], geo.channels))
+                  for i in range(0, len(sel), TENSOR_CHUNK)]
+        return ImageSet(torch.cat(chunks).contiguous(), raw.labels[sel], catalog.classes)
     whole = torch.arange(len(raw.labels))
     if catalog.cache_key is not None and geo.stored_bytes(len(whole), native_hw) <= budget:
         key = (f"{catalog.cache_key}-{raw.folder}-c{geo.channels}-s{geo.stored_side or 'native'}-{geo.role}"
@@ -248,14 +252,16 @@ def _list_folder(folder: Path, classes: list[str] | None) -> tuple[list[str], li
         for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             files += [Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(f))]
-        if not files:
-            raise UserError(f"class folder {folder / name} holds no images",
-                            "add .jpg/.jpeg/.png/.bmp/.webp/.tif images or remove the folder")
         files.sort()
         paths += [str(f) for f in files]
         labels += [label] * len(files)
     if not paths:
-        raise UserError(f"no images found in {folder}", f"expected {folder}/<class>/*.jpg or *.png")
+        raise UserError(f"no images found in {folder}",
+                        f"expected {folder}/<class>/*.jpg (or .jpeg .png .bmp .webp .tif .tiff)")
+    empty = [name for i, name in enumerate(classes) if i not in set(labels)]
+    if empty:
+        raise UserError(f"class folder {folder / empty[0]} holds no images ({len(empty)} such folders)",
+                        "add .jpg/.jpeg/.png/.bmp/.webp/.tif images or remove the folder")
     return classes, paths, labels
 
 
