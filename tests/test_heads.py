@@ -256,3 +256,25 @@ def test_head_new_end_to_end_warms_up_and_counts_its_steps(tmp_path, digits_mode
     export = run_export(out, reporter=Reporter(quiet=True))
     assert export["graphs"]["model.onnx"]["output_shape"][1] == 4
     assert export["graphs"]["model.onnx"]["parity"]["passed"]
+
+
+def test_export_follows_the_recorded_prompt_decision_unless_told(tmp_path, digits_run):
+    """The decision compress recorded picks what model.onnx carries; --prompt/--no-prompt override it."""
+    import shutil
+
+    from pipelines.export_stage import run_export
+    from vpns_deploy.progress import Reporter
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    manifest_path = run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["metrics"]["prompt_decision"]["rule"]  # compress recorded one
+    manifest["metrics"]["prompt_decision"] = prompt_decision(0.9, 0.8, True)  # as if the prompt had hurt
+    manifest_path.write_text(json.dumps(manifest))
+    left_out = run_export(run, reporter=Reporter(quiet=True))
+    assert left_out["ships_prompt"] is False and not left_out["graphs"]["model.onnx"]["prompt_folded"]
+    assert left_out["prompt_choice"]["decision"]["val_top1_prompted"] == 0.8
+    forced = run_export(run, with_prompt=True, reporter=Reporter(quiet=True))
+    assert forced["ships_prompt"] is True and forced["prompt_choice"]["by"] == "--prompt"
+    assert forced["graphs"]["model.onnx"]["parity"]["passed"]
