@@ -100,7 +100,10 @@ def test_pickled_module_with_trust_runs_and_exports(tmp_path):
     torch.manual_seed(0)
     torch.save(DigitsCNN(), model)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["compress", str(model), "--data", "digits", "--trust-pickle", "--epochs-mask", "1",
+    # --arch gives the pickled module's input normalisation (it must fit it); without it (or --mean/--std)
+    # the module would be refused, never fed ImageNet statistics by assumption (issue 16 item 6)
+    result = runner.invoke(app, ["compress", str(model), "--data", "digits", "--arch", "digits_cnn", "--trust-pickle",
+                                 "--epochs-mask", "1",
                                  "--epochs-tune", "0", "--test-subset", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", str(out), "--trust-pickle"])  # the run holds the pickled module
