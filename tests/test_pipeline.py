@@ -80,7 +80,9 @@ def test_report_measures_accuracy_sizes_and_latency(digits_run):
     acc = report["accuracy"]
     assert acc["compressed"]["onnxruntime"] == pytest.approx(acc["compressed"]["pytorch"], abs=1 / 450)
     assert acc["dense"]["onnxruntime"] == pytest.approx(acc["dense"]["pytorch"], abs=1 / 450)
-    assert report["ships_prompt"] and acc["compressed"]["pytorch_prompt"] is not None
+    # the prompt ships where compress's validation decision said so (tests/test_heads.py covers both ways)
+    decision = json.loads((digits_run / "manifest.json").read_text())["metrics"]["prompt_decision"]
+    assert report["ships_prompt"] == decision["fold"] and acc["compressed"]["pytorch_prompt"] is not None
     counts = report["counts"]
     assert counts["compressed"]["nonzero"] < 0.2 * counts["dense"]["nonzero"]
     for kind in ("dense", "compressed", "network_only"):
@@ -107,6 +109,8 @@ def test_short_real_cifar_run_exports_with_parity(tmp_path, resnet20_path, cifar
     assert manifest["data"]["train_images"] == 300 and manifest["model"]["sha256"].startswith("12fca82f")
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 0, result.output
-    graphs = json.loads((out / "manifest.json").read_text())["export"]["graphs"]
-    assert graphs["model.onnx"]["parity"]["passed"] and graphs["model.onnx"]["prompt_folded"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    graphs = manifest["export"]["graphs"]
+    assert graphs["model.onnx"]["parity"]["passed"]
+    assert graphs["model.onnx"]["prompt_folded"] == manifest["metrics"]["prompt_decision"]["fold"]
     assert graphs["model.onnx"]["input"]["shape"][1:] == [32, 32, 3]
