@@ -46,8 +46,11 @@ def _cli_fails(args: list[str], needle: str) -> str:
 
 
 def _compress_args(model: Path, out: Path, *extra: str) -> list[str]:
+    """A tiny budget unless `extra` overrides it (click keeps an option's last value), so a regression
+    that lets a bad input through costs seconds, not a default 30 + 30 epoch run."""
     return ["compress", str(model), "--arch", "digits_cnn", "--data", "digits", "--batch-size", "64",
-            "--device", "cpu", "--out", str(out), *extra]
+            "--device", "cpu", "--epochs-mask", "1", "--epochs-tune", "1", "--train-subset", "200",
+            "--out", str(out), *extra]
 
 
 def _copy_run(run: Path, to: Path) -> Path:
@@ -381,3 +384,22 @@ def test_staged_artifacts_appear_with_the_manifest_or_not_at_all(tmp_path, digit
         stage.record("extra.bin", precision="fp32")
     assert RunDir.open(run_path).verified("extra.bin").read_bytes() == b"x"
     assert not [p for p in run_path.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_ctrl_c_in_export_says_what_export_left(tmp_path, digits_run):
+    run = _copy_run(digits_run, tmp_path / "run")
+    manifest = (run / "manifest.json").read_bytes()
+    proc = subprocess.Popen([EXE, "export", str(run), "--precision", "fp32,fp16,int8"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    seen = []
+    for line in proc.stderr:  # interrupt once the first graph is written, mid-way through the command
+        seen.append(line)
+        if line.startswith("model.onnx:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("interrupted: export did not finish") and "no run directory" not in last, last
+    assert (run / "manifest.json").read_bytes() == manifest
