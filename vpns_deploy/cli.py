@@ -260,6 +260,8 @@ def sweep(
     workers: WorkersOpt = None,
     memory_budget: MemoryBudgetOpt = _defaults.memory_budget,
     num_classes: NumClassesOpt = None,
+    head: HeadOpt = _defaults.head,
+    head_warmup_epochs: HeadWarmupOpt = _defaults.head_warmup_epochs,
     trust_pickle: TrustPickleOpt = False,
     precision: PrecisionOpt = "fp32",
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory: one run per point inside it (default runs/sweep-<arch>-<method>-<mode>).")] = None,
@@ -281,7 +283,8 @@ def sweep(
         method=method, mode=mode, epochs_mask=epochs_mask, epochs_tune=epochs_tune, batch_size=batch_size,  # type: ignore[arg-type]
         prompt=prompt, pad=pad, seed=seed, device=device, train_subset=train_subset, test_subset=test_subset,  # type: ignore[arg-type]
         speedup=_floats(speedup, "--speedup")[0] if speedup else None, optim=_optim(lr_scores),
-        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget,
+        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget, head=head,
+        head_warmup_epochs=head_warmup_epochs,
     )
     sparsities = None if speedup else _floats(sparsity, "--sparsity")
     for s in sparsities or []:
