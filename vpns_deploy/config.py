@@ -279,7 +279,8 @@ DEVIATIONS: tuple[str, ...] = (
     "label mapping: identity with --head keep (the head matches the data's classes); --head map runs the "
     "reference's frequency label mapping once after the initial mask (un-prompted, i.e. the zero prompt) and "
     "freezes it; --head new replaces the head (the reference never does) and warms it up first",
-    "native resolution, no resize to 224; prompt frame scaled to 7 % of the side",
+    "input size is the architecture's own (--input-size overrides): 32 px for the CIFAR ResNets, the "
+    "model config's (e.g. 224) for torchvision/timm ImageNet models; prompt frame scaled to 7 % of the side",
     "no model selection on the test set: the last epoch of stage 2 is reported",
     "weights, biases and BN affine are frozen in stage 1 (equivalent: no optimiser held them)",
     "pruned weights are zeroed once at the start of stage 2 and stay exactly zero",
