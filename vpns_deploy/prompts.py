@@ -166,8 +166,8 @@ class PromptedNet(nn.Module):
 
 
 PROMPT_RULE = "fold the prompt into the exported graph only when validation top-1 with it >= without it"
-PROMPT_FALLBACK_RULE = ("no validation split (--val-fraction 0): the prompt is folded in, as the method trained the "
-                        "network with it; the test split never decides")
+PROMPT_FALLBACK_RULE = ("no validation split (--val-fraction 0, or too few training images to hold any out): the "
+                        "prompt is folded in, as the method trained the network with it; the test split never decides")
 
 
 def prompt_decision(val_plain: float | None, val_prompted: float | None, has_prompt: bool) -> dict:
