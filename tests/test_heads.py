@@ -278,3 +278,66 @@ def test_export_follows_the_recorded_prompt_decision_unless_told(tmp_path, digit
     forced = run_export(run, with_prompt=True, reporter=Reporter(quiet=True))
     assert forced["ships_prompt"] is True and forced["prompt_choice"]["by"] == "--prompt"
     assert forced["graphs"]["model.onnx"]["parity"]["passed"]
+
+
+class _MemoryCheckpoint:
+    """A real in-memory TrainingCheckpoint; `stop_after` saves, it interrupts the run like Ctrl-C."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.state, self.saves, self.stop_after = None, 0, stop_after
+
+    def load(self):
+        return self.state
+
+    def save(self, state: dict) -> None:
+        import copy
+
+        self.state, self.saves = copy.deepcopy(state), self.saves + 1
+        if self.stop_after is not None and self.saves >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def test_head_map_resumes_with_its_frozen_map_bit_identical(tmp_path, digits_model, digits_splits):
+    """Interrupted after stage-1 epoch 1 and resumed: same label map (not recomputed), same weights."""
+    from vpns_deploy.compress import compress
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.data import load_splits
+    from vpns_deploy.models.checkpoint import load_model
+    from vpns_deploy.progress import Reporter
+
+    folder = _digit_folder(tmp_path / "digits4", digits_splits, per_class=8)
+    cfg = CompressConfig(sparsity=0.3, epochs_mask=2, epochs_tune=0, batch_size=16, head="map", device="cpu")
+    cpu, quiet = torch.device("cpu"), Reporter(quiet=True)
+
+    def fresh():
+        loaded = load_model(digits_model, "digits_cnn", 4, head="map")
+        return loaded, load_splits(f"imagefolder:{folder}", loaded.inputs, val_fraction=0.1, seed=cfg.seed)
+
+    full = compress(*fresh(), cfg, cpu, quiet, _MemoryCheckpoint())
+    ckpt = _MemoryCheckpoint(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        compress(*fresh(), cfg, cpu, quiet, ckpt)
+    ckpt.stop_after = None
+    resumed = compress(*fresh(), cfg, cpu, quiet, ckpt)
+    assert resumed.label_map == full.label_map and resumed.label_map["seq"] == full.model.label_map.tolist()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_head_new_warmup_is_deterministic(digits_model, digits_splits):
+    """A resumed --head new run repeats the warm-up (it is not checkpointed): it must give the same head."""
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.heads import prepare_head, warm_up_head
+    from vpns_deploy.models.checkpoint import load_model
+    from vpns_deploy.progress import Reporter
+
+    cfg = CompressConfig(batch_size=256, head="new")
+    splits = digits_splits
+    heads = []
+    for _ in range(2):
+        loaded = load_model(digits_model, "digits_cnn", 10, head="new")
+        prepare_head(loaded, cfg, 10)
+        records = warm_up_head(loaded, splits, cfg, torch.device("cpu"), Reporter(quiet=True))
+        heads.append(logits_layer(loaded.net)[1].weight.detach().clone())
+    assert records[0].optimizer_steps == math.ceil(len(splits.train) / 256)
+    assert torch.equal(heads[0], heads[1])
