@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim import SGD
 
-from vpns_deploy.config import HEADS
+from vpns_deploy.config import HEADS, OptimConfig
 from vpns_deploy.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ HEAD_HELP = (
     "set, computed after the initial mask with the zero prompt, then frozen; needs at least as many "
     "source as data classes); the mapping is folded into the exported graph. new: replace the head by a "
     "fresh layer for the data's classes, trained alone (other weights frozen) for --head-warmup-epochs "
-    "before stage 1 (SGD, --lr-head in recipes: optim.lr_head); its optimiser steps count in the run's budget."
+    f"before stage 1 (SGD {OptimConfig.lr_head:g}, cosine; recipes: compress.optim.lr_head); its optimiser steps "
+    "count in the run's budget."
 )
 # Seed offset of the FLM and warm-up data streams, so they never replay the stages' own streams.
 FLM_STREAM, WARMUP_STREAM = 101, 202
