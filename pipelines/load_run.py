@@ -48,8 +48,9 @@ class LoadedRun:
 
     def train_split(self, data_spec: str | None = None) -> AnySet:
         """The run's training images at the run's input (INT8 calibration draws from these, never
-        from the test split)."""
-        return load_splits(data_spec or self.run.manifest["data"]["spec"], self.inputs, **self._data_options()).train
+        from the test split). Streamed: callers take a few hundred, so only those are decoded."""
+        options = {**self._data_options(), "memory_budget": 0.0}
+        return load_splits(data_spec or self.run.manifest["data"]["spec"], self.inputs, **options).train
 
     def test_split(self, data_spec: str | None = None) -> AnySet:
         """The test images the run was measured on (same subset), from its data or an override, built at

@@ -106,7 +106,8 @@ def test_short_real_cifar_run_exports_with_parity(tmp_path, resnet20_path, cifar
     assert manifest["metrics"]["sparsity"] == pytest.approx(0.9, abs=1e-5)
     assert manifest["metrics"]["epochs"][0]["lr"]["0"] == pytest.approx(1e-3)  # --lr-scores reached the optimiser
     assert [e["stage"] for e in manifest["metrics"]["epochs"]] == ["mask", "tune"]
-    assert manifest["data"]["train_images"] == 300 and manifest["model"]["sha256"].startswith("12fca82f")
+    assert manifest["data"]["train_images"] + manifest["data"]["val_images"] == 300  # validation carved from the 300
+    assert manifest["data"]["val_images"] == 30 and manifest["model"]["sha256"].startswith("12fca82f")
     result = runner.invoke(app, ["export", str(out)])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())

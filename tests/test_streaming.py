@@ -2,6 +2,7 @@
 DataLoader workers (exact and repeatable), one-line errors for bad files, the validation split."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,34 @@ def test_export_data_with_other_channels_is_converted_not_blamed_on_the_arch(tmp
     test = load_run(digits_run).test_split(f"imagefolder:{root}")
     assert test.image_shape == (1, 8, 8) and len(test) == 10
     assert int(test.batch(0, 10)[9, 0, 0, 0]) == round(0.299 * 180)
+
+
+def test_mixed_folder_streamed_through_compress_export_report(tmp_path, mixed):
+    """The real commands on a real mixed folder, streamed by a worker process: the manifest says how the
+    data was built, the ONNX takes the input size, report measures it on the same (converted) images."""
+    from typer.testing import CliRunner
+
+    from vpns_deploy.cli import app
+    from vpns_deploy.models import get_arch
+
+    model, out = tmp_path / "r20.pt", tmp_path / "run"
+    torch.manual_seed(0)
+    torch.save(get_arch("cifar_resnet20").build(2).state_dict(), model)
+    runner = CliRunner()
+    args = ["compress", str(model), "--arch", "cifar_resnet20", "--data", f"imagefolder:{mixed}", "--input-size", "16",
+            "--method", "hydra", "--epochs-mask", "1", "--epochs-tune", "1", "--batch-size", "4",
+            "--val-fraction", "0.25", "--memory-budget", "0", "--workers", "1", "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = manifest["data"]
+    assert data["storage"] == "stream" and data["image_shape"] == [3, 16, 16] and data["crop_pct"] == 1.0
+    assert (data["train_images"], data["val_images"], data["test_images"]) == (6, 2, 8)
+    assert all(e["val_acc_plain"] is not None for e in manifest["metrics"]["epochs"])
+    for cmd in (["export", str(out)], ["report", str(out)]):
+        result = runner.invoke(app, cmd)
+        assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["graphs"]["model.onnx"]["input"]["shape"][1:] == [16, 16, 3]
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_images"] == 8 and 0.0 <= report["accuracy"]["compressed"]["onnxruntime"] <= 1.0

@@ -147,9 +147,10 @@ def build_splits(
     if in_memory:
         train_all = _decoded(catalog, catalog.train, train_sel, train_geo, workers, native_hw, budget)
         test = _decoded(catalog, catalog.test, test_sel, test_geo, workers, native_hw, budget)
-        train: AnySet = ImageSet(train_all.images[complement(len(train_sel), val_pos)],
-                                 catalog.train.labels[fit_sel], catalog.classes, crop_to)
+        fit_images = train_all.images[complement(len(train_sel), val_pos)] if len(val_pos) else train_all.images
+        train: AnySet = ImageSet(fit_images, catalog.train.labels[fit_sel], catalog.classes, crop_to)
         val: AnySet | None = ImageSet(train_all.images[val_pos], catalog.train.labels[val_sel], catalog.classes, crop_to)
+        del train_all, fit_images  # the full decoded split is not kept beside its two parts
     else:
         train, val, test = (stream(catalog.train, fit_sel, train_geo), stream(catalog.train, val_sel, train_geo),
                             stream(catalog.test, test_sel, test_geo))
@@ -203,7 +204,8 @@ def _decoded(catalog: Catalog, raw: RawSplit, sel: torch.Tensor, geo: Geometry, 
         key = (f"{catalog.cache_key}-{raw.folder}-c{geo.channels}-s{geo.stored_side or 'native'}-{geo.role}"
                f"-{geo.interpolation}-p{geo.crop_pct:g}")
         full = cached_tensors(key, lambda: {"images": decode_stored(raw.source, geo, workers, native_hw)})
-        return ImageSet(full["images"][sel], raw.labels[sel], catalog.classes)
+        images = full["images"] if len(sel) == len(whole) else full["images"][sel]  # no copy of a whole split
+        return ImageSet(images, raw.labels[sel], catalog.classes)
     images = decode_stored(raw.source.select(sel), geo, workers, native_hw)
     return ImageSet(images, raw.labels[sel], catalog.classes)
 
