@@ -282,6 +282,11 @@ DEVIATIONS: tuple[str, ...] = (
     "input size is the architecture's own (--input-size overrides): 32 px for the CIFAR ResNets, the "
     "model config's (e.g. 224) for torchvision/timm ImageNet models; prompt frame scaled to 7 % of the side",
     "no model selection on the test set: the last epoch of stage 2 is reported",
+    "per-epoch evaluation on a validation split held out from the training images (val_fraction, "
+    "class-balanced, fixed seed) instead of the test set; the test set is measured only at the end of "
+    "each stage",
+    "inputs above 64 px: training images resized to 9/8 of the side, random crop + flip (the paper's "
+    "upsampled-CIFAR recipe); at 64 px and below the reference's pad-4-style crop (side / 8) + flip",
     "weights, biases and BN affine are frozen in stage 1 (equivalent: no optimiser held them)",
     "pruned weights are zeroed once at the start of stage 2 and stay exactly zero",
     "prompt in stage 1: Adam with multistep x0.1 at 50 %/72 % of the stage (the paper's runner)",
