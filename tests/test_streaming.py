@@ -227,3 +227,14 @@ def test_mixed_folder_streamed_through_compress_export_report(tmp_path, mixed):
     assert manifest["export"]["graphs"]["model.onnx"]["input"]["shape"][1:] == [16, 16, 3]
     report = json.loads((out / "report.json").read_text())
     assert report["test_images"] == 8 and 0.0 <= report["accuracy"]["compressed"]["onnxruntime"] <= 1.0
+
+
+def test_streaming_leaves_the_global_rng_alone(mixed):
+    splits = load_splits(f"imagefolder:{mixed}", _inputs(3, 24), memory_budget=0.0, workers=0)
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    for _ in train_batches(splits.train, 4, torch.Generator().manual_seed(0), CPU, splits.augment):
+        pass
+    for _ in uint8_batches(splits.test, 4):
+        pass
+    assert torch.equal(before, torch.get_rng_state())

@@ -26,6 +26,13 @@ def default_workers() -> int:
     return 0 if cores <= 1 else min(8, cores - 1)
 
 
+def _private_generator() -> torch.Generator:
+    """The DataLoader draws its workers' base seed from this, not from the global RNG: streaming then
+    leaves the global RNG (prompt placement, dropout) exactly where an in-memory run leaves it. Our
+    augmentation never uses worker seeds (each image carries its own)."""
+    return torch.Generator().manual_seed(0)
+
+
 def decode_view(data: StreamSet, i: int, policy: AugmentPolicy | None = None, seed: int = NO_AUGMENT) -> torch.Tensor:
     """Image i of a streamed set as the network sees it (augmented when a policy and seed are given)."""
     stored = data.geometry.store(data.source.read(i, data.geometry.channels))
@@ -77,6 +84,7 @@ def stream_batches(
     loader = DataLoader(
         _Views(data, policy), batch_size=batch_size, sampler=order, num_workers=workers,
         collate_fn=_collate, pin_memory=cuda, prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+        generator=_private_generator(),
     )
     it = iter(loader)
     try:
@@ -121,7 +129,8 @@ DECODE_BATCH = 256
 def decode_stored(source, geometry, workers: int, native_hw: tuple[int, int] | None) -> torch.Tensor:
     """Every image of `source` decoded to its stored form, as one uint8 N x C x H x W tensor."""
     loader = DataLoader(_Stored(source, geometry, native_hw), batch_size=DECODE_BATCH, num_workers=workers,
-                        collate_fn=_collate, prefetch_factor=PREFETCH_BATCHES if workers > 0 else None)
+                        collate_fn=_collate, prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+                        generator=_private_generator())
     out: torch.Tensor | None = None
     start = 0
     for x, _, error in loader:
