@@ -139,7 +139,8 @@ def test_out_dot_and_empty_recipe_out_are_refused_up_front(tmp_path, digits_mode
 def test_second_compress_on_the_same_out_is_refused_naming_the_first(tmp_path, digits_model):
     out = tmp_path / "run"
     lock = tmp_path / ".run.lock"
-    first = subprocess.Popen([EXE, *_compress_args(digits_model, out, "--epochs-mask", "30", "--seed", "1")],
+    first = subprocess.Popen([EXE, *_compress_args(digits_model, out, "--epochs-mask", "500", "--train-subset",
+                                                           "1000", "--seed", "1")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         deadline = time.time() + 120
@@ -361,7 +362,7 @@ def test_train_subset_below_the_class_count(tmp_path, digits_model):
 
 def test_sweep_refuses_a_point_given_twice(tmp_path, digits_model):
     _cli_fails(["sweep", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--sparsity", "0.5,0.7,0.5",
-                "--out", str(tmp_path / "sweep")], "--sparsity lists 0.5 more than once")
+                "--epochs-mask", "1", "--epochs-tune", "1", "--train-subset", "200", "--out", str(tmp_path / "sweep")], "--sparsity lists 0.5 more than once")
     assert not (tmp_path / "sweep").exists()
 
 
