@@ -231,6 +231,10 @@ def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, d
     report = run_report(out, reporter=Reporter(quiet=True), print_table=False)
     assert report["head"]["map"][0].startswith(f"{classes[0]} -> {DIGIT_CLASSES[classes[0]]}")
     assert report["prompt_choice"]["decision"]["split"] == "validation"
+    acc = report["accuracy"]  # like with like: PyTorch with the same map (and prompt choice) as the graphs
+    assert acc["compressed"]["onnxruntime"] == pytest.approx(acc["compressed"]["pytorch"], abs=1 / len(test))
+    assert acc["dense"]["onnxruntime"] == pytest.approx(acc["dense"]["pytorch"], abs=1 / len(test))
+    assert acc["dense"]["pytorch"] > 0.8  # the dense network with its own map
     markdown = (out / "report.md").read_text()
     assert "frequency label map" in markdown and "validation top-1 with / without" in markdown
 
