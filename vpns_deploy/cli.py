@@ -364,7 +364,9 @@ def export(
     require_trt: Annotated[bool, typer.Option("--require-trt", help="Make a missing GPU/TensorRT an error (exit 2) instead of a note.")] = False,
     trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
-    """Write model.onnx (uint8 NHWC in, prompt folded into the preprocessing) and dense.onnx.
+    """Write model.onnx (uint8 NHWC in at the model's input size, or any size with --graph-resize; the prompt
+    folded into the preprocessing where it helped on validation; a --head map label map folded in) and dense.onnx.
+    manifest.json's export.caller_must_feed states exactly what to feed.
 
     Each graph passes onnx's checker and strict shape inference, then ONNX Runtime must reproduce the
     PyTorch logits on real test images; a graph that fails is never written. fp16/int8 siblings
