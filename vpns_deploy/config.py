@@ -30,6 +30,14 @@ VAL_SEED = 0
 # Decoded images are held in RAM when the split fits this fraction of physical memory (CIFAR-10 at
 # 32 px: 184 MB); larger sets are streamed from their files by DataLoader workers. 0 always streams.
 DEFAULT_MEMORY_BUDGET = 0.25
+# Training augmentation by input side (vpns_deploy/data/geometry.py). At or below SMALL_INPUT_MAX px:
+# random crop from a copy zero-padded by side // 8, plus flip (the reference's CIFAR pad-4 crop at 32).
+# Above: images stored at LARGE_RESIZE_RATIO x the side, random crop of the side, plus flip: the VPNs
+# paper's own recipe for CIFAR upsampled to 224 (Resize 9/8 + RandomCrop + flip). Chosen over
+# RandomResizedCrop, whose 8-100 % area crops regularise ImageNet training from scratch, not a few
+# epochs of mask learning on frozen pretrained weights; it also keeps the in-memory batch-level crop.
+SMALL_INPUT_MAX = 64
+LARGE_RESIZE_RATIO = 9 / 8
 CHANNEL_INITS = ("group_norm", "l1")
 SCORE_OPTIMIZERS = ("adam", "sgd")
 CHANNEL_WIDTHS = ("learned", "init")

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vpns_deploy.config import LARGE_RESIZE_RATIO, SMALL_INPUT_MAX
 from vpns_deploy.data.dataset import AugmentPolicy
 from vpns_deploy.errors import UserError
 
-SMALL_INPUT_MAX = 64  # px: at or below, pad-crop augmentation; above, resize 9/8 + random crop
-LARGE_RESIZE_RATIO = 9 / 8  # the paper's Resize(9/8 * size) before RandomCrop(size)
 RESAMPLING = ("nearest", "bilinear", "bicubic")
 
 
