@@ -4,6 +4,7 @@ epoch against the old decode-everything-into-RAM design.
     python -m bench.data_pipeline                       # the full benchmark (run it on quiet cores)
     python -m bench.data_pipeline --cifar-tar ../shared/data/cifar10-jpeg.tar.gz \\
         --model ../shared/models/cifar10/resnet20-12fca82f.th --epoch-time-only   # ResNet-20 epoch, before/after
+                                                        # (saved to bench/results/data_pipeline_epoch.json)
 
 Parts (each saved in one JSON, default bench/results/data_pipeline.json, with the exact command):
 1. throughput: a generated ImageFolder of --images JPEGs of --side px (10 classes); images/s of
@@ -215,8 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", type=Path, help="ResNet-20 CIFAR-10 state dict for the epoch-time part")
     p.add_argument("--epoch-time-only", action="store_true")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vpns-data-bench")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "data_pipeline.json")
+    p.add_argument("--out", type=Path, help="JSON to write (default bench/results/data_pipeline.json, "
+                   "data_pipeline_epoch.json with --epoch-time-only)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "bench" / "results" / ("data_pipeline_epoch.json" if args.epoch_time_only
+                                                 else "data_pipeline.json")
+    if args.epoch_time_only and (args.cifar_tar is None or args.model is None):
+        p.error("--epoch-time-only needs --cifar-tar and --model")
 
     from pipelines.run_dir import now, versions
     from vpns_deploy.atomic import atomic_write_json
