@@ -132,6 +132,12 @@ class StagedWrite:
     def path(self, name: str) -> Path:
         return self.dir / name
 
+    file = path  # so helpers written for a RunDir (file/record/manifest) take a StagedWrite unchanged
+
+    @property
+    def manifest(self) -> dict:
+        return self.run.manifest
+
     def record(self, name: str, **meta: object) -> None:
         p = self.path(name)
         self.entries[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, **meta}
