@@ -123,7 +123,7 @@ def _tp(args: argparse.Namespace, epochs: int) -> dict:
     shortcuts_as_convs(net)  # the same fix as ours: option-A shortcuts as 0/1 convs
     pruner = tp.pruner.BasePruner(
         net, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
-        pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400, ignored_layers=head_layers(net),
+        pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400, ignored_layers=head_layers(net, example),
         round_to=args.round_to,
     )
     t0 = time.perf_counter()

@@ -46,6 +46,9 @@ def _structure(cfg: CompressConfig, masks, dense: torch.nn.Module, baked: torch.
                           for i, g in enumerate(masks.groups)]
         info["speedup_target"] = cfg.speedup
         info["macs_reduction"] = info["macs"]["dense"] / max(1, info["macs"]["compressed"])
+        info["speedup_reached"] = info["macs_reduction"] if cfg.speedup else None
+        info["kept_whole"] = [{"reason": r, "roots": roots} for r, roots in masks.plan.refused.items()]
+        info["notes"] = masks.notes()
     if pattern is not None:
         info["pattern"] = list(pattern)
         info["exempt"] = [vars(e) for e in masks.exempt]

@@ -32,6 +32,7 @@ from vpns_deploy.masks import LayerStats
 
 GROUP_NORM_STEPS = 400  # Torch-Pruning's iterative steps for the initial mask (each removes a sliver)
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+SPEEDUP_SHORTFALL = 0.01  # a reached MACs reduction this far below --speedup gets a warning
 
 
 @dataclass
@@ -67,52 +68,213 @@ def traceable(net: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flags[n])
 
 
-def _dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    with traceable(net):
-        return tp.DependencyGraph().build_dependency(net, example_inputs=example[:1])
+# Modules whose channels can be masked (zeroed at a producer's output) and then removed with the same
+# result: convolutions, linears and per-channel BatchNorm. Anything else that holds parameters and is
+# coupled to a group (LayerNorm/GroupNorm normalise across channels, so a zeroed channel still moves
+# their statistics; MultiheadAttention ties channels to heads; bare parameters such as ViT's class
+# token) keeps that group whole.
+MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+ROOT_TYPES = [nn.Conv2d, nn.Linear]
 
 
-def head_layers(net: nn.Module) -> list[nn.Module]:
-    """The classifier: the last Linear (its outputs are the classes and never pruned)."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
+@dataclass
+class ChannelPlan:
+    """What channel mode does with one network: the groups it prunes, the layers whose outputs it
+    never prunes (the head, and the producers of refused groups), and why groups were refused."""
+
+    groups: list[ChannelGroup]
+    heads: list[str]
+    frozen: list[str]
+    refused: dict[str, list[str]]  # reason -> root layers of the groups kept whole for it
+
+    def refusal_lines(self) -> list[str]:
+        return [f"channel mode keeps {len(roots)} channel group(s) whole ({', '.join(roots[:3])}"
+                f"{', ...' if len(roots) > 3 else ''}): {reason}" for reason, roots in self.refused.items()]
+
+
+def _install_reshape_guard() -> None:
+    """torch-pruning 1.6.1 divides by a zero channel count at some reshapes (ShuffleNet's channel
+    shuffle), both while building a graph and at every get_pruning_group. Such a reshape is recorded
+    on the graph (`unmappable_reshapes`) instead, and plan_channels keeps its groups whole."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_reshape_index_mapping
+    if getattr(original, "vpns_guard", False):
+        return
+
+    def guarded(graph, node):
+        try:
+            return original(graph, node)
+        except ZeroDivisionError:
+            if not hasattr(graph, "unmappable_reshapes"):
+                graph.unmappable_reshapes = []
+            if not any(node.module is m for m in graph.unmappable_reshapes):
+                graph.unmappable_reshapes.append(node.module)
+
+    guarded.vpns_guard = True  # type: ignore[attr-defined]
+    index_mapping.update_reshape_index_mapping = guarded
+
+
+_install_reshape_guard()
+
+
+def dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of net (eval mode, autograd on)."""
+    was_training = net.training
+    net.eval()
+    try:
+        with traceable(net):
+            return tp.DependencyGraph().build_dependency(net, example_inputs=example[:1])
+    finally:
+        net.train(was_training)
+
+
+def _heads(dg: tp.DependencyGraph) -> list[nn.Module]:
+    """The layers producing the logits: every conv/linear from which the graph's output is reached
+    without passing another conv/linear (a Linear classifier, SqueezeNet's 1x1 conv, ...)."""
+    heads = []
+    for module, node in dg.module2node.items():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        stack, seen = list(node.outputs), set()
+        if not stack:
+            heads.append(module)
+            continue
+        while stack:
+            n = stack.pop()
+            if id(n) in seen or isinstance(n.module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
+                continue
+            seen.add(id(n))
+            if not n.outputs:
+                heads.append(module)
+                break
+            stack.extend(n.outputs)
+    return heads
+
+
+def head_layers(net: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The layers whose outputs are the classes (never pruned along their outputs), from the graph."""
+    return _heads(dependency_graph(net, example))
+
+
+def _refusal(module: object, failed: list) -> str | None:
+    """Why a group touching this graph node cannot be masked, or None when it can."""
+    if any(module is f for f in failed):
+        return "a reshape torch-pruning cannot map (e.g. a channel shuffle)"
+    if isinstance(module, nn.Parameter):
+        return "a bare parameter (e.g. a class token or a layer scale) is tied to the channels"
+    if isinstance(module, nn.Module) and not isinstance(module, MASKABLE):
+        if any(True for _ in module.parameters(recurse=False)):
+            return (f"{type(module).__name__} layers cannot be channel-pruned here"
+                    + (" (they normalise across channels)" if isinstance(module, NORM_LAYERS) else ""))
+    return None
+
+
+def plan_channels(net: nn.Module, example: torch.Tensor) -> ChannelPlan:
+    """The prunable channel groups of net (the head's outputs and unmaskable groups excluded)."""
+    dg = dependency_graph(net, example)
+    names = {m: n for n, m in net.named_modules()}
+    heads = _heads(dg)
+    frozen: list[nn.Module] = list(heads)
+    refused: dict[str, list[str]] = {}
+    candidates = []
+    for root, g in _all_groups(dg, heads):
+        if g is None:
+            reason = _refused_downstream(dg, root) or ("torch-pruning cannot follow their channels through the "
+                                                       "graph (a channel split and shuffle)")
+            refused.setdefault(reason, []).append(names.get(root, "?"))
+            frozen.append(root)
+            continue
+        failed = getattr(dg, "unmappable_reshapes", [])
+        reasons = [r for item in g.items if (r := _refusal(item.dep.target.module, failed))]
+        if reasons:
+            refused.setdefault(reasons[0], []).append(names.get(g[0].dep.target.module, "?"))
+            frozen += [item.dep.target.module for item in g.items
+                       if isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear))
+                       and dg.is_out_channel_pruning_fn(item.dep.handler)]
+            continue
+        candidates.append(g)
+    groups = [_group(dg, g, names, net) for g in candidates]
+    unique = list(dict.fromkeys(frozen))
+    return ChannelPlan(groups, [names[m] for m in heads], [names[m] for m in unique if m in names], refused)
+
+
+def _refused_downstream(dg: tp.DependencyGraph, root: nn.Module) -> str | None:
+    """Why root's channels meet an unmaskable layer before the next conv/linear, or None.
+
+    Cheap, and it matters: on Swin, torch-pruning's group for a residual stream grows past 8 GB
+    before it returns (measured), and that group is refused for its LayerNorms anyway."""
+    stack, seen = list(dg.module2node[root].outputs), set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen or isinstance(n.module, (nn.Conv2d, nn.Linear)):
+            continue
+        seen.add(id(n))
+        reason = _refusal(n.module, getattr(dg, "unmappable_reshapes", []))
+        if reason:
+            return reason
+        stack.extend(n.outputs)
+    return None
+
+
+def _all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module]) -> Iterator[tuple[nn.Module, object]]:
+    """DependencyGraph.get_all_groups, except that a root whose group torch-pruning fails to compute
+    (it raises inside its index mappings on ShuffleNet) comes out as (root, None) instead of raising."""
+    visited: set[int] = set()
+    for m in list(dg.module2node):
+        if any(m is i for i in ignored) or not isinstance(m, tuple(ROOT_TYPES)) or id(m) in visited:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        if _refused_downstream(dg, m):
+            yield m, None  # its group would be refused anyway; torch-pruning can take GBs to build it
+            continue
+        try:
+            group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except (IndexError, ZeroDivisionError, ValueError, RuntimeError):
+            yield m, None
+            continue
+        prunable = True
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                visited.add(id(dep.target.module))
+                prunable &= not any(dep.target.module is i for i in ignored)
+        if prunable:
+            yield m, group
+
+
+def _group(dg: tp.DependencyGraph, g, names: dict, net: nn.Module) -> ChannelGroup:
+    root = g[0].dep.target.module
+    members: list[Member] = []
+    for item in g.items:
+        module = item.dep.target.module
+        if module not in names or not isinstance(module, MASKABLE):
+            continue  # parameter-free ops: zeros flow through them
+        side = "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
+        if isinstance(module, NORM_LAYERS):
+            side = "out"
+        members.append(Member(names[module], side, torch.tensor(item.idxs, dtype=torch.long),
+                              torch.tensor(item.root_idxs, dtype=torch.long)))
+    # Mask the last producer of each chain: a BN, or a conv/linear that feeds no BN of the group.
+    out_names = {m.name for m in members if m.side == "out"}
+    for m in members:
+        if m.side != "out":
+            continue
+        module = net.get_submodule(m.name)
+        if isinstance(module, NORM_LAYERS):
+            m.masks_output = True
+        else:
+            fed = {names.get(o.module) for o in dg.module2node[module].outputs}
+            m.masks_output = not any(
+                n in out_names and isinstance(net.get_submodule(n), NORM_LAYERS) for n in fed if n
+            )
+    return ChannelGroup(names[root], len(g[0].idxs), members)
 
 
 def find_groups(net: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
-    """The prunable channel groups of net (classifier outputs excluded), by torch-pruning."""
-    was_training = net.training
-    net.eval()
-    dg = _dependency_graph(net, example)
-    net.train(was_training)
-    names = {m: n for n, m in net.named_modules()}
-    groups: list[ChannelGroup] = []
-    for g in dg.get_all_groups(ignored_layers=head_layers(net), root_module_types=[nn.Conv2d, nn.Linear]):
-        root = g[0].dep.target.module
-        members: list[Member] = []
-        for item in g.items:
-            module = item.dep.target.module
-            if module not in names or not isinstance(module, (nn.Conv2d, nn.Linear, *NORM_LAYERS)):
-                continue  # parameter-free ops: zeros flow through them
-            side = "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            if isinstance(module, NORM_LAYERS):
-                side = "out"
-            members.append(Member(names[module], side, torch.tensor(item.idxs, dtype=torch.long),
-                                  torch.tensor(item.root_idxs, dtype=torch.long)))
-        # Mask the last producer of each chain: a BN, or a conv/linear that feeds no BN of the group.
-        out_names = {m.name for m in members if m.side == "out"}
-        for m in members:
-            if m.side != "out":
-                continue
-            module = net.get_submodule(m.name)
-            if isinstance(module, NORM_LAYERS):
-                m.masks_output = True
-            else:
-                fed = {names.get(o.module) for o in dg.module2node[module].outputs}
-                m.masks_output = not any(
-                    n in out_names and isinstance(net.get_submodule(n), NORM_LAYERS) for n in fed if n
-                )
-        groups.append(ChannelGroup(names[root], len(g[0].idxs), members))
-    return groups
+    """The prunable channel groups of net (see plan_channels)."""
+    return plan_channels(net, example).groups
 
 
 class ChannelMaskSet(nn.Module):
@@ -122,9 +284,14 @@ class ChannelMaskSet(nn.Module):
                  speedup: float | None = None, min_keep: float = 0.1, round_to: int = 1,
                  init: str = CompressConfig.channel_init, widths: str = CompressConfig.channel_widths) -> None:
         super().__init__()
-        self.groups = find_groups(net, example)
+        self.plan = plan_channels(net, example)
+        self.groups = self.plan.groups
         if not self.groups:
-            raise ValueError("the model has no prunable channel group")
+            from vpns_deploy.errors import UserError
+
+            why = "; ".join(self.plan.refusal_lines()) or "no conv/linear output channels outside the head"
+            raise UserError(f"channel mode found no prunable channel group in this model ({why})",
+                            "use --mode unstructured or 2:4 for it")
         self.sizes = [g.size for g in self.groups]
         self.score_params = nn.ParameterList(
             [nn.Parameter(torch.zeros(g.size, device=example.device), requires_grad=False) for g in self.groups]
@@ -139,8 +306,9 @@ class ChannelMaskSet(nn.Module):
         self.costs: dict[str, LayerCost] = layer_costs(net, example)
         # The reference is the user's network: frozen channel copies stand in for parameter-free
         # shortcuts there, so they cost nothing in it (but their MACs count once compacted).
+        modules = dict(net.named_modules())  # cost names include attention projections, not modules
         self.dense_macs = sum(c.macs() for n, c in self.costs.items()
-                              if not getattr(net.get_submodule(n), "frozen", False))
+                              if not getattr(modules.get(n), "frozen", False))
         self._example = example[:1].detach().cpu()
         self._net_ref = [net]  # not a submodule: the mask set must not own the network
         self._handles = [self._hook(net, g, i, m) for i, g in enumerate(self.groups) for m in g.members
@@ -163,12 +331,27 @@ class ChannelMaskSet(nn.Module):
 
         def fn(mod: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
             g = self._effective(i)
-            full = torch.ones(output.shape[1], device=output.device, dtype=output.dtype)
+            dim = output.dim() - 1 if isinstance(mod, nn.Linear) else 1  # a Linear's channels are last
+            full = torch.ones(output.shape[dim], device=output.device, dtype=output.dtype)
             full = full.index_put((member.idxs.to(output.device),), g[member.root_idxs.to(g.device)].to(output.dtype))
-            shape = (1, -1) + (1,) * (output.dim() - 2)
+            shape = [1] * output.dim()
+            shape[dim] = -1
             return output * full.view(shape)
 
         return module.register_forward_hook(fn)
+
+    def notes(self) -> list[str]:
+        """What the user should hear before training: groups kept whole, and a --speedup out of reach."""
+        lines = self.plan.refusal_lines()
+        if self.speedup_target is not None:
+            reached = self.dense_macs / max(1, self.macs())
+            if reached < self.speedup_target * (1 - SPEEDUP_SHORTFALL):
+                lines.append(
+                    f"warning: --speedup {self.speedup_target:g} is out of reach for this network: every channel "
+                    f"group keeps at least {self.min_keep:.0%} of its channels (in multiples of {self.round_to})"
+                    + (" and some groups are kept whole" if self.plan.refused else "")
+                    + f", so the MACs go down {reached:.2f}x at most; continuing at {reached:.2f}x")
+        return lines
 
     def detach_hooks(self) -> None:
         for h in self._handles:
@@ -236,7 +419,8 @@ class ChannelMaskSet(nn.Module):
             pruner = tp.pruner.BasePruner(
                 net, self._example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                 global_pruning=True, pruning_ratio=1.0, max_pruning_ratio=1.0 - self.min_keep,
-                iterative_steps=steps, ignored_layers=head_layers(net), round_to=self.round_to)
+                iterative_steps=steps, ignored_layers=[net.get_submodule(n) for n in self.plan.frozen],
+                round_to=self.round_to)
             for _ in range(steps):
                 if cost(keep()) <= budget:
                     break

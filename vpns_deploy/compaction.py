@@ -9,10 +9,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from vpns_deploy.channels import head_layers, traceable
+from vpns_deploy.channels import _heads, dependency_graph, traceable
 
 
 def without_hooks(net: nn.Module) -> nn.Module:
@@ -37,8 +36,8 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
 
 
 def _prune(out: nn.Module, group_masks: dict[str, torch.Tensor], example: torch.Tensor) -> None:
-    dg = tp.DependencyGraph().build_dependency(out, example_inputs=example[:1].cpu())
-    heads = set(head_layers(out))
+    dg = dependency_graph(out, example.cpu())
+    heads = set(_heads(dg))
     for root_name, keep in group_masks.items():
         module = out.get_submodule(root_name)
         if module in heads:

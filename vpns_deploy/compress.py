@@ -191,6 +191,8 @@ def compress(
     else:
         masks.init_scores_scaled()
         masks.update_from_scores()
+    for note in getattr(masks, "notes", list)():  # groups kept whole, a target out of reach
+        reporter.line(note)
     if cfg.head == "map" and saved is None:  # right after the initial mask, frozen from here on (VPNS.md §4)
         result.label_map = set_label_map(model, splits, cfg, device, reporter)
 

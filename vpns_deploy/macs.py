@@ -1,7 +1,9 @@
 """Multiply-accumulates of conv and linear layers: the cost that channel pruning removes.
 
-Only Conv2d and Linear count (BN, ReLU, pooling and additions are O(activations), a few % of a
-CIFAR ResNet, and fold or fuse at deployment). One MAC = one multiply + one add.
+Only weight matrices count: Conv2d, Linear, and MultiheadAttention's in- and out-projections (which
+its forward applies without calling a submodule). BN, ReLU, pooling, additions and attention's own
+activation x activation products are left out (O(activations) for CNNs, a few % of a CIFAR ResNet).
+One MAC = one multiply + one add.
 """
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def layer_costs(net: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
 
     def hook(name: str):
         def fn(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.MultiheadAttention):
+                _attention_costs(name, module, inputs, costs)
+            elif isinstance(module, nn.Conv2d):
                 area = module.kernel_size[0] * module.kernel_size[1]
                 positions = output.shape[-2] * output.shape[-1]
                 costs[name] = LayerCost(name, module.out_channels, module.in_channels, module.groups,
@@ -51,7 +55,7 @@ def layer_costs(net: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
         return fn
 
     for name, m in net.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
             handles.append(m.register_forward_hook(hook(name)))
     was_training = net.training
     net.eval()
@@ -62,6 +66,18 @@ def layer_costs(net: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
         for h in handles:
             h.remove()
     return costs
+
+
+def _attention_costs(name: str, mha: nn.MultiheadAttention, inputs: tuple, costs: dict[str, LayerCost]) -> None:
+    """In-projection (q, k, v) and out-projection of one attention call, per token."""
+    query, key = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
+    seq_dim = 1 if mha.batch_first else 0
+    q_tokens = query.shape[seq_dim] if query.dim() == 3 else query.shape[0]
+    kv_tokens = key.shape[seq_dim] if key.dim() == 3 else key.shape[0]
+    e, bias = mha.embed_dim, mha.in_proj_bias is not None
+    prefix = f"{name}." if name else ""
+    costs[f"{prefix}in_proj_weight"] = LayerCost(f"{prefix}in_proj_weight", e, e, 1, q_tokens + 2 * kv_tokens, 1, bias)
+    costs[f"{prefix}out_proj"] = LayerCost(f"{prefix}out_proj", e, e, 1, q_tokens, 1, mha.out_proj.bias is not None)
 
 
 def count_macs(net: nn.Module, example: torch.Tensor) -> int:
