@@ -19,6 +19,7 @@ from vpns_deploy.errors import UserError
 # onnxruntime-gpu 1.31 refuses IR versions above 13 (shared/docs/TOOLCHAIN.md).
 MAX_IR_VERSION = 10
 MAX_BATCH = 4096
+PROTOBUF_LIMIT = 2**31  # one ONNX file (a protobuf message) holds at most 2 GiB, weights included
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
     `edit` rewrites the exported graph before those checks.
     """
     module = module.eval().cpu()
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    if weight_bytes >= PROTOBUF_LIMIT:
+        raise UserError(f"{Path(path).name}: {weight_bytes / 2**30:.2f} GiB of weights do not fit one ONNX file "
+                        "(protobuf's 2 GiB limit)", "compress it further (e.g. --mode channel) or export a smaller model")
     checked: list[GraphInfo] = []
 
     def write(tmp: str) -> None:

@@ -18,7 +18,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_dead_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -32,6 +33,38 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Delete `.NAME.<pid>.*.tmp` files beside path whose writer process no longer exists.
+
+    A writer killed with SIGKILL (or a power cut) cannot clean up its temporary file, which can be
+    as large as the artifact; its pid in the name tells later writers whether it is still running.
+    Temporaries of live processes, and names without a pid, are left alone.
+    """
+    removed = []
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        pid_text = tmp.name[len(Path(path).name) + 2 :].split(".", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass  # another writer removed it first, or it is not ours to remove
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def current_umask() -> int:
