@@ -1,0 +1,264 @@
+"""Every torchvision classification model through all three modes, then ONNX export (fp32 + fp16).
+
+Random weights, random tiny images, one optimiser step per stage, driven in-process (no CLI): VPNs
+compress -> the shipped network (masked weights baked, or channels physically removed) -> the
+deployed graph (prompt folded in) -> ONNX Runtime parity with PyTorch -> fp16 graph agreement.
+
+One model of each family runs by default (FAMILY_SMOKE); the rest are marked `every_model` and run
+with `-m every_model` (seconds per model are printed with -s; see the lead's report for the totals).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from calibration.parity import check_parity, compare_graphs, require_parity
+from export.deploy_graph import DeployGraph
+from export.onnx_export import PROTOBUF_LIMIT, export_onnx
+from export.precision import to_fp16
+from export.sparsity_check import weight_patterns
+from vpns_deploy.compress import compress
+from vpns_deploy.config import CompressConfig
+from vpns_deploy.data.dataset import AugmentPolicy, ImageSet, Splits
+from vpns_deploy.masks import weight_matrices
+from vpns_deploy.models.checkpoint import LoadedModel
+from vpns_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from vpns_deploy.progress import Reporter
+
+CLASSES = 40  # more than any width a channel group is rounded to, so a pruned head would show
+MODES = ("unstructured", "2:4", "channel")
+# The smallest model of each family: the default run (the rest are marked every_model).
+FAMILY_SMOKE = {"alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3",
+                "mnasnet0_5", "mobilenet_v3_small", "regnet_x_400mf", "resnet18", "shufflenet_v2_x0_5",
+                "squeezenet1_0", "swin_t", "vgg11", "vit_b_32"}
+# vit_h_14 and regnet_y_128gf hold over 2 GiB of fp32 weights: one ONNX file cannot (protobuf's
+# limit), and export refuses them with a one-line error, which is what is tested for them.
+
+
+def _size_and_kwargs(name: str) -> tuple[int, dict]:
+    """The smallest input side each model accepts, and the build options it needs for it."""
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        return 2 * patch, {"image_size": 2 * patch}
+    if name == "inception_v3":
+        return 75, {"aux_logits": False, "init_weights": True}
+    if name == "googlenet":
+        return 32, {"aux_logits": False, "init_weights": True}
+    if name == "alexnet":
+        return 63, {}
+    if name.startswith("maxvit"):
+        return 224, {}
+    return 32, {}
+
+
+def _models() -> list:
+    params = []
+    for name in tvm.list_models(module=tvm):
+        marks = [] if name in FAMILY_SMOKE else [pytest.mark.every_model]
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def _splits(size: int, n: int = 4) -> Splits:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(n) % CLASSES
+    classes = [f"c{i}" for i in range(CLASSES)]
+    data = ImageSet(images, labels, classes)
+    return Splits(data, data, AugmentPolicy(crop_pad=1, hflip=True), "random", "random")
+
+
+def _outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net.eval()(x)
+
+
+@pytest.mark.parametrize("name", _models())
+def test_every_mode_compresses_and_exports(name, tmp_path, request):
+    if name not in FAMILY_SMOKE and "every_model" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("one model per family runs by default; every model with -m every_model")
+    size, kwargs = _size_and_kwargs(name)
+    splits = _splits(size)
+    inputs = InputSpec(3, IMAGENET_MEAN, IMAGENET_STD)
+    timings = {}
+    for mode in MODES:
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        net = tvm.get_model(name, weights=None, num_classes=CLASSES, **kwargs)
+        matrices = sum(getattr(m, p).numel() for _, m, p in weight_matrices(net))
+        loaded = LoadedModel(net, name, CLASSES, inputs, "0" * 64)
+        cfg = CompressConfig(mode=mode, sparsity=0.5, epochs_mask=1, epochs_tune=1, batch_size=4,
+                             channel_init="l1", device="cpu")
+        result = compress(loaded, splits, cfg, torch.device("cpu"), Reporter(quiet=True))
+        masks = result.masks
+        shipped = masks.baked(result.model.net).eval()
+        x = torch.rand(2, 3, size, size)
+        masked_out, shipped_out = _outputs(result.model.net, x), _outputs(shipped, x)
+        assert shipped_out.shape == (2, CLASSES), f"{mode}: the head's outputs were pruned"
+        assert torch.allclose(shipped_out, masked_out, atol=1e-4, rtol=1e-4), f"{mode}: shipped != masked"
+        if mode == "channel":
+            assert masks.macs() < masks.dense_macs, "channel mode removed nothing"
+        else:  # every weight matrix counted: pruned ones plus the dense (exempt) ones
+            assert masks.total == matrices
+            zeros = sum(int((getattr(m, p) == 0).sum()) for _, m, p in weight_matrices(shipped))
+            assert zeros >= (0.5 * matrices * 0.9 if mode == "unstructured" else 1)
+            assert masks.sparsity() == pytest.approx(1 - sum(s.kept for s in masks.stats()) / matrices)
+        example = torch.from_numpy(np.ascontiguousarray(splits.test.images[:2].permute(0, 2, 3, 1).numpy()))
+        if sum(t.numel() * t.element_size() for t in shipped.state_dict().values()) >= PROTOBUF_LIMIT:
+            from vpns_deploy.errors import UserError
+
+            with pytest.raises(UserError, match="2 GiB"):
+                export_onnx(DeployGraph(shipped, inputs, result.model.prompt), example, tmp_path / "big.onnx")
+            timings[mode] = time.perf_counter() - t0
+            continue
+        reference = result.model.__class__(shipped, inputs, result.model.prompt)
+
+        def verify(tmp, reference=reference):
+            require_parity(check_parity(tmp, reference, splits.test, prompted=True), f"{name} {mode}")
+
+        onnx_path = tmp_path / f"{mode.replace(':', 'of')}.onnx"
+        export_onnx(DeployGraph(shipped, inputs, result.model.prompt), example, onnx_path, verify=verify)
+        fp16 = onnx_path.with_suffix(".fp16.onnx")
+        to_fp16(onnx_path, fp16)
+        agreement = compare_graphs(onnx_path, fp16, splits.test)
+        assert agreement.top1_agreement >= 0.99, f"{mode} fp16: {agreement}"
+        if mode == "2:4":
+            patterns = weight_patterns(onnx_path, 2, 4)
+            dense = [p for p in patterns if not p.nm]
+            assert len(dense) <= len(masks.exempt), f"dense in the file: {[p.node for p in dense]}"
+        timings[mode] = time.perf_counter() - t0
+        onnx_path.unlink()
+        fp16.unlink()
+    print(f"\n{name}: " + ", ".join(f"{m} {s:.1f} s" for m, s in timings.items()))
+
+
+# -- the item-8 and item-9 defects, each on the smallest real case ------------------------------------
+
+
+def test_a_sparsity_that_empties_a_layer_is_refused_unless_allowed():
+    from vpns_deploy.errors import UserError
+    from vpns_deploy.masks import MaskSet
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+    with pytest.raises(UserError, match="--allow-empty-layers"):
+        MaskSet.attach(net(), 0.9999999)
+    allowed = MaskSet.attach(net(), 0.9999999, allow_empty=True)
+    allowed.update_from_magnitude()
+    assert sum(s.kept for s in allowed.stats()) == 1 and len(allowed.empty_layers()) == 2
+    # Just enough weights for every layer: each keeps its best one, none is emptied.
+    masks = MaskSet.attach(net(), 0.99)
+    tiny = masks.layers[0][1]
+    tiny.weight.data.mul_(1e-6)  # global top-k alone would empty this layer
+    masks.update_from_magnitude()
+    assert masks.empty_layers() == [] and sum(s.kept for s in masks.stats()) == masks.total - int(0.99 * masks.total)
+
+
+def test_vit_attention_projections_are_masked_and_counted():
+    from torch.nn.utils import parametrize
+
+    from vpns_deploy.masks import MaskSet
+
+    torch.manual_seed(0)
+    net = tvm.get_model("vit_b_32", weights=None, num_classes=10, image_size=32)
+    matrices = weight_matrices(net)
+    names = [n for n, _, _ in matrices]
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in names
+    assert "encoder.layers.encoder_layer_0.self_attention.out_proj" in names  # an nn.Linear subclass
+    masks = MaskSet.attach(net, pattern=(2, 4))
+    assert [e.name for e in masks.exempt] == ["conv_proj"]  # 3 input channels: the only dense matrix
+    assert masks.total == sum(getattr(m, p).numel() for _, m, p in matrices)
+    masks.update_from_magnitude()
+    attention = net.encoder.layers[0].self_attention
+    assert parametrize.is_parametrized(attention, "in_proj_weight")
+    assert float((attention.in_proj_weight == 0).float().mean()) == pytest.approx(0.5)
+    assert float((attention.out_proj.weight == 0).float().mean()) == pytest.approx(0.5)
+    assert masks.sparsity() == pytest.approx(0.5 * (1 - masks.exempt[0].weights / masks.total))
+
+
+def test_a_conv_head_keeps_its_class_outputs():
+    from vpns_deploy.channels import ChannelMaskSet, head_layers
+
+    torch.manual_seed(0)
+    net = tvm.get_model("squeezenet1_0", weights=None, num_classes=CLASSES).eval()
+    x = torch.rand(1, 3, 64, 64)
+    assert head_layers(net, x) == [net.classifier[1]]
+    masks = ChannelMaskSet(net, x, sparsity=0.5, round_to=16, init="l1")
+    assert masks.plan.heads == ["classifier.1"]
+    masks.update_from_magnitude()
+    assert masks.baked(net)(x).shape == (1, CLASSES)
+
+
+def test_speedup_out_of_reach_is_said_and_recorded():
+    from vpns_deploy.channels import ChannelMaskSet
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    masks = ChannelMaskSet(net, torch.rand(1, 3, 16, 16), sparsity=None, speedup=100.0, round_to=8, init="l1")
+    masks.update_from_magnitude()
+    reached = masks.dense_macs / masks.macs()
+    assert 1.5 < reached < 100
+    (note,) = [n for n in masks.notes() if n.startswith("warning:")]
+    assert "--speedup 100 is out of reach" in note and f"{reached:.2f}x" in note
+
+
+def test_fp16_agreement_ignores_exact_ties_but_not_overflow():
+    from calibration.parity import agreement_of
+
+    tied = np.zeros((8, 4), np.float32)
+    jitter = tied.copy()
+    jitter[:, 3] = 8e-16  # argmax flips on every image, yet nothing was decided by fp32
+    a = agreement_of(tied, jitter)
+    assert a.raw_top1_agreement == 0.0 and a.top1_agreement == 1.0 and a.ties == 8
+    clear = np.tile(np.array([[0.0, 5.0, 1.0, 0.0]], np.float32), (8, 1))
+    broken = clear.copy()
+    broken[:, 0] = 9.0  # not rounding: every change counts
+    assert agreement_of(clear, broken).top1_agreement == 0.0
+    overflow = clear.copy()
+    overflow[0, 1] = np.inf
+    assert agreement_of(clear, overflow).top1_agreement == pytest.approx(7 / 8)
+
+
+def test_fp16_graphs_get_a_session_level_that_loads(tmp_path):
+    import onnxruntime as ort
+
+    from calibration.session import optimization_level
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    inputs = InputSpec(3, IMAGENET_MEAN, IMAGENET_STD)
+    fp32 = export_onnx(DeployGraph(net, inputs, None), torch.zeros(1, 2, 2, 3, dtype=torch.uint8),
+                       tmp_path / "m.onnx").path
+    to_fp16(fp32, tmp_path / "m.fp16.onnx")
+    assert optimization_level(fp32) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert optimization_level(tmp_path / "m.fp16.onnx") == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from vpns_deploy.atomic import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # the process has exited: its pid names no live writer
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".model.onnx.{dead_pid}.abc123.tmp"
+        running = tmp_path / f".model.onnx.{live.pid}.def456.tmp"
+        legacy = tmp_path / ".model.onnx.ghi789.tmp"
+        for f in (stale, running, legacy):
+            f.write_bytes(b"x" * 1024)
+        atomic_write_text(tmp_path / "model.onnx", "graph")
+        assert not stale.exists() and running.exists() and legacy.exists()
+        assert (tmp_path / "model.onnx").read_text() == "graph"
+    finally:
+        live.kill()
+        live.wait()
