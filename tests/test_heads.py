@@ -210,6 +210,7 @@ def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, d
     mapping = manifest["method"]["label_mapping"]
     classes = manifest["data"]["classes"]
     assert mapping["kind"] == "frequency" and mapping["source_classes"] == 10
+    assert mapping["computed_on"].startswith("dense network before the initial mask")  # label_map_on default
     assert mapping["seq"] == [DIGIT_CLASSES[c] for c in classes]
     assert manifest["method"]["dense_label_mapping"]["seq"] == mapping["seq"]
     assert [r["target_name"] for r in mapping["map"]] == classes
@@ -345,3 +346,20 @@ def test_head_new_warmup_is_deterministic(digits_model, digits_splits):
         heads.append(logits_layer(loaded.net)[1].weight.detach().clone())
     assert records[0].optimizer_steps == math.ceil(len(splits.train) / 256)
     assert torch.equal(heads[0], heads[1])
+
+
+def test_label_map_on_masked_maps_under_the_initial_mask(digits_model, digits_splits):
+    """The reference's placement stays selectable: the map is computed after the initial mask."""
+    from vpns_deploy.compress import compress
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.models import load_model
+    from vpns_deploy.progress import Reporter
+
+    cfg = CompressConfig(method="magnitude", sparsity=0.3, epochs_mask=0, epochs_tune=1, batch_size=64,
+                         head="map", label_map_on="masked")
+    result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, torch.device("cpu"),
+                      Reporter(quiet=True))
+    assert result.label_map["computed_on"].startswith("masked network after the initial mask")
+    assert result.label_map["seq"] == list(range(10))  # a 30 % mask keeps the digits recognisable
+    with pytest.raises(UserError, match="label_map_on"):
+        CompressConfig(head="map", label_map_on="paper")

@@ -167,6 +167,11 @@ def compress(
     if cfg.mode == "channel":
         shortcuts_as_convs(loaded.net)  # option-A shortcuts as 0/1 convs, so groups come out right
     net = loaded.net.to(device, memory_format=torch.channels_last)
+    saved = checkpoint.load() if checkpoint is not None else None
+    dense_map = None
+    if cfg.head == "map" and cfg.label_map_on == "dense" and saved is None:  # before any mask exists
+        dense_view = PromptedNet(net, loaded.inputs, None, torch.arange(splits.num_classes)).to(device)
+        dense_map = set_label_map(dense_view, splits, cfg, device, reporter)
     example = torch.zeros(1, *splits.train.image_shape, device=device)
     masks = attach_masks(net, cfg, example)  # masks and scores take the weights' (channels-last) layout
     prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if cfg.uses_prompt else None
@@ -176,7 +181,6 @@ def compress(
     model = PromptedNet(net, loaded.inputs, prompt, placeholder).to(device)
     result = CompressResult(model, masks, prompt_spec)
 
-    saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         if isinstance(masks, nn.Module):
@@ -193,7 +197,11 @@ def compress(
         masks.update_from_scores()
     for note in getattr(masks, "notes", list)():  # groups kept whole, a target out of reach
         reporter.line(note)
-    if cfg.head == "map" and saved is None:  # right after the initial mask, frozen from here on (VPNS.md §4)
+    if dense_map is not None:  # label_map_on "dense": computed before the mask, frozen from here on
+        model.label_map.copy_(torch.tensor(dense_map["seq"], device=device))
+        result.label_map = {**dense_map, "computed_on": "dense network before the initial mask, zero prompt, "
+                            "augmented training set, eval mode (label_map_on = dense)"}
+    elif cfg.head == "map" and saved is None:  # right after the initial mask, frozen from here on (VPNS.md §4)
         result.label_map = set_label_map(model, splits, cfg, device, reporter)
 
     batches = num_batches(len(splits.train), cfg.batch_size)

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 HEAD_HELP = (
     "keep: the model's head already has the data's classes (default). map: keep the source head (e.g. "
     "ImageNet's 1000 classes) and map each data class to one source class by frequency label mapping "
-    "(greedy one-to-one on the counts of the masked network's predictions over the augmented training "
-    "set, computed after the initial mask with the zero prompt, then frozen; needs at least as many "
+    "(greedy one-to-one on the counts of the network's predictions over the augmented training set with "
+    "the zero prompt, computed on the dense network before the initial mask (label_map_on = masked: after "
+    "it, as the reference), then frozen; needs at least as many "
     "source as data classes); the mapping is folded into the exported graph. new: replace the head by a "
     "fresh layer for the data's classes, trained alone (other weights frozen) for --head-warmup-epochs "
     f"before stage 1 (SGD {OptimConfig.lr_head:g}, cosine; recipes: compress.optim.lr_head); its optimiser steps "
