@@ -1,3 +1,0 @@
-from vpns_deploy.cli import main
-
-main()
