@@ -1,4 +1,4 @@
-"""The `vpns-deploy` command line: thin wrappers over the pipeline stages."""
+"""The `vpns-deploy` command line: the top layer (nothing imports it), thin wrappers over the pipeline stages."""
 from __future__ import annotations
 
 import dataclasses

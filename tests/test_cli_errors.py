@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vpns_deploy.cli import app
+from pipelines.cli import app
 from vpns_deploy.models.digits_cnn import DigitsCNN
 
 runner = CliRunner()

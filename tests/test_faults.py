@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vpns_deploy.cli import app
+from pipelines.cli import app
 
 EXE = str(Path(sys.executable).with_name("vpns-deploy"))
 runner = CliRunner()

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vpns_deploy.cli import app
+from pipelines.cli import app
 from vpns_deploy.device import resolve_device
 
 

@@ -200,7 +200,7 @@ def test_pickled_module_must_fit_the_arch_it_names(tmp_path):
 def _cli(args: list[str]):
     from typer.testing import CliRunner
 
-    from vpns_deploy.cli import app
+    from pipelines.cli import app
 
     return CliRunner().invoke(app, args, env={"COLUMNS": "200"})
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from calibration.calibrator import ImageCalibrationReader, calibration_images
 from calibration.feeds import nhwc_uint8
 from export.sparsity_check import has_nm, weight_patterns
-from vpns_deploy.cli import app
+from pipelines.cli import app
 from vpns_deploy.masks import MaskSet, nm_select
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pipelines.report_stage import run_report
 from pipelines.run_dir import latest_run, staged_directory
 from vpns_deploy.atomic import atomic_write_text
-from vpns_deploy.cli import app
+from pipelines.cli import app
 from vpns_deploy.progress import Reporter
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.recipe import load_recipe
-from vpns_deploy.cli import app
+from pipelines.cli import app
 from vpns_deploy.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vpns_deploy.cli import app
+from pipelines.cli import app
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -74,7 +74,7 @@ def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_m
 def test_different_settings_do_not_resume_a_foreign_checkpoint(tmp_path, digits_model):
     from typer.testing import CliRunner
 
-    from vpns_deploy.cli import app
+    from pipelines.cli import app
 
     cut = tmp_path / "cut"
     ckpt = _kill_at_first_checkpoint(digits_model, cut)

@@ -203,7 +203,7 @@ def test_mixed_folder_streamed_through_compress_export_report(tmp_path, mixed):
     data was built, the ONNX takes the input size, report measures it on the same (converted) images."""
     from typer.testing import CliRunner
 
-    from vpns_deploy.cli import app
+    from pipelines.cli import app
     from vpns_deploy.models import get_arch
 
     model, out = tmp_path / "r20.pt", tmp_path / "run"
