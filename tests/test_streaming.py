@@ -238,3 +238,32 @@ def test_streaming_leaves_the_global_rng_alone(mixed):
     for _ in uint8_batches(splits.test, 4):
         pass
     assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "2:4", "channel"])
+def test_mixed_folder_tiny_timm_model_in_every_mode(tmp_path, mixed, mode):
+    """Issue 13's done-when: a real mixed folder (sizes, grey, RGBA, CMYK, palette) through
+    compress -> export -> report on a tiny timm model, in all three modes."""
+    import timm
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    model, out = tmp_path / "tiny.pt", tmp_path / "run"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=2).state_dict(), model)
+    runner = CliRunner()
+    result = runner.invoke(app, ["compress", str(model), "--arch", "timm:test_resnet", "--data",
+                                 f"imagefolder:{mixed}", "--input-size", "32", "--mode", mode, "--sparsity", "0.5",
+                                 "--method", "hydra", "--epochs-mask", "1", "--epochs-tune", "1", "--batch-size", "4",
+                                 "--val-fraction", "0.25", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for cmd in (["export", str(out)], ["report", str(out)]):
+        result = runner.invoke(app, cmd)
+        assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["arch"] == "timm:test_resnet" and manifest["data"]["image_shape"] == [3, 32, 32]
+    graph = manifest["export"]["graphs"]["model.onnx"]
+    assert graph["input"]["shape"][1:] == [32, 32, 3] and graph["parity"]["passed"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_images"] == 8
