@@ -61,6 +61,35 @@ def test_torchvision_architecture_by_name(tmp_path):
     assert loaded.net.fc.out_features == 10 and loaded.inputs.channels == 3
 
 
+@pytest.mark.parametrize("name, size, aux", [("googlenet", 64, "aux1."), ("inception_v3", 75, "AuxLogits.")])
+def test_aux_classifier_nets_load_with_or_without_aux_keys_and_train_to_one_tensor(tmp_path, name, size, aux):
+    import warnings
+
+    import torchvision
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's init_weights notice, for the user's own model
+        saved = torchvision.models.get_model(name, weights=None, num_classes=7, aux_logits=True).eval()
+    with_aux = saved.state_dict()
+    assert any(k.startswith(aux) for k in with_aux)
+    without_aux = {k: v for k, v in with_aux.items() if not k.startswith(aux)}
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        expected = saved(x)
+    for i, sd in enumerate((with_aux, without_aux)):
+        path = tmp_path / f"{name}{i}.pt"
+        torch.save(sd, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no init_weights FutureWarning from the registry's build
+            net = load_model(path, name, 7).net
+        assert not any(k.startswith(aux) for k in net.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(net.eval()(x), expected)
+        out = net.train()(x)  # training through the CLI needs logits, not (logits, aux...)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 7)
+
+
 # --- Input specs from the model's own config (issue 13 items 2-3) ---------------------------------
 
 def test_builtin_architectures_take_their_own_small_sizes():

@@ -109,6 +109,17 @@ def torchvision_input_spec(name: str) -> InputSpec:
                      min(1.0, crop / resize))
 
 
+# torchvision builds these with auxiliary classifiers by default, and then returns a tuple of logits in
+# training mode; they exist only to help train from scratch, so the registry builds the networks without
+# them (init_weights=True: torchvision's own init, and no warning about its default changing) and drops
+# their keys from a state dict saved with them (torchvision's pretrained ones have them).
+AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+def _drop_aux_heads(prefixes: tuple[str, ...], sd: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+
+
 def arch_names() -> list[str]:
     from vpns_deploy.models.efficientnet_lite import VARIANTS
 
@@ -130,6 +141,15 @@ def get_arch(name: str) -> ArchSpec:
     if name in torchvision_names:
         import torchvision.models as tvm
 
+        if name in AUX_HEADS:
+            return ArchSpec(
+                name,
+                lambda num_classes: tvm.get_model(name, weights=None, num_classes=num_classes, aux_logits=False,
+                                                  init_weights=True),
+                torchvision_input_spec(name),
+                f"torchvision {name} (without its auxiliary classifiers)",
+                partial(_drop_aux_heads, AUX_HEADS[name]),
+            )
         return ArchSpec(
             name,
             lambda num_classes: tvm.get_model(name, weights=None, num_classes=num_classes),
