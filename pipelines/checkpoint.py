@@ -13,8 +13,13 @@ from vpns_deploy.errors import UserError
 
 
 def fingerprint(settings: dict) -> str:
-    """Two runs may share a checkpoint only if everything that shapes training is equal."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    """Two runs may share a checkpoint only if everything that shapes training is equal.
+
+    `settings` must hold plain JSON values (str, numbers, bools, None, lists, dicts) taken from the
+    command's settings and inputs before the run starts. Anything else is refused (TypeError) rather
+    than hashed through str(): an object's str() can carry a memory address or state the run changes
+    (a model edited in place), so a killed run and its rerun would never match."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 class FileCheckpoint:

@@ -83,3 +83,15 @@ def test_different_settings_do_not_resume_a_foreign_checkpoint(tmp_path, digits_
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "unfinished run with different settings" in result.stderr
     assert ckpt.exists()  # kept for the user to resume
+
+
+def test_fingerprint_hashes_only_plain_settings():
+    """Equal settings give equal fingerprints; an object (whose str() may carry an address or state the
+    run mutates) is refused instead of being hashed through str()."""
+    from pipelines.checkpoint import fingerprint
+
+    settings = {"config": {"mode": "channel", "sparsity": 0.5, "speedup": None}, "inputs": {"mean": [0.5]}}
+    assert fingerprint(settings) == fingerprint(json.loads(json.dumps(settings)))
+    assert fingerprint(settings) != fingerprint({**settings, "train": 1})
+    with pytest.raises(TypeError):
+        fingerprint({**settings, "model": torch.nn.Linear(1, 1)})
