@@ -40,7 +40,7 @@ QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal outpu
 INTERRUPTED = {
     "compress": "no run directory was written (a run interrupted after its first epoch keeps its checkpoint "
                 "and the same command resumes it)",
-    "export": "export did not finish; graphs it wrote are not recorded in the manifest: run export again",
+    "export": "export did not finish; the run is as it was (no new graph was written): run export again",
     "report": "the run's model and graphs are untouched; run report again for a complete report",
     "sweep": "finished points are kept; the same command skips them and resumes the interrupted one",
     "run_recipe_cmd": "finished stages are kept; running the recipe again continues where it stopped",

@@ -76,58 +76,60 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
         (MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None, loaded.label_map),
         (DENSE_ONNX, loaded.dense, None, loaded.dense_label_map),
     ]
-    for name, net, prompt, label_map in jobs:
-        reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
-        parity = {}
+    # All graphs (and engines) appear with the manifest that records them, or none do: a failed check
+    # or Ctrl-C half way leaves the run exactly as it was (RunDir.staged()).
+    with run.staged() as stage:
+        for name, net, prompt, label_map in jobs:
+            reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
+            parity = {}
 
-        def verify(tmp: Path, reference=reference, parity=parity, name=name, prompt=prompt) -> None:
-            parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
-            require_parity(parity["result"], name)
+            def verify(tmp: Path, reference=reference, parity=parity, name=name, prompt=prompt) -> None:
+                parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
+                require_parity(parity["result"], name)
+                if graph_resize:
+                    parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
+
+            info = export_onnx(DeployGraph(net, inputs, prompt, label_map), example, stage.file(name), verify=verify,
+                               edit=edit)
+            stage.record(name)
+            p = parity["result"]
+            results[name] = {
+                "prompt_folded": prompt is not None,
+                "label_map_folded": label_map is not None,
+                "opset": info.opset, "ir_version": info.ir_version,
+                "input": {"name": info.input_name, "type": info.input_type, "shape": info.input_shape, "layout": "NHWC"},
+                "output_shape": info.output_shape, "ops": info.ops,
+                "parity": p.to_dict(),
+                **({"resize_parity": parity["resize"]} if graph_resize else {}),
+            }
+            reporter.line(
+                f"{name}: uint8 NHWC {info.input_shape} -> {info.output_shape}, "
+                f"{'prompt folded in' if prompt is not None else 'no prompt'}"
+                f"{', label map folded in' if label_map is not None else ''}; ORT vs PyTorch on {p.images} test "
+                f"images: max |diff| {p.max_abs_diff:.1e}, top-1 agreement {p.top1_agreement:.2%}"
+            )
             if graph_resize:
-                parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
-
-        info = export_onnx(DeployGraph(net, inputs, prompt, label_map), example, run.file(name), verify=verify,
-                           edit=edit)
-        run.record(name)
-        p = parity["result"]
-        results[name] = {
-            "prompt_folded": prompt is not None,
-            "label_map_folded": label_map is not None,
-            "opset": info.opset, "ir_version": info.ir_version,
-            "input": {"name": info.input_name, "type": info.input_type, "shape": info.input_shape, "layout": "NHWC"},
-            "output_shape": info.output_shape, "ops": info.ops,
-            "parity": p.to_dict(),
-            **({"resize_parity": parity["resize"]} if graph_resize else {}),
-        }
-        reporter.line(
-            f"{name}: uint8 NHWC {info.input_shape} -> {info.output_shape}, "
-            f"{'prompt folded in' if prompt is not None else 'no prompt'}"
-            f"{', label map folded in' if label_map is not None else ''}; ORT vs PyTorch on {p.images} test "
-            f"images: max |diff| {p.max_abs_diff:.1e}, top-1 agreement {p.top1_agreement:.2%}"
-        )
-        if graph_resize:
-            r = parity["resize"]
-            reporter.line(f"{name}: Resize in the graph, {r['images']} test images at {r['height']}x{r['width']} vs "
-                          f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
-                          f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
-        if "int8" in precisions and calib is None:  # one calibration set for both graphs
-            calib = calibration_images(loaded.train_split(data_spec), calib_images, int(run.manifest["seed"]))
-        results[name]["precisions"] = _derive(run, run.file(name), precisions, test, calib, reporter)
-    if with_prompt and loaded.prompt is None:
-        reporter.line(f"note: this run ({run.manifest['config']['method']}) learned no prompt; none to fold in")
-    elif loaded.prompt is not None:
-        d = choice["decision"] or {}
-        numbers = (f" (validation top-1 {d['val_top1_prompted']:.2%} with, {d['val_top1_plain']:.2%} without)"
-                   if d.get("val_top1_plain") is not None and d.get("val_top1_prompted") is not None else "")
-        reporter.line(f"prompt {'folded in' if ships_prompt else 'left out'}: {choice['by']}{numbers}")
-    pattern = run.manifest.get("metrics", {}).get("structure", {}).get("pattern")
-    if pattern:
-        results[MODEL_ONNX]["nm_pattern"] = _check_pattern(run.file(MODEL_ONNX), precisions, tuple(pattern), reporter)
-    engines = _engines(run, precisions, pattern is not None, require_trt, reporter) if trt else None
-    run.manifest["export"] = {"created": now(), "ships_prompt": ships_prompt, "prompt_choice": choice,
-                              "graph_resize": graph_resize, "caller_must_feed": contract, "graphs": results,
-                              "precisions": list(precisions), "calib_images": calib_images, "tensorrt": engines}
-    run.save()
+                r = parity["resize"]
+                reporter.line(f"{name}: Resize in the graph, {r['images']} test images at {r['height']}x{r['width']} vs "
+                              f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
+                              f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
+            if "int8" in precisions and calib is None:  # one calibration set for both graphs
+                calib = calibration_images(loaded.train_split(data_spec), calib_images, int(run.manifest["seed"]))
+            results[name]["precisions"] = _derive(stage, stage.file(name), precisions, test, calib, reporter)
+        if with_prompt and loaded.prompt is None:
+            reporter.line(f"note: this run ({run.manifest['config']['method']}) learned no prompt; none to fold in")
+        elif loaded.prompt is not None:
+            d = choice["decision"] or {}
+            numbers = (f" (validation top-1 {d['val_top1_prompted']:.2%} with, {d['val_top1_plain']:.2%} without)"
+                       if d.get("val_top1_plain") is not None and d.get("val_top1_prompted") is not None else "")
+            reporter.line(f"prompt {'folded in' if ships_prompt else 'left out'}: {choice['by']}{numbers}")
+        pattern = run.manifest.get("metrics", {}).get("structure", {}).get("pattern")
+        if pattern:
+            results[MODEL_ONNX]["nm_pattern"] = _check_pattern(stage.file(MODEL_ONNX), precisions, tuple(pattern), reporter)
+        engines = _engines(stage, precisions, pattern is not None, require_trt, reporter) if trt else None
+        run.manifest["export"] = {"created": now(), "ships_prompt": ships_prompt, "prompt_choice": choice,
+                                  "graph_resize": graph_resize, "caller_must_feed": contract, "graphs": results,
+                                  "precisions": list(precisions), "calib_images": calib_images, "tensorrt": engines}
     return run.manifest["export"]
 
 
@@ -190,7 +192,8 @@ def _engines(run, precisions: tuple[str, ...], sparse: bool, require_trt: bool,
     for precision in precisions:
         onnx_path = precision_path(run.file(MODEL_ONNX), precision)
         engine_path = onnx_path.with_suffix(".engine")
-        info = build_engine(onnx_path, engine_path, run.file(TIMING_CACHE), sparse)
+        # the timing cache lives in the run itself (kept across exports), not in the staging folder
+        info = build_engine(onnx_path, engine_path, run.run.file(TIMING_CACHE), sparse)
         run.record(engine_path.name, precision=precision)
         engines[precision] = info.to_dict()
         reporter.line(f"{engine_path.name}: TensorRT {info.tensorrt}, {info.layers} layers, "

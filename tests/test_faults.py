@@ -390,6 +390,7 @@ def test_staged_artifacts_appear_with_the_manifest_or_not_at_all(tmp_path, digit
 def test_ctrl_c_in_export_says_what_export_left(tmp_path, digits_run):
     run = _copy_run(digits_run, tmp_path / "run")
     manifest = (run / "manifest.json").read_bytes()
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     proc = subprocess.Popen([EXE, "export", str(run), "--precision", "fp32,fp16,int8"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=_env())
     seen = []
@@ -404,3 +405,5 @@ def test_ctrl_c_in_export_says_what_export_left(tmp_path, digits_run):
     last = rest.strip().splitlines()[-1]
     assert last.startswith("interrupted: export did not finish") and "no run directory" not in last, last
     assert (run / "manifest.json").read_bytes() == manifest
+    # all-or-nothing: the graph written before the interrupt never reached the run (staged, then dropped)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
