@@ -163,6 +163,10 @@ def _refusal(module: object, failed: list) -> str | None:
         return "a reshape torch-pruning cannot map (e.g. a channel shuffle)"
     if isinstance(module, nn.Parameter):
         return "a bare parameter (e.g. a class token or a layer scale) is tied to the channels"
+    if isinstance(module, nn.Conv2d) and 1 < module.groups and not module.groups == module.in_channels == module.out_channels:
+        # RegNet/ResNeXt: removing any channels but whole groups' worth breaks the grouping, and
+        # torch-pruning then fails ("INDICES element is out of DATA bounds"); depthwise ones are fine.
+        return "a grouped (not depthwise) convolution ties its channels in groups"
     if isinstance(module, nn.Module) and not isinstance(module, MASKABLE):
         if any(True for _ in module.parameters(recurse=False)):
             return (f"{type(module).__name__} layers cannot be channel-pruned here"
