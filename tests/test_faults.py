@@ -391,7 +391,8 @@ def test_ctrl_c_in_export_says_what_export_left(tmp_path, digits_run):
     run = _copy_run(digits_run, tmp_path / "run")
     manifest = (run / "manifest.json").read_bytes()
     files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    proc = subprocess.Popen([EXE, "export", str(run), "--precision", "fp32,fp16,int8"], stdout=subprocess.DEVNULL,
+    # --graph-resize adds resize-parity work after each graph, so the interrupt lands mid-export even on idle cores
+    proc = subprocess.Popen([EXE, "export", str(run), "--precision", "fp32,fp16,int8", "--graph-resize"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=_env())
     seen = []
     for line in proc.stderr:  # interrupt once the first graph is written, mid-way through the command
