@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, help="JSON to write (default bench/results/data_pipeline.json, "
                    "data_pipeline_epoch.json with --epoch-time-only)")
     args = p.parse_args(argv)
+    # the pre-change code runs from its own extracted tree (another cwd): paths must be absolute
+    args.cifar_tar = args.cifar_tar.resolve() if args.cifar_tar else None
+    args.model = args.model.resolve() if args.model else None
     if args.out is None:
         args.out = ROOT / "bench" / "results" / ("data_pipeline_epoch.json" if args.epoch_time_only
                                                  else "data_pipeline.json")
