@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from vpns_deploy.batchnorm import recalibrate_bn
 from vpns_deploy.data.batches import num_batches, train_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.evaluate import top1_pair
@@ -35,6 +36,9 @@ class StagePlan:
     passes: tuple[str, ...]
     after_step: Callable[[], None] | None = None
     describe: dict = field(default_factory=dict)
+    # BatchNorm statistics re-estimated on this many training images after every epoch, before it is
+    # evaluated (vpns_deploy/batchnorm.py); 0: the running averages training left behind
+    bn_images: int = 0
 
 
 @dataclass
@@ -158,6 +162,8 @@ def run_stage(
             if sched is not None:
                 sched.step()
         t1 = time.perf_counter()
+        recalibrate_bn(model, train, plan.bn_images, batch_size, device, seed + epoch,
+                       tuple(p == PROMPTED for p in plan.passes))
         val_plain, val_prompted = top1_pair(model, val, device, has_prompt) if val is not None else (None, None)
         test_plain, test_prompted = (top1_pair(model, test, device, has_prompt) if epoch == plan.epochs
                                      else (None, None))
