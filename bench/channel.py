@@ -102,10 +102,10 @@ def _ours(args: argparse.Namespace, cell: str) -> dict:
     run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=Reporter())
     run_export(out, reporter=Reporter())
     m = RunDir.open(out).manifest
-    s = m["metrics"]["structure"]
-    hist = m["metrics"]["epochs"]
-    return {"top1": m["metrics"]["top1_prompted"] if cell.startswith("vpns") else m["metrics"]["top1_plain"],
-            "top1_plain": m["metrics"]["top1_plain"], "macs": s["macs"]["compressed"],
+    s = m.metrics["structure"]
+    hist = m.metrics["epochs"]
+    return {"top1": m.metrics["top1_prompted"] if cell.startswith("vpns") else m.metrics["top1_plain"],
+            "top1_plain": m.metrics["top1_plain"], "macs": s["macs"]["compressed"],
             "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
             "optimizer_steps": sum(h["optimizer_steps"] for h in hist),
             "train_seconds": sum(h["train_seconds"] for h in hist),
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             atomic_write_json(args.out, results)
         vpns_run = args.runs / "vpns"
         if vpns_run.exists():
-            results["dense_top1"] = RunDir.open(vpns_run).manifest["metrics"]["dense_top1"]
+            results["dense_top1"] = RunDir.open(vpns_run).manifest.metrics["dense_top1"]
     if args.phase in ("latency", "all"):
         measure(results, args.data)
     atomic_write_json(args.out, results)

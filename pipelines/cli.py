@@ -317,12 +317,11 @@ def run_recipe_cmd(
     ran = run_recipe(parsed, overwrite=overwrite, reporter=Reporter(quiet=quiet))
     report_json = parsed.out / "report.json"
     if report_json.is_file():
-        import json
-
-        from pipelines.report_stage import render_table
+        from pipelines.report_record import Report
+        from pipelines.report_render import render_table
         from vpns_deploy.progress import out_console
 
-        out_console.print(render_table(json.loads(report_json.read_text())))
+        out_console.print(render_table(Report.read(report_json)))
     typer.echo(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
 
 

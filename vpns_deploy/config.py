@@ -269,6 +269,18 @@ class CompressConfig:
         return asdict(self)
 
 
+def config_from_dict(raw: dict) -> CompressConfig:
+    """A CompressConfig from its to_dict() (a run's manifest, a checkpoint): validated like the CLI's."""
+    from vpns_deploy.errors import UserError
+
+    values = dict(raw)
+    try:
+        return CompressConfig(**{**values, "optim": OptimConfig(**values.get("optim", {}))})
+    except TypeError as exc:  # a key this version does not know (or lacks)
+        raise UserError(f"recorded settings do not fit this vpns-deploy's CompressConfig ({exc})",
+                        "re-run compress with this version") from None
+
+
 def parse_mode(mode: str) -> tuple[str, tuple[int, int] | None]:
     """('unstructured'|'channel'|'nm', (N, M) or None); a one-line error for anything else."""
     from vpns_deploy.errors import UserError
