@@ -1,11 +1,14 @@
-"""The run contract: manifest schema versions, one fingerprint for done and resume."""
+"""The run contract (manifest schema, one fingerprint) and options generated once from the configuration."""
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
+import click
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -68,3 +71,33 @@ def test_one_fingerprint_for_done_and_resume(tmp_path, digits_run, digits_model)
     assert _compress_done(recipe(replace(cfg, workers=3)))
     assert not _compress_done(recipe(replace(cfg, seed=cfg.seed + 1)))
 
+
+def _params(command: str) -> dict[str, click.Parameter]:
+    cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    return {p.name: p for p in cmd.params}
+
+
+def test_compress_and_sweep_options_come_from_the_config_dataclasses():
+    """Every shared option exists once in the source: its help and default are the dataclass field's,
+    identical in both commands."""
+    from pipelines.cli_options import HEAD_OPTIONS, METHOD_OPTIONS, MODEL_OPTIONS, TRAINING_OPTIONS
+
+    compress, sweep = _params("compress"), _params("sweep")
+    for cls, name in (*MODEL_OPTIONS, *METHOD_OPTIONS, *TRAINING_OPTIONS, *HEAD_OPTIONS):
+        field = next(f for f in fields(cls) if f.name == name)
+        for params in (compress, sweep):
+            assert params[name].help == field.metadata["help"] and params[name].default == field.default, name
+    assert compress["sparsity"].default == 0.9 and sweep["sparsity"].default == "0.5,0.7,0.9"  # own options stay
+    assert compress["model"].param_type_name == "argument" and compress["trust_pickle"].opts == ["--trust-pickle"]
+
+
+def test_generated_options_reach_the_config(tmp_path, digits_model):
+    """A value given on the command line arrives in the run's CompressConfig (checked before any
+    work: a bad one is refused by the dataclass, in one line)."""
+    result = runner.invoke(app, ["compress", str(digits_model), "--arch", "digits_cnn", "--data", "digits",
+                                 "--epochs-mask", "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "needs at least one mask-finding epoch" in result.stderr
+    result = runner.invoke(app, ["sweep", str(digits_model), "--arch", "digits_cnn", "--data", "digits",
+                                 "--lr-scores", "-1", "--out", str(tmp_path / "sweep")])
+    assert result.exit_code == 2 and "--lr-scores must be > 0" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
