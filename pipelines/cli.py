@@ -1,4 +1,7 @@
-"""The `vpns-deploy` command line: the top layer (nothing imports it), thin wrappers over the pipeline stages."""
+"""The `vpns-deploy` command line: the top layer (nothing imports it), thin wrappers over the pipeline stages.
+
+Over 300 lines because each command carries its help text, which is the user's documentation; the
+options compress and sweep share are generated (cli_options.py), not written here."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +15,7 @@ import typer
 from pipelines.cli_options import (
     HEAD_OPTIONS, METHOD_OPTIONS, MODEL_OPTIONS, TRAINING_OPTIONS, compress_config, input_overrides, with_options,
 )
-from pipelines.recipe import ARCH_HELP
+from pipelines.recipe import ARCH_HELP, ReportSection
 from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEVIATIONS, CompressConfig
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
@@ -284,16 +287,20 @@ def export(
 
 @app.command()
 @friendly
+@with_options(((ReportSection, "latency_budget"),))
 def report(
     run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="One or more run directories (default: the latest run). Several: compared side by side.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Override the runs' data.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Several runs: where the comparison goes (default: a 'comparison' folder beside the first run).")] = None,
     remeasure: Annotated[bool, typer.Option(help="Measure again even where a run's report.json is newer than its export.")] = False,
+    options: dict | None = None,
     trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
     """Measure dense vs compressed and show it: top-1 (PyTorch, ONNX Runtime in every exported precision),
-    parameters, MACs, sizes, ONNX Runtime CPU latency (median and p90, batch 1 and 64), speedup and
-    efficiency (latency speedup / MACs ratio), TensorRT where engines were built.
+    parameters, MACs, sizes, ONNX Runtime CPU latency (median, p90 and a 95 % interval, batch 1 and 64,
+    bounded by --latency-budget, with progress), speedup with its interval ("within noise" where that
+    holds 1.0) and efficiency (latency speedup / MACs ratio), the CPU's instruction sets (AVX2, AVX-512,
+    VNNI, AMX) and whether int8 can be faster on it, TensorRT where engines were built.
 
     Writes report.json, report.md, PNG plots (training curves, per-layer sparsity, latency) and a
     self-contained report.html into the run directory; several runs get one comparison of them all.
@@ -303,7 +310,8 @@ def report(
     from pipelines.load_run import pickles_trusted
 
     with pickles_trusted(trust_pickle):
-        report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure)
+        report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure,
+                    latency_budget=options["latency_budget"])
 
 
 def _interrupt_on_sigterm() -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from calibration.latency import DEFAULT_BUDGET_S
 from pipelines import plots
 from pipelines.html_report import render_html
 from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REPORT_HTML, REPORT_JSON
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
-from pipelines.report_render import render_table, table_rows
+from pipelines.report_render import render_table, speedup_text, table_rows
 from pipelines.report_stage import report_is_current, run_report
 from pipelines.run_dir import RunDir, now
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
@@ -32,12 +33,13 @@ def _labels(run_dirs: list[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in run_dirs]
 
 
-def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: Reporter) -> tuple[Manifest, Report]:
+def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: Reporter,
+              latency_budget: float) -> tuple[Manifest, Report]:
     if not (Path(run_dir) / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})", "pass the --out of a compress run")
     if remeasure or not report_is_current(run_dir):
         reporter.line(f"measuring {run_dir}")
-        run_report(run_dir, data_spec, reporter, print_table=False)
+        run_report(run_dir, data_spec, reporter, print_table=False, latency_budget=latency_budget)
     run = RunDir.open(run_dir)
     return run.manifest, Report.read(run.verified(REPORT_JSON))
 
@@ -74,8 +76,8 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
     for b in first.latency_ms["dense"]:
         rows.append((f"ORT CPU latency, batch {b} (median / p90)", lat(first.latency_ms["dense"], b),
                      *(lat(r.latency_ms["compressed"], b) for _, _, r in runs)))
-        rows.append((f"speedup, batch {b} (efficiency)", "1.00x",
-                     *(f"{r.speedup[b]['speedup']:.2f}x ({r.speedup[b]['efficiency']:.2f})" for _, _, r in runs)))
+        rows.append((f"speedup, batch {b} [95 % interval] (efficiency)", "1.00x",
+                     *(f"{speedup_text(r.speedup[b])} ({r.speedup[b]['efficiency']:.2f})" for _, _, r in runs)))
     for precision in sorted({p for _, _, r in runs for p in r.precision}):
         rows.append((f"top-1, ONNX Runtime {precision}", pct(first.precision.get(precision, {})
                                                              .get("dense", {}).get("onnxruntime")),
@@ -87,14 +89,14 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
 
 def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | None = None,
                 remeasure: bool = False, reporter: Reporter | None = None, print_table: bool = True,
-                extra_images: list[tuple[str, Path]] | None = None) -> Path:
+                extra_images: list[tuple[str, Path]] | None = None, latency_budget: float = DEFAULT_BUDGET_S) -> Path:
     """Returns the directory that holds report.md, the PNGs and report.html.
 
     One run and no `out`: everything goes into the run directory. Otherwise a comparison in `out`.
     """
     reporter = reporter or Reporter()
     run_dirs = [Path(p) for p in run_dirs]
-    measured = [_measured(p, data_spec, remeasure, reporter) for p in run_dirs]
+    measured = [_measured(p, data_spec, remeasure, reporter, latency_budget) for p in run_dirs]
     runs = [(label, m, r) for label, (m, r) in zip(_labels(run_dirs), measured)]
     if len(runs) == 1 and out is None:
         run = RunDir.open(run_dirs[0])
@@ -120,7 +122,8 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
     header = ["measure", f"dense ({runs[0][0]})", *(label for label, _, _ in runs)]
     rows = comparison_rows(runs)
     title = f"vpns-deploy comparison of {len(runs)} runs"
-    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median / p90."]
+    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median / p90; a "
+             "speedup whose 95 % interval holds 1.0 is within noise."]
     md = [f"# {title}", "", notes[0], "", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += [""] + [f"![{caption}]({p.name})" for caption, p in images]

@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from calibration.latency import DEFAULT_BUDGET_S
 from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers, cli
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
@@ -102,6 +103,15 @@ class ExportSection:
 @dataclass(frozen=True)
 class ReportSection:
     enabled: bool = True
+    latency_budget: float = cli(DEFAULT_BUDGET_S, (
+        "Seconds of timed calls per graph (over batch 1 and 64; graphs compared are timed interleaved): the "
+        "latency measurement stops there, or at 200 calls each, whichever comes first; every graph gets at "
+        "least 3 timed calls."))
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        if not self.latency_budget > 0:
+            raise UserError(f"report.latency_budget must be > 0 seconds, got {self.latency_budget}", "e.g. 30")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vpns_deploy.errors import UserError
 
-REPORT_SCHEMA = 1  # reports from before it had no "schema" key: measured again
+REPORT_SCHEMA = 2  # 1: latency without intervals, no CPU facts; none: older. Both are measured again
 
 
 @dataclass

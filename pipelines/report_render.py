@@ -59,8 +59,8 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
     elif trt_info:
         rows.append(("TensorRT", "not measured", trt_info["reason"]))
     for b, sp in r.speedup.items():
-        rows.append((f"latency speedup, batch {b} (efficiency = speedup / MACs ratio)", "",
-                     f"{sp['speedup']:.2f}x ({sp['efficiency']:.2f})"))
+        rows.append((f"latency speedup, batch {b} [95 % interval] (efficiency = speedup / MACs ratio)", "",
+                     f"{speedup_text(sp)} ({sp['efficiency']:.2f})"))
     for b, o in r.preprocessing_overhead.items():
         rows.append((f"folded preprocessing, batch {b}", "", f"{o['ms']:+.3f} ms ({o['fraction']:+.1%})"))
     rows += _prompt_rows(r)
@@ -110,6 +110,22 @@ def render_markdown(r: Report) -> str:
     m = r.machine
     lines += ["", f"Measured {r.created} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
               f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",
-              "Latency: 5 warm-up runs, then median and p90 of at least 20 timed runs. The preprocessing "
-              "overhead is the shipped graph minus the same network fed pre-normalised float input.", ""]
+              f"Latency: graphs that are compared run interleaved (one call each in turn) after up to 5 warm-up "
+              f"rounds, for at most {m.get('latency_budget_s', '?')} s per graph over both batch sizes (200 calls "
+              "at most); median, p90 and a 95 % bootstrap interval of the median. A speedup whose 95 % interval "
+              "holds 1.0 is marked within noise: this measurement cannot tell the two graphs apart. The "
+              "preprocessing overhead is the shipped graph minus the same network fed pre-normalised float input."]
+    lines += [cpu_text(r.cpu), ""] if r.cpu else [""]
     return "\n".join(lines)
+
+
+def speedup_text(sp: dict) -> str:
+    """1.23x [1.10, 1.31], with "within noise" where the interval holds 1.0."""
+    lo, hi = sp["ci95"]
+    return f"{sp['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]" + (", within noise" if sp["within_noise"] else "")
+
+
+def cpu_text(cpu: dict) -> str:
+    sets = ", ".join(cpu["instruction_sets"]) or "none of AVX2, AVX-512, VNNI, AMX"
+    return (f"CPU: {cpu['model']}; instruction sets: {sets}; PyTorch CPU kernels: {cpu['torch_capability']}. "
+            + cpu["int8_note"])

@@ -128,7 +128,7 @@ def _run_report(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
     from pipelines.report_stage import run_report
 
     with pickles_trusted(recipe.model.trust_pickle):
-        run_report(recipe.out, reporter=reporter, print_table=False)
+        run_report(recipe.out, reporter=reporter, print_table=False, latency_budget=recipe.report.latency_budget)
 
 
 STAGES: tuple[Stage, ...] = (
