@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from calibration.runtime import Runtime
+from vpns_deploy.errors import UserError
 
 LATENCY_BATCHES = (1, 64)  # what every report and benchmark times: one image, and a serving batch
 DEFAULT_BUDGET_S = 30.0  # per graph, over all its batch sizes (`report --latency-budget`)
@@ -25,6 +26,14 @@ MAX_RUNS = 200  # enough for a tight interval on a fast graph; more only costs t
 WARMUP = 5  # untimed calls first (allocations, ORT's first-run graph work); fewer if the budget is short
 BOOTSTRAP = 2000
 CONFIDENCE = 0.95
+
+
+def check_budget(budget_s: float) -> float:
+    """A latency budget is a positive, finite number of seconds (one-line error otherwise)."""
+    if not 0 < budget_s < float("inf"):
+        raise UserError(f"--latency-budget (recipes: report.latency_budget) must be > 0 seconds, got {budget_s}",
+                        "e.g. --latency-budget 30")
+    return budget_s
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,7 @@ def latency_by_batch(runtimes: dict[str, Runtime], sample: np.ndarray, budget_s:
                      samples: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Latency]]:
     """name -> batch (as a string: the JSON layout) -> Latency; the budget is split over the batches.
     `samples`: a runtime's own input where it takes another than `sample` (a float network-only graph)."""
-    if budget_s <= 0:
-        raise ValueError(f"latency budget must be > 0 seconds, got {budget_s}")
+    check_budget(budget_s)
     inputs = {name: (samples or {}).get(name, sample) for name in runtimes}
     out: dict[str, dict[str, Latency]] = {name: {} for name in runtimes}
     for b in batches:

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from calibration.latency import DEFAULT_BUDGET_S
+from calibration.latency import DEFAULT_BUDGET_S, check_budget
 from pipelines import plots
 from pipelines.html_report import render_html
 from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REPORT_HTML, REPORT_JSON
@@ -95,6 +95,7 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
     One run and no `out`: everything goes into the run directory. Otherwise a comparison in `out`.
     """
     reporter = reporter or Reporter()
+    check_budget(latency_budget)  # before the first run is measured
     run_dirs = [Path(p) for p in run_dirs]
     measured = [_measured(p, data_spec, remeasure, reporter, latency_budget) for p in run_dirs]
     runs = [(label, m, r) for label, (m, r) in zip(_labels(run_dirs), measured)]

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calibration.latency import DEFAULT_BUDGET_S
+from calibration.latency import DEFAULT_BUDGET_S, check_budget
 from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers, cli
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
@@ -109,9 +109,7 @@ class ReportSection:
         "least 3 timed calls."))
 
     def __post_init__(self) -> None:
-        check_numbers(self)
-        if not self.latency_budget > 0:
-            raise UserError(f"report.latency_budget must be > 0 seconds, got {self.latency_budget}", "e.g. 30")
+        check_budget(self.latency_budget)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torch import nn
 
 from calibration.cpu import cpu_facts
 from calibration.feeds import nhwc_uint8
-from calibration.latency import DEFAULT_BUDGET_S, LATENCY_BATCHES
+from calibration.latency import DEFAULT_BUDGET_S, LATENCY_BATCHES, check_budget
 from calibration.runtime import OrtRuntime
 from calibration.session import cpu_session, cpu_threads
 from pipelines import report_measure as measure
@@ -43,8 +43,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
                print_table: bool = True, latency_budget: float = DEFAULT_BUDGET_S) -> dict:
     """Measure a run and write report.json/report.md; returns report.json's content.
     `latency_budget`: seconds of timed calls per graph (over its batch sizes)."""
-    if not latency_budget > 0:
-        raise UserError(f"--latency-budget must be > 0 seconds, got {latency_budget}", "e.g. --latency-budget 30")
+    check_budget(latency_budget)
     reporter = reporter or Reporter()
     loaded = load_run(run_dir)
     run, m = loaded.run, loaded.run.manifest
