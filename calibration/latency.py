@@ -1,10 +1,10 @@
 """Latency of runtimes, bounded in time, with a confidence interval, and speedups that say when
 they are noise.
 
-Graphs that are compared (dense vs compressed) are timed interleaved, one call each in turn, so a
-change in machine load (other processes on a shared 2-core machine) lands on both and not on
-whichever happened to run second: issue 18 saw the same demo's batch-1 "speedup" read 1.28x and
-then 0.65x when the two were timed one after the other. Every graph gets `budget_s` seconds (split
+Graphs that are compared (dense vs compressed) are timed interleaved, one call each in turn (the
+order reversed every round), so a change in machine load (other processes on a shared 2-core
+machine) lands on both and not on whichever happened to run second: issue 18 saw the same demo's
+batch-1 "speedup" read 1.28x and then 0.65x when the two were timed one after the other. Every graph gets `budget_s` seconds (split
 over the batch sizes); a call slower than the budget still runs MIN_TIMED times.
 """
 from __future__ import annotations
@@ -92,9 +92,11 @@ def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndar
         warm += 1
     times: dict[str, list[float]] = {name: [] for name in timers}
     deadline = start + budget_s * len(timers)
+    order = list(timers)
     while True:
-        for name, once in timers.items():
-            times[name].append(once())
+        for name in order:  # the order flips every round: neither graph always runs right after the other
+            times[name].append(timers[name]())
+        order.reverse()
         n = len(next(iter(times.values())))
         if tick:
             tick(f"{n} timed calls each")

@@ -113,7 +113,9 @@ def render_markdown(r: Report) -> str:
               f"Latency: graphs that are compared run interleaved (one call each in turn) after up to 5 warm-up "
               f"rounds, for at most {m.get('latency_budget_s', '?')} s per graph over both batch sizes (200 calls "
               "at most); median, p90 and a 95 % bootstrap interval of the median. A speedup whose 95 % interval "
-              "holds 1.0 is marked within noise: this measurement cannot tell the two graphs apart. The "
+              "holds 1.0 is marked within noise: this measurement cannot tell the two graphs apart (the interval covers "
+              "call-to-call noise in this measurement only, not differences between sessions or runs, so a few "
+              "per cent either way with a tight interval is still no evidence of a real speedup). The "
               "preprocessing overhead is the shipped graph minus the same network fed pre-normalised float input."]
     lines += [cpu_text(r.cpu), ""] if r.cpu else [""]
     return "\n".join(lines)
