@@ -23,7 +23,6 @@ DEFAULT_BUDGET_S = 30.0  # per graph, over all its batch sizes (`report --latenc
 MIN_RUNS = 20  # timed calls wanted before the budget may stop a graph
 MIN_TIMED = 3  # timed calls every graph gets, budget or not (a median and an interval need a few)
 MAX_RUNS = 200  # enough for a tight interval on a fast graph; more only costs time
-WARMUP = 5  # untimed calls first (allocations, ORT's first-run graph work); fewer if the budget is short
 BOOTSTRAP = 2000
 CONFIDENCE = 0.95
 
@@ -86,7 +85,8 @@ def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndar
     timers = {name: rt.timer(batches[name]) for name, rt in runtimes.items()}
     start = time.perf_counter()
     warm = 0
-    while warm < WARMUP and (warm == 0 or time.perf_counter() - start < 0.1 * budget_s * len(timers)):
+    rounds = max(rt.warmup for rt in runtimes.values())  # fewer where they would eat a tenth of the budget
+    while warm < rounds and (warm == 0 or time.perf_counter() - start < 0.1 * budget_s * len(timers)):
         for once in timers.values():
             once()
         warm += 1

@@ -24,6 +24,7 @@ class Runtime:
     better clock (TensorRT: CUDA events)."""
 
     name = "runtime"
+    warmup = 5  # untimed calls before timing (allocations, first-run graph work)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -152,6 +152,7 @@ class EngineRunner(Runtime):
     Runtime: top-1 and latency come from the same loops as ONNX Runtime's and PyTorch's."""
 
     name = "tensorrt"
+    warmup = 20  # GPU clocks ramp up over the first calls
 
     def __init__(self, engine_path: Path) -> None:
         import tensorrt as trt

@@ -111,7 +111,7 @@ def render_markdown(r: Report) -> str:
     lines += ["", f"Measured {r.created} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
               f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",
               f"Latency: graphs that are compared run interleaved (one call each in turn) after up to 5 warm-up "
-              f"rounds, for at most {m.get('latency_budget_s', '?')} s per graph over both batch sizes (200 calls "
+              f"rounds (TensorRT: 20), for at most {m.get('latency_budget_s', '?')} s per graph over both batch sizes (200 calls "
               "at most); median, p90 and a 95 % bootstrap interval of the median. A speedup whose 95 % interval "
               "holds 1.0 is marked within noise: this measurement cannot tell the two graphs apart (the interval covers "
               "call-to-call noise in this measurement only, not differences between sessions or runs, so a few "
