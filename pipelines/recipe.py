@@ -8,7 +8,7 @@
     [compress]  every CompressConfig field; [compress.optim] every OptimConfig field
     [export]    (optional) prompt = true/false (default: compress's validation decision), graph_resize,
                 precisions = ["fp32", "fp16", "int8"], calib_images, trt
-    [report]    (optional) enabled = true
+    [report]    (optional) enabled = true, latency_budget = 30 (seconds of timed calls per graph)
 
 Relative paths are taken from the directory the command runs in, as on the command line.
 """
