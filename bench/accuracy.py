@@ -160,7 +160,7 @@ def run_cell(args: argparse.Namespace, method: str, sparsity: float | None, seed
     else:
         out = args.runs / cell_key(method, sparsity, seed)
         run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=reporter)
-        m = RunDir.open(out).manifest["metrics"]
+        m = RunDir.open(out).manifest.metrics
         hist = m["epochs"]
         final_plain, final_prompted, achieved = m["top1_plain"], m["top1_prompted"], m["sparsity"]
         stage_step = {}

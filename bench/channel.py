@@ -38,6 +38,7 @@ from torch.optim import SGD
 
 from calibration.feeds import nhwc_uint8
 from calibration.latency import latency_by_batch
+from calibration.runtime import OrtRuntime
 from calibration.parity import check_parity, require_parity
 from calibration.session import cpu_session, cpu_threads
 from export.deploy_graph import DeployGraph
@@ -102,10 +103,10 @@ def _ours(args: argparse.Namespace, cell: str) -> dict:
     run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=Reporter())
     run_export(out, reporter=Reporter())
     m = RunDir.open(out).manifest
-    s = m["metrics"]["structure"]
-    hist = m["metrics"]["epochs"]
-    return {"top1": m["metrics"]["top1_prompted"] if cell.startswith("vpns") else m["metrics"]["top1_plain"],
-            "top1_plain": m["metrics"]["top1_plain"], "macs": s["macs"]["compressed"],
+    s = m.metrics["structure"]
+    hist = m.metrics["epochs"]
+    return {"top1": m.metrics["top1_prompted"] if cell.startswith("vpns") else m.metrics["top1_plain"],
+            "top1_plain": m.metrics["top1_plain"], "macs": s["macs"]["compressed"],
             "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
             "optimizer_steps": sum(h["optimizer_steps"] for h in hist),
             "train_seconds": sum(h["train_seconds"] for h in hist),
@@ -171,14 +172,15 @@ def measure(results: dict, data: str) -> None:
     dense_onnx = next(c["dense_onnx"] for c in results["cells"].values() if "dense_onnx" in c)
     lat = {}
     for name, path in [("dense", dense_onnx)] + [(k, c["onnx"]) for k, c in results["cells"].items()]:
-        session = cpu_session(Path(path), threads)
-        lat[name] = latency_by_batch(session, sample, runs=100)
+        runtime = OrtRuntime(cpu_session(Path(path), threads), name)
+        lat[name] = {b: v.to_dict() for b, v in latency_by_batch({name: runtime}, sample)[name].items()}
     for name, cell in results["cells"].items():
         cell["latency_ms"] = lat[name]
         cell["speedup"] = {b: lat["dense"][b]["median_ms"] / lat[name][b]["median_ms"] for b in lat[name]}
         cell["efficiency"] = {b: s / cell["macs_reduction"] for b, s in cell["speedup"].items()}
     results["dense_latency_ms"] = lat["dense"]
-    results["latency_measured"] = {"at": now(), "threads": threads, "runs": 100}
+    results["latency_measured"] = {"at": now(), "threads": threads,
+                                   "runs": "calibration.latency: up to MAX_RUNS within DEFAULT_BUDGET_S per graph"}
 
 
 def table(results: dict) -> str:
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             atomic_write_json(args.out, results)
         vpns_run = args.runs / "vpns"
         if vpns_run.exists():
-            results["dense_top1"] = RunDir.open(vpns_run).manifest["metrics"]["dense_top1"]
+            results["dense_top1"] = RunDir.open(vpns_run).manifest.metrics["dense_top1"]
     if args.phase in ("latency", "all"):
         measure(results, args.data)
     atomic_write_json(args.out, results)

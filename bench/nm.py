@@ -59,14 +59,14 @@ def summarise(run_dir: Path) -> dict:
                                                             for b, v in lat.items()}}
     return {
         "rows": rows,
-        "sparsity": m["metrics"]["sparsity"],
-        "exempt": m["metrics"]["structure"]["exempt"],
-        "nm_pattern": m["export"]["graphs"]["model.onnx"]["nm_pattern"],
+        "sparsity": m.metrics["sparsity"],
+        "exempt": m.metrics["structure"]["exempt"],
+        "nm_pattern": m.export.graphs["model.onnx"]["nm_pattern"],
         "tensorrt": report["tensorrt"],
-        "top1_prompted_pytorch": m["metrics"]["top1_prompted"],
-        "top1_plain_pytorch": m["metrics"]["top1_plain"],
-        "dense_top1_pytorch": m["metrics"]["dense_top1"],
-        "train_seconds": sum(e["train_seconds"] for e in m["metrics"]["epochs"]),
+        "top1_prompted_pytorch": m.metrics["top1_prompted"],
+        "top1_plain_pytorch": m.metrics["top1_plain"],
+        "dense_top1_pytorch": m.metrics["dense_top1"],
+        "train_seconds": sum(e["train_seconds"] for e in m.metrics["epochs"]),
         "test_images": report["test_images"],
         "measured": report["created"],
         "threads": report["machine"]["threads"],
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = CompressConfig(mode=args.mode, epochs_mask=args.epochs, epochs_tune=args.epochs, seed=args.seed,
                                  train_subset=args.train_subset)
             run_compress(args.model, args.arch, args.data, cfg, args.run, reporter=Reporter())
-        if "export" not in RunDir.open(args.run).manifest:
+        if RunDir.open(args.run).manifest.export is None:
             run_export(args.run, reporter=Reporter(), precisions=("fp32", "fp16", "int8"),
                        calib_images=args.calib_images, trt=True)
     results = {"command": "python -m bench.nm " + shlex.join(sys.argv[1:] if argv is None else argv),

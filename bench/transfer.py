@@ -109,12 +109,12 @@ def run_one(args: argparse.Namespace, key: str) -> dict:
         run_compress(args.model or default_model(), args.arch, args.data, cfg, out, reporter=Reporter(quiet=True),
                      inputs=InputOverrides(input_size=args.input_size))
     manifest = RunDir.open(out).manifest
-    m = manifest["metrics"]
+    m = manifest.metrics
     hist = m["epochs"]
     return {
         "method": method, "sparsity": None if method == "dense" else sparsity, "seed": seed,
         "top1_plain": m["top1_plain"], "top1_prompted": m.get("top1_prompted"),
-        "sparsity_achieved": m.get("sparsity"), "label_map": manifest.get("head"),
+        "sparsity_achieved": m.get("sparsity"), "label_map": manifest.other.get("head"),  # no top-level "head" is written: None, as before
         "optimizer_steps": sum(h["optimizer_steps"] for h in hist),
         "train_seconds": sum(h["train_seconds"] for h in hist),
         "wall_seconds_this_process": time.perf_counter() - t0,

@@ -1,16 +1,38 @@
-"""Latency of a session: warm-up, then median and p90 over repeated timed runs."""
+"""Latency of runtimes, bounded in time, with a confidence interval, and speedups that say when
+they are noise.
+
+Graphs that are compared (dense vs compressed) are timed interleaved, one call each in turn (the
+order reversed every round), so a change in machine load (other processes on a shared 2-core
+machine) lands on both and not on whichever happened to run second: issue 18 saw the same demo's
+batch-1 "speedup" read 1.28x and then 0.65x when the two were timed one after the other. Every graph gets `budget_s` seconds (split
+over the batch sizes); a call slower than the budget still runs MIN_TIMED times.
+"""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import onnxruntime as ort
 
-from calibration.session import run
+from calibration.runtime import Runtime
+from vpns_deploy.errors import UserError
 
-MIN_RUNS = 20
 LATENCY_BATCHES = (1, 64)  # what every report and benchmark times: one image, and a serving batch
+DEFAULT_BUDGET_S = 30.0  # per graph, over all its batch sizes (`report --latency-budget`)
+MIN_RUNS = 20  # timed calls wanted before the budget may stop a graph
+MIN_TIMED = 3  # timed calls every graph gets, budget or not (a median and an interval need a few)
+MAX_RUNS = 200  # enough for a tight interval on a fast graph; more only costs time
+BOOTSTRAP = 2000
+CONFIDENCE = 0.95
+
+
+def check_budget(budget_s: float) -> float:
+    """A latency budget is a positive, finite number of seconds (one-line error otherwise)."""
+    if not 0 < budget_s < float("inf"):
+        raise UserError(f"--latency-budget (recipes: report.latency_budget) must be > 0 seconds, got {budget_s}",
+                        "e.g. --latency-budget 30")
+    return budget_s
 
 
 @dataclass(frozen=True)
@@ -22,27 +44,66 @@ class Latency:
     p90_ms: float
     mean_ms: float
     min_ms: float
+    ci95_ms: tuple[float, float]  # bootstrap interval of the median
+    seconds: float  # wall time spent on this graph at this batch, warm-up included
+    budget_stopped: bool  # fewer than MIN_RUNS timed calls because the budget ran out
+    times_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def per_image_ms(self) -> float:
         return self.median_ms / self.batch
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"per_image_ms": self.per_image_ms}
+        out = asdict(self) | {"per_image_ms": self.per_image_ms, "ci95_ms": list(self.ci95_ms)}
+        out.pop("times_ms")
+        return out
 
 
-def measure_latency(session: ort.InferenceSession, batch: np.ndarray, runs: int = 30, warmup: int = 5) -> Latency:
-    runs = max(runs, MIN_RUNS)
-    for _ in range(warmup):
-        run(session, batch)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(session, batch)
-        times.append((time.perf_counter() - t0) * 1e3)
+def _interval(samples: np.ndarray, stat: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+    """Percentile bootstrap of a statistic of the rows of `samples` (resampled with replacement)."""
+    lo, hi = np.percentile(stat(samples), [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+    return float(lo), float(hi)
+
+
+def _resample(times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return times[rng.integers(0, len(times), size=(BOOTSTRAP, len(times)))]
+
+
+def _latency(batch: int, times: list[float], warmup: int, seconds: float) -> Latency:
     t = np.asarray(times)
-    return Latency(int(batch.shape[0]), runs, warmup, float(np.median(t)), float(np.percentile(t, 90)),
-                   float(t.mean()), float(t.min()))
+    ci = _interval(_resample(t, np.random.default_rng(0)), lambda s: np.median(s, axis=1))
+    return Latency(batch, len(t), warmup, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
+                   float(t.min()), ci, seconds, len(t) < MIN_RUNS, tuple(float(x) for x in t))
+
+
+def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndarray], budget_s: float,
+                        tick: Callable[[str], None] | None = None) -> dict[str, Latency]:
+    """Each runtime's latency on its batch, their calls interleaved; `budget_s` seconds per runtime.
+
+    Stops when every runtime has MAX_RUNS timed calls, or when the budget is spent and each has at
+    least MIN_TIMED. `tick(status)` is called after every round (progress)."""
+    timers = {name: rt.timer(batches[name]) for name, rt in runtimes.items()}
+    start = time.perf_counter()
+    warm = 0
+    rounds = max(rt.warmup for rt in runtimes.values())  # fewer where they would eat a tenth of the budget
+    while warm < rounds and (warm == 0 or time.perf_counter() - start < 0.1 * budget_s * len(timers)):
+        for once in timers.values():
+            once()
+        warm += 1
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    deadline = start + budget_s * len(timers)
+    order = list(timers)
+    while True:
+        for name in order:  # the order flips every round: neither graph always runs right after the other
+            times[name].append(timers[name]())
+        order.reverse()
+        n = len(next(iter(times.values())))
+        if tick:
+            tick(f"{n} timed calls each")
+        if n >= MAX_RUNS or (n >= MIN_TIMED and time.perf_counter() >= deadline):
+            break
+    seconds = (time.perf_counter() - start) / len(timers)
+    return {name: _latency(int(batches[name].shape[0]), t, warm, seconds) for name, t in times.items()}
 
 
 def tile_batch(images: np.ndarray, n: int) -> np.ndarray:
@@ -51,7 +112,40 @@ def tile_batch(images: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:n])
 
 
-def latency_by_batch(session: ort.InferenceSession, sample: np.ndarray, runs: int = 30,
-                     batches: tuple[int, ...] = LATENCY_BATCHES) -> dict[str, dict]:
-    """Latency at each batch size, keyed by the batch as a string (the JSON layout reports use)."""
-    return {str(b): measure_latency(session, tile_batch(sample, b), runs=runs).to_dict() for b in batches}
+def latency_by_batch(runtimes: dict[str, Runtime], sample: np.ndarray, budget_s: float = DEFAULT_BUDGET_S,
+                     batches: tuple[int, ...] = LATENCY_BATCHES, tick: Callable[[str], None] | None = None,
+                     samples: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Latency]]:
+    """name -> batch (as a string: the JSON layout) -> Latency; the budget is split over the batches.
+    `samples`: a runtime's own input where it takes another than `sample` (a float network-only graph)."""
+    check_budget(budget_s)
+    inputs = {name: (samples or {}).get(name, sample) for name in runtimes}
+    out: dict[str, dict[str, Latency]] = {name: {} for name in runtimes}
+    for b in batches:
+        tiled = {name: tile_batch(x, b) for name, x in inputs.items()}
+        for name, lat in measure_interleaved(runtimes, tiled, budget_s / len(batches), tick).items():
+            out[name][str(b)] = lat
+    return out
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """reference / candidate median latency, with a bootstrap interval over both graphs' timed calls."""
+
+    speedup: float
+    ci95: tuple[float, float]
+
+    @property
+    def within_noise(self) -> bool:
+        """The interval holds 1.0: this measurement cannot tell the two graphs apart."""
+        return self.ci95[0] <= 1.0 <= self.ci95[1]
+
+    def to_dict(self) -> dict:
+        return {"speedup": self.speedup, "ci95": list(self.ci95), "within_noise": self.within_noise}
+
+
+def speedup(reference: Latency, candidate: Latency) -> Speedup:
+    rng = np.random.default_rng(0)
+    ref = np.median(_resample(np.asarray(reference.times_ms), rng), axis=1)
+    cand = np.median(_resample(np.asarray(candidate.times_ms), rng), axis=1)
+    lo, hi = _interval(ref / cand, lambda s: s)
+    return Speedup(reference.median_ms / candidate.median_ms, (lo, hi))

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.feeds import nhwc_batches
-from calibration.session import cpu_session, run
-from vpns_deploy.data.batches import to_unit_float
+from calibration.runtime import OrtRuntime, TorchRuntime, paired_logits
+from calibration.session import cpu_session
 from vpns_deploy.data.dataset import ImageSet
 from vpns_deploy.errors import UserError
 from vpns_deploy.prompts import PromptedNet
@@ -39,19 +38,15 @@ class Parity:
 def check_parity(onnx_path: Path, model: PromptedNet, data: ImageSet, prompted: bool,
                  images: int = 256, batch_size: int = 64) -> Parity:
     """ORT on raw uint8 NHWC vs the training-path PyTorch model on the same images (CPU, fp32)."""
-    subset = data.head(images)
-    session = cpu_session(onnx_path)
-    model = model.cpu().eval()
+    graph, reference = OrtRuntime(cpu_session(onnx_path)), TorchRuntime(model, torch.device("cpu"), prompted)
     worst, agree, n = 0.0, 0, 0
     passed = True
-    for batch, _ in nhwc_batches(subset, batch_size):
-        got = run(session, batch)
-        ref = model(to_unit_float(torch.from_numpy(batch).permute(0, 3, 1, 2)), prompted=prompted).numpy()
+    for got, ref in paired_logits(graph, reference, data.head(images), batch_size):
         diff = np.abs(got - ref)
         worst = max(worst, float(diff.max()))
         passed &= bool(np.all(diff <= ATOL + RTOL * np.abs(ref).max(axis=1, keepdims=True)))
         agree += int((got.argmax(1) == ref.argmax(1)).sum())
-        n += len(batch)
+        n += len(got)
     return Parity(n, worst, agree / max(n, 1), ATOL, RTOL, passed)
 
 
@@ -117,11 +112,11 @@ def agreement_of(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 def compare_graphs(reference: Path, candidate: Path, data: ImageSet, images: int = 1000,
                    batch_size: int = 64) -> Agreement:
     subset = ImageSet(data.images[:images], data.labels[:images], data.classes)
-    ref_s, cand_s = cpu_session(reference), cpu_session(candidate)
     refs, cands = [], []
-    for batch, _ in nhwc_batches(subset, batch_size):
-        refs.append(run(ref_s, batch).astype(np.float32))
-        cands.append(run(cand_s, batch).astype(np.float32))
+    for ref, cand in paired_logits(OrtRuntime(cpu_session(reference)), OrtRuntime(cpu_session(candidate)), subset,
+                                   batch_size):
+        refs.append(ref.astype(np.float32))
+        cands.append(cand.astype(np.float32))
     if not refs:
         return Agreement(0, 0.0, 1.0)
     return agreement_of(np.concatenate(refs), np.concatenate(cands))

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.runtime import Runtime
+
 PROBE = r"""
 import json, sys
 out = {"tensorrt": None, "builder": False}
@@ -145,8 +147,12 @@ def sparse_layer_names(layers: list[dict]) -> list[str]:
     return [str(layer.get("Name")) for layer in layers if "sparse" in str(layer.get("TacticName", "")).lower()]
 
 
-class EngineRunner:
-    """One execution context; device buffers held by torch, so CUDA events time it."""
+class EngineRunner(Runtime):
+    """One execution context; device buffers held by torch, so CUDA events time it. A calibration
+    Runtime: top-1 and latency come from the same loops as ONNX Runtime's and PyTorch's."""
+
+    name = "tensorrt"
+    warmup = 20  # GPU clocks ramp up over the first calls
 
     def __init__(self, engine_path: Path) -> None:
         import tensorrt as trt
@@ -172,40 +178,31 @@ class EngineRunner:
         self.context.set_tensor_address(self.output, y.data_ptr())
         return x, y
 
-    def run(self, batch: "np.ndarray") -> "np.ndarray":
+    def infer(self, batch: "np.ndarray") -> "np.ndarray":
         x, y = self._bind(batch)
         with self.torch.cuda.stream(self.stream):
             self.context.execute_async_v3(self.stream.cuda_stream)
         self.stream.synchronize()
         return y.cpu().numpy()
 
-    def latency(self, batch: "np.ndarray", runs: int = 200, warmup: int = 20) -> dict:  # >= 100 runs (issue 6)
-        """Median and p90 milliseconds per call, CUDA events around each enqueue."""
+    run = infer
+
+    def timer(self, batch: "np.ndarray"):
+        """One enqueue timed by CUDA events (the buffers are bound once, outside the timed calls)."""
         torch = self.torch
-        x, y = self._bind(batch)  # noqa: F841 - the buffers must outlive the timed calls
-        times = []
-        with torch.cuda.stream(self.stream):
-            for i in range(warmup + runs):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        buffers = self._bind(batch)
+
+        def once() -> float:
+            _ = buffers  # the bound buffers must outlive the timed calls
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(self.stream):
                 start.record(self.stream)
                 self.context.execute_async_v3(self.stream.cuda_stream)
                 end.record(self.stream)
-                end.synchronize()
-                if i >= warmup:
-                    times.append(start.elapsed_time(end))
-        t = np.array(times)
-        return {"batch": int(batch.shape[0]), "runs": runs, "warmup": warmup,
-                "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))}
+            end.synchronize()
+            return float(start.elapsed_time(end))
 
-
-def engine_top1(runner: EngineRunner, images, batch_size: int = 256) -> float:
-    from calibration.feeds import nhwc_batches
-
-    correct = n = 0
-    for batch, labels in nhwc_batches(images, batch_size):
-        correct += int((runner.run(batch).argmax(1) == labels).sum())
-        n += len(labels)
-    return correct / max(n, 1)
+        return once
 
 
 def ort_gpu_providers(onnx_path: Path) -> list[str]:

@@ -1,29 +1,19 @@
 """Per-epoch training checkpoints in a run's partial directory, tied to the settings that made them."""
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
+from pipelines.manifest import fingerprint  # noqa: F401 - the hash primitive, re-exported for callers
 from vpns_deploy.atomic import atomic_torch_save
 from vpns_deploy.errors import UserError
 
 
-def fingerprint(settings: dict) -> str:
-    """Two runs may share a checkpoint only if everything that shapes training is equal.
-
-    `settings` must hold plain JSON values (str, numbers, bools, None, lists, dicts) taken from the
-    command's settings and inputs before the run starts. Anything else is refused (TypeError) rather
-    than hashed through str(): an object's str() can carry a memory address or state the run changes
-    (a model edited in place), so a killed run and its rerun would never match."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
 class FileCheckpoint:
-    """`invocation` is what `compress --resume RUN_DIR` needs to call the same run again."""
+    """`fingerprint`: manifest.run_fingerprint of the run's settings (the same digest its manifest
+    records when done). `invocation` is what `compress --resume RUN_DIR` needs to call the same run again."""
 
     def __init__(self, path: Path, fingerprint: str, invocation: dict | None = None) -> None:
         self.path = Path(path)

@@ -1,7 +1,9 @@
-"""The `vpns-deploy` command line: the top layer (nothing imports it), thin wrappers over the pipeline stages."""
+"""The `vpns-deploy` command line: the top layer (nothing imports it), thin wrappers over the pipeline stages.
+
+Over 300 lines because each command carries its help text, which is the user's documentation; the
+options compress and sweep share are generated (cli_options.py), not written here."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import signal
 import sys
@@ -10,13 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpns_deploy.config import (
-    DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, SCORE_LR_RULE, CompressConfig, OptimConfig,
+from pipelines.cli_options import (
+    HEAD_OPTIONS, METHOD_OPTIONS, MODEL_OPTIONS, TRAINING_OPTIONS, compress_config, input_overrides, with_options,
 )
+from pipelines.recipe import ARCH_HELP, ReportSection
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEVIATIONS, CompressConfig
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
-from vpns_deploy.heads import HEAD_HELP
-from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
 
 app = typer.Typer(
     add_completion=False,
@@ -28,10 +30,6 @@ app = typer.Typer(
     "Typical use: [bold]compress[/] MODEL -> [bold]export[/] RUN_DIR -> [bold]report[/] RUN_DIR.",
 )
 
-_defaults = CompressConfig()
-ARCH_HELP = (f"Architecture of MODEL: {ARCH_FAMILIES}. Sets the input size, resampling and normalisation the "
-             "network was trained with (its timm/torchvision config), unless overridden below. A pickled MODEL "
-             "takes its input from --arch (and must fit it) or from --mean/--std.")
 DATA_HELP = f"Data set: {DATA_SPEC_HELP}."
 QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal output, e.g. CI logs, gets anyway)."
 
@@ -105,48 +103,12 @@ def train(
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
 
 
-# Options shared by compress and sweep: defined once, so help and defaults cannot drift apart.
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help=ARCH_HELP)]
-MethodOpt = Annotated[str, typer.Option("--method", help=f"One of {', '.join(METHODS)}.")]
-ModeOpt = Annotated[str, typer.Option("--mode", help="unstructured (global top-k over weights); channel (whole coupled channel groups, then physically removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor cores).")]
-EpochsMaskOpt = Annotated[int, typer.Option("--epochs-mask", help="Stage-1 (mask finding) epochs.")]
-EpochsTuneOpt = Annotated[int, typer.Option("--epochs-tune", help="Stage-2 (subnetwork tuning) epochs.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per optimiser step.")]
-PromptOpt = Annotated[str, typer.Option("--prompt", help="pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned (sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; expected mask at evaluation).")]
-PadOpt = Annotated[Optional[int], typer.Option("--pad", help="Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")]
-LrScoresOpt = Annotated[Optional[float], typer.Option("--lr-scores", help=f"Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M). Default: {SCORE_LR_RULE}, i.e. the reference's 1e-4 for 30-epoch stages and more for short ones (1e-3 over 392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %: docs/benchmarks.md).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of scores, data order and augmentation.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
-TrainSubsetOpt = Annotated[Optional[int], typer.Option("--train-subset", help="Use N class-balanced training images (quick runs).")]
-TestSubsetOpt = Annotated[Optional[int], typer.Option("--test-subset", help="Evaluate on N class-balanced test images (default: all).")]
-ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Fraction of the training split held out (class-balanced, the same images for every --seed) as the validation split: it is evaluated after every epoch and decides whether the prompt ships; the test split is measured only at the end of each stage and never chooses anything. 0: no validation split. With --train-subset N it is carved from the N images.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader processes that decode and augment streamed images. Default: the CPU cores minus one, at most 8 (0 on a single core). Never changes a result.")]
-MemoryBudgetOpt = Annotated[float, typer.Option("--memory-budget", help="Fraction of RAM the decoded images may take: a data set that fits is decoded once into memory (tar archives also cached on disk by sha256 and size); a larger one is streamed from its files by the workers. 0: always stream.")]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the model's head (a check): with --head keep it must match the data; with --head map/new it must match the checkpoint's head.")]
-HeadOpt = Annotated[str, typer.Option("--head", help=HEAD_HELP)]
-HeadWarmupOpt = Annotated[int, typer.Option("--head-warmup-epochs", help="--head new: epochs that train only the fresh head (SGD, cosine; recipes: compress.optim.lr_head) before stage 1, counted in the run's optimiser steps.")]
-InputSizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Side in pixels the network is trained and exported at (images are resized; evaluation resizes to size/crop_pct and centre-crops). Default: the architecture's own (32 CIFAR ResNets, 8 digits_cnn, 224 or the config's for torchvision/timm; a pickled MODEL without --arch keeps the data's size).")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean of [0,1] pixels, comma-separated (e.g. 0.485,0.456,0.406). Default: the architecture's config.")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std of [0,1] pixels, comma-separated, all > 0 (e.g. 0.229,0.224,0.225). Default: the architecture's config.")]
-InterpolationOpt = Annotated[Optional[str], typer.Option("--interpolation", help=f"Resampling when resizing: {'|'.join(INTERPOLATIONS)}. Default: the architecture's config.")]
-TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled nn.Module (runs code from the file: only for files you trust).")]
+# Options of compress and sweep that come from no configuration dataclass (those that do: cli_options.py).
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only once the new run is complete).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
-
-
-
-def _input_overrides(input_size: int | None, mean: str | None, std: str | None,
-                     interpolation: str | None):
-    """--input-size/--mean/--std/--interpolation as one validated InputOverrides (one-line errors)."""
-    from vpns_deploy.models.input_overrides import InputOverrides, parse_floats
-
-    return InputOverrides(input_size, parse_floats(mean, "--mean"), parse_floats(std, "--std"), interpolation)
-
-
-def _optim(lr_scores: float | None) -> OptimConfig:
-    """The default optimisers, with the score learning rate the user asked for (OptimConfig checks it)."""
-    return _defaults.optim if lr_scores is None else dataclasses.replace(_defaults.optim, lr_scores=lr_scores)
+SPARSITY, SPEEDUP = ((CompressConfig, "sparsity"),), ((CompressConfig, "speedup"),)
+EMPTY_LAYERS = ((CompressConfig, "allow_empty_layers"),)
 
 
 @app.command(
@@ -166,36 +128,11 @@ def _optim(lr_scores: float | None) -> OptimConfig:
     "Deviations from the reference code: " + "; ".join(DEVIATIONS) + ".",
 )
 @friendly
+@with_options(MODEL_OPTIONS, SPARSITY, METHOD_OPTIONS, SPEEDUP, TRAINING_OPTIONS, HEAD_OPTIONS, EMPTY_LAYERS)
 def compress(
     model: Annotated[Optional[Path], typer.Argument(help="Checkpoint: a state dict (needs --arch) or, with --trust-pickle, a pickled nn.Module. Leave out with --resume.")] = None,
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP + " Required unless --resume.")] = None,
-    arch: ArchOpt = None,
-    input_size: InputSizeOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    interpolation: InterpolationOpt = None,
-    sparsity: Annotated[float, typer.Option(help="Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable channels (channel). Unused by N:M.")] = _defaults.sparsity,
-    method: MethodOpt = _defaults.method,
-    mode: ModeOpt = _defaults.mode,
-    speedup: Annotated[Optional[float], typer.Option(help="Channel mode: target MACs reduction (e.g. 2.0 halves the MACs); the channel fraction is searched at every mask update, replacing --sparsity.")] = None,
-    epochs_mask: EpochsMaskOpt = _defaults.epochs_mask,
-    epochs_tune: EpochsTuneOpt = _defaults.epochs_tune,
-    batch_size: BatchOpt = _defaults.batch_size,
-    prompt: PromptOpt = _defaults.prompt,
-    pad: PadOpt = None,
-    lr_scores: LrScoresOpt = None,
-    seed: SeedOpt = _defaults.seed,
-    device: DeviceOpt = _defaults.device,
-    train_subset: TrainSubsetOpt = None,
-    test_subset: TestSubsetOpt = None,
-    val_fraction: ValFractionOpt = _defaults.val_fraction,
-    workers: WorkersOpt = None,
-    memory_budget: MemoryBudgetOpt = _defaults.memory_budget,
-    num_classes: NumClassesOpt = None,
-    head: HeadOpt = _defaults.head,
-    head_warmup_epochs: HeadWarmupOpt = _defaults.head_warmup_epochs,
-    trust_pickle: TrustPickleOpt = False,
-    allow_empty_layers: Annotated[bool, typer.Option(help="Unstructured mode: accept a --sparsity so high that some layer keeps no weight at all (its output becomes a constant). Refused without this.")] = False,
+    options: dict | None = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it was started with. Re-running the same command does the same.")] = None,
@@ -216,53 +153,25 @@ def compress(
     if model is None or data is None:
         raise UserError("compress needs MODEL and --data", "e.g. vpns-deploy compress model.pt --data tar:cifar10.tar.gz "
                         "--arch cifar_resnet20 (or --resume RUN_DIR)")
-    cfg = CompressConfig(
-        method=method, mode=mode, speedup=speedup, sparsity=sparsity, epochs_mask=epochs_mask, epochs_tune=epochs_tune,  # type: ignore[arg-type]
-        batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
-        train_subset=train_subset, test_subset=test_subset, optim=_optim(lr_scores),
-        allow_empty_layers=allow_empty_layers, head=head, head_warmup_epochs=head_warmup_epochs,
-        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget,
-    )
+    cfg, arch = compress_config(options), options["arch"]
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
-        out = DEFAULT_RUNS / f"{(arch or model.stem).replace(':', '-')}-{method}-{mode_part}{cfg.target_text}-seed{seed}"
+        out = DEFAULT_RUNS / f"{(arch or model.stem).replace(':', '-')}-{cfg.method}-{mode_part}{cfg.target_text}-seed{cfg.seed}"
 
-    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet),
-                 inputs=_input_overrides(input_size, mean, std, interpolation))
+    run_compress(model, arch, data, cfg, out, overwrite, options["num_classes"], options["trust_pickle"],
+                 Reporter(quiet=quiet), inputs=input_overrides(options))
     typer.echo(str(out))
 
 
 @app.command()
 @friendly
+@with_options(MODEL_OPTIONS, METHOD_OPTIONS, TRAINING_OPTIONS, HEAD_OPTIONS)
 def sweep(
     model: Annotated[Path, typer.Argument(help="Checkpoint, as for compress.")],
     data: Annotated[str, typer.Option(help=DATA_HELP)],
     sparsity: Annotated[str, typer.Option(help="Comma-separated targets, one run each (unstructured: of weights; channel: of channels).")] = "0.5,0.7,0.9",
     speedup: Annotated[Optional[str], typer.Option(help="Channel mode: comma-separated MACs reductions instead of --sparsity, e.g. 1.5,2,3.")] = None,
-    arch: ArchOpt = None,
-    input_size: InputSizeOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    interpolation: InterpolationOpt = None,
-    method: MethodOpt = _defaults.method,
-    mode: ModeOpt = _defaults.mode,
-    epochs_mask: EpochsMaskOpt = _defaults.epochs_mask,
-    epochs_tune: EpochsTuneOpt = _defaults.epochs_tune,
-    batch_size: BatchOpt = _defaults.batch_size,
-    prompt: PromptOpt = _defaults.prompt,
-    pad: PadOpt = None,
-    lr_scores: LrScoresOpt = None,
-    seed: SeedOpt = _defaults.seed,
-    device: DeviceOpt = _defaults.device,
-    train_subset: TrainSubsetOpt = None,
-    test_subset: TestSubsetOpt = None,
-    val_fraction: ValFractionOpt = _defaults.val_fraction,
-    workers: WorkersOpt = None,
-    memory_budget: MemoryBudgetOpt = _defaults.memory_budget,
-    num_classes: NumClassesOpt = None,
-    head: HeadOpt = _defaults.head,
-    head_warmup_epochs: HeadWarmupOpt = _defaults.head_warmup_epochs,
-    trust_pickle: TrustPickleOpt = False,
+    options: dict | None = None,
     precision: PrecisionOpt = "fp32",
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory: one run per point inside it (default runs/sweep-<arch>-<method>-<mode>).")] = None,
     overwrite: OverwriteOpt = False,
@@ -279,20 +188,15 @@ def sweep(
     from pipelines.sweep import run_sweep
     from vpns_deploy.progress import Reporter
 
-    base = CompressConfig(
-        method=method, mode=mode, epochs_mask=epochs_mask, epochs_tune=epochs_tune, batch_size=batch_size,  # type: ignore[arg-type]
-        prompt=prompt, pad=pad, seed=seed, device=device, train_subset=train_subset, test_subset=test_subset,  # type: ignore[arg-type]
-        speedup=_floats(speedup, "--speedup")[0] if speedup else None, optim=_optim(lr_scores),
-        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget, head=head,
-        head_warmup_epochs=head_warmup_epochs,
-    )
+    base = compress_config(options, speedup=_floats(speedup, "--speedup")[0] if speedup else None)
     sparsities = None if speedup else _floats(sparsity, "--sparsity")
     for s in sparsities or []:
         CompressConfig(sparsity=s)  # one-line error for a value outside (0, 1), before anything runs
-    out = out or DEFAULT_RUNS / f"sweep-{(arch or model.stem).replace(':', '-')}-{method}-{mode.replace(':', 'of')}"
+    arch = options["arch"]
+    out = out or DEFAULT_RUNS / f"sweep-{(arch or model.stem).replace(':', '-')}-{base.method}-{base.mode.replace(':', 'of')}"
     result = run_sweep(model, arch, data, base, out, sparsities, _floats(speedup, "--speedup") if speedup else None,
-                       _precisions(precision), num_classes, trust_pickle, overwrite, Reporter(quiet=quiet),
-                       inputs=_input_overrides(input_size, mean, std, interpolation))
+                       _precisions(precision), options["num_classes"], options["trust_pickle"], overwrite,
+                       Reporter(quiet=quiet), inputs=input_overrides(options))
     typer.echo(str(result))
 
 
@@ -317,12 +221,11 @@ def run_recipe_cmd(
     ran = run_recipe(parsed, overwrite=overwrite, reporter=Reporter(quiet=quiet))
     report_json = parsed.out / "report.json"
     if report_json.is_file():
-        import json
-
-        from pipelines.report_stage import render_table
+        from pipelines.report_record import Report
+        from pipelines.report_render import render_table
         from vpns_deploy.progress import out_console
 
-        out_console.print(render_table(json.loads(report_json.read_text())))
+        out_console.print(render_table(Report.read(report_json)))
     typer.echo(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
 
 
@@ -384,16 +287,20 @@ def export(
 
 @app.command()
 @friendly
+@with_options(((ReportSection, "latency_budget"),))
 def report(
     run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="One or more run directories (default: the latest run). Several: compared side by side.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Override the runs' data.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Several runs: where the comparison goes (default: a 'comparison' folder beside the first run).")] = None,
     remeasure: Annotated[bool, typer.Option(help="Measure again even where a run's report.json is newer than its export.")] = False,
+    options: dict | None = None,
     trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
     """Measure dense vs compressed and show it: top-1 (PyTorch, ONNX Runtime in every exported precision),
-    parameters, MACs, sizes, ONNX Runtime CPU latency (median and p90, batch 1 and 64), speedup and
-    efficiency (latency speedup / MACs ratio), TensorRT where engines were built.
+    parameters, MACs, sizes, ONNX Runtime CPU latency (median, p90 and a 95 % interval, batch 1 and 64,
+    bounded by --latency-budget, with progress), speedup with its interval ("within noise" where that
+    holds 1.0) and efficiency (latency speedup / MACs ratio), the CPU's instruction sets (AVX2, AVX-512,
+    VNNI, AMX) and whether int8 can be faster on it, TensorRT where engines were built.
 
     Writes report.json, report.md, PNG plots (training curves, per-layer sparsity, latency) and a
     self-contained report.html into the run directory; several runs get one comparison of them all.
@@ -403,7 +310,8 @@ def report(
     from pipelines.load_run import pickles_trusted
 
     with pickles_trusted(trust_pickle):
-        report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure)
+        report_runs(run_dirs or [_run_dir(None)], out=out, data_spec=data, remeasure=remeasure,
+                    latency_budget=options["latency_budget"])
 
 
 def _interrupt_on_sigterm() -> None:

@@ -6,23 +6,26 @@ report.html; each run keeps its own report.json.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
+from calibration.latency import DEFAULT_BUDGET_S, check_budget
 from pipelines import plots
 from pipelines.html_report import render_html
-from pipelines.report_stage import DENSE_ONNX, render_table, report_is_current, run_report, table_rows
-from pipelines.run_dir import MANIFEST, RunDir, now
+from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REPORT_HTML, REPORT_JSON
+from pipelines.manifest import Manifest
+from pipelines.report_record import Report
+from pipelines.report_render import render_table, speedup_text, table_rows
+from pipelines.report_stage import report_is_current, run_report
+from pipelines.run_dir import RunDir, now
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter, out_console
 
-PLOTS = (("training_curves.png", "Test top-1 after every epoch, per stage"),
-         ("layer_sparsity.png", "Removed fraction per layer"),
-         ("latency.png", "ONNX Runtime CPU latency: median (bar) and p90 (whisker)"))
+PLOTS = tuple(zip(PLOT_PNGS, ("Test top-1 after every epoch, per stage", "Removed fraction per layer",
+                               "ONNX Runtime CPU latency: median (bar) and p90 (whisker)")))
 
 
 def _labels(run_dirs: list[Path]) -> list[str]:
@@ -30,14 +33,15 @@ def _labels(run_dirs: list[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in run_dirs]
 
 
-def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: Reporter) -> tuple[dict, dict]:
+def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: Reporter,
+              latency_budget: float) -> tuple[Manifest, Report]:
     if not (Path(run_dir) / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})", "pass the --out of a compress run")
     if remeasure or not report_is_current(run_dir):
         reporter.line(f"measuring {run_dir}")
-        run_report(run_dir, data_spec, reporter, print_table=False)
+        run_report(run_dir, data_spec, reporter, print_table=False, latency_budget=latency_budget)
     run = RunDir.open(run_dir)
-    return run.manifest, json.loads(run.verified("report.json").read_text())
+    return run.manifest, Report.read(run.verified(REPORT_JSON))
 
 
 def _draw(runs: list[plots.Run], out: Path) -> list[tuple[str, Path]]:
@@ -56,43 +60,44 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
 
     first = runs[0][2]
     rows: list[tuple[str, ...]] = [
-        ("method / mode", "dense", *(f"{r['method']} / {r.get('mode', 'unstructured')}" for _, _, r in runs)),
-        ("sparsity", "0.00%", *(pct(r["sparsity_prunable"]) for _, _, r in runs)),
-        ("top-1, ONNX Runtime (shipped graph)", pct(first["accuracy"]["dense"]["onnxruntime"]),
-         *(pct(r["accuracy"]["compressed"]["onnxruntime"]) for _, _, r in runs)),
-        ("top-1 without prompt (PyTorch)", pct(first["accuracy"]["dense"]["pytorch"]),
-         *(pct(r["accuracy"]["compressed"]["pytorch_no_prompt"]) for _, _, r in runs)),
-        ("parameters (non-zero)", f"{first['counts']['dense']['nonzero']:,}",
-         *(f"{r['counts']['compressed']['nonzero']:,}" for _, _, r in runs)),
-        ("MACs per image", f"{first['counts']['dense']['macs'] / 1e6:.2f} M",
-         *(f"{r['counts']['compressed']['macs'] / 1e6:.2f} M" for _, _, r in runs)),
-        ("ONNX gzip size", f"{first['files'][DENSE_ONNX]['gzip_bytes'] / 1e6:.2f} MB",
-         *(f"{r['files']['model.onnx']['gzip_bytes'] / 1e6:.2f} MB" for _, _, r in runs)),
+        ("method / mode", "dense", *(f"{r.method} / {r.mode}" for _, _, r in runs)),
+        ("sparsity", "0.00%", *(pct(r.sparsity_prunable) for _, _, r in runs)),
+        ("top-1, ONNX Runtime (shipped graph)", pct(first.accuracy["dense"]["onnxruntime"]),
+         *(pct(r.accuracy["compressed"]["onnxruntime"]) for _, _, r in runs)),
+        ("top-1 without prompt (PyTorch)", pct(first.accuracy["dense"]["pytorch"]),
+         *(pct(r.accuracy["compressed"]["pytorch_no_prompt"]) for _, _, r in runs)),
+        ("parameters (non-zero)", f"{first.counts['dense']['nonzero']:,}",
+         *(f"{r.counts['compressed']['nonzero']:,}" for _, _, r in runs)),
+        ("MACs per image", f"{first.counts['dense']['macs'] / 1e6:.2f} M",
+         *(f"{r.counts['compressed']['macs'] / 1e6:.2f} M" for _, _, r in runs)),
+        ("ONNX gzip size", f"{first.files[DENSE_ONNX]['gzip_bytes'] / 1e6:.2f} MB",
+         *(f"{r.files[MODEL_ONNX]['gzip_bytes'] / 1e6:.2f} MB" for _, _, r in runs)),
     ]
-    for b in first["latency_ms"]["dense"]:
-        rows.append((f"ORT CPU latency, batch {b} (median / p90)", lat(first["latency_ms"]["dense"], b),
-                     *(lat(r["latency_ms"]["compressed"], b) for _, _, r in runs)))
-        rows.append((f"speedup, batch {b} (efficiency)", "1.00x",
-                     *(f"{r['speedup'][b]['speedup']:.2f}x ({r['speedup'][b]['efficiency']:.2f})" for _, _, r in runs)))
-    for precision in sorted({p for _, _, r in runs for p in r.get("precision", {})}):
-        rows.append((f"top-1, ONNX Runtime {precision}", pct(first.get("precision", {}).get(precision, {})
+    for b in first.latency_ms["dense"]:
+        rows.append((f"ORT CPU latency, batch {b} (median / p90)", lat(first.latency_ms["dense"], b),
+                     *(lat(r.latency_ms["compressed"], b) for _, _, r in runs)))
+        rows.append((f"speedup, batch {b} [95 % interval] (efficiency)", "1.00x",
+                     *(f"{speedup_text(r.speedup[b])} ({r.speedup[b]['efficiency']:.2f})" for _, _, r in runs)))
+    for precision in sorted({p for _, _, r in runs for p in r.precision}):
+        rows.append((f"top-1, ONNX Runtime {precision}", pct(first.precision.get(precision, {})
                                                              .get("dense", {}).get("onnxruntime")),
-                     *(pct(r.get("precision", {}).get(precision, {}).get("compressed", {}).get("onnxruntime"))
+                     *(pct(r.precision.get(precision, {}).get("compressed", {}).get("onnxruntime"))
                        for _, _, r in runs)))
-    rows.append(("test images", str(first["test_images"]), *(str(r["test_images"]) for _, _, r in runs)))
+    rows.append(("test images", str(first.test_images), *(str(r.test_images) for _, _, r in runs)))
     return rows
 
 
 def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | None = None,
                 remeasure: bool = False, reporter: Reporter | None = None, print_table: bool = True,
-                extra_images: list[tuple[str, Path]] | None = None) -> Path:
+                extra_images: list[tuple[str, Path]] | None = None, latency_budget: float = DEFAULT_BUDGET_S) -> Path:
     """Returns the directory that holds report.md, the PNGs and report.html.
 
     One run and no `out`: everything goes into the run directory. Otherwise a comparison in `out`.
     """
     reporter = reporter or Reporter()
+    check_budget(latency_budget)  # before the first run is measured
     run_dirs = [Path(p) for p in run_dirs]
-    measured = [_measured(p, data_spec, remeasure, reporter) for p in run_dirs]
+    measured = [_measured(p, data_spec, remeasure, reporter, latency_budget) for p in run_dirs]
     runs = [(label, m, r) for label, (m, r) in zip(_labels(run_dirs), measured)]
     if len(runs) == 1 and out is None:
         run = RunDir.open(run_dirs[0])
@@ -100,16 +105,16 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
         report = runs[0][2]
         header, rows = ["measure", "dense", "compressed"], table_rows(report)
         title = f"vpns-deploy report: {run_dirs[0].name}"
-        notes = [f"Measured {report['created']} on {report['test_images']} test images; ONNX Runtime "
-                 f"{report['machine'].get('onnxruntime-gpu') or report['machine'].get('onnxruntime')}, "
-                 f"{report['machine']['threads']} CPU threads."]
-        atomic_write_text(run.file("report.html"), render_html(title, notes, header, rows, images))
-        for name in [p.name for _, p in images] + ["report.html"]:
+        notes = [f"Measured {report.created} on {report.test_images} test images; ONNX Runtime "
+                 f"{report.machine.get('onnxruntime-gpu') or report.machine.get('onnxruntime')}, "
+                 f"{report.machine['threads']} CPU threads."]
+        atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images))
+        for name in [p.name for _, p in images] + [REPORT_HTML]:
             run.record(name)
         run.save()
         if print_table:
             out_console.print(render_table(report))
-        reporter.line(f"report: {run.file('report.md')}, {run.file('report.html')} and "
+        reporter.line(f"report: {run.file('report.md')}, {run.file(REPORT_HTML)} and "
                       f"{', '.join(p.name for _, p in images)}")
         return run.path
     out = Path(out) if out is not None else run_dirs[0].parent / "comparison"
@@ -118,7 +123,8 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
     header = ["measure", f"dense ({runs[0][0]})", *(label for label, _, _ in runs)]
     rows = comparison_rows(runs)
     title = f"vpns-deploy comparison of {len(runs)} runs"
-    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median / p90."]
+    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median / p90; a "
+             "speedup whose 95 % interval holds 1.0 is within noise."]
     md = [f"# {title}", "", notes[0], "", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += [""] + [f"![{caption}]({p.name})" for caption, p in images]

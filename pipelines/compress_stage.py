@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from vpns_deploy.atomic import atomic_torch_save
-from pipelines.checkpoint import FileCheckpoint, fingerprint
-from pipelines.run_dir import CHECKPOINT, RunDir, check_out, now, partial_path, staged_directory, versions
+from pipelines.artifacts import CHECKPOINT, DENSE_PT, MASKS_PT, MODEL_PT, PROMPT_PT
+from pipelines.checkpoint import FileCheckpoint
+from pipelines.manifest import DataRecord, Manifest, ModelRecord, run_fingerprint
+from pipelines.run_dir import RunDir, check_out, now, partial_path, staged_directory, versions
 from vpns_deploy.compress import compress
 from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
 from vpns_deploy.macs import count_macs, count_params
@@ -23,7 +25,6 @@ from vpns_deploy.progress import Reporter
 from vpns_deploy.heads import dense_label_map, head_record, prepare_head, warm_up_head
 from vpns_deploy.prompts import PromptedNet, prompt_decision
 
-SCHEMA = 1
 PRUNABLE_TEXT = {
     "unstructured": "every Conv2d and Linear weight (stem and classifier included); BN and biases never",
     "channel": "output channels of every coupled channel group found by torch-pruning (residual streams "
@@ -124,17 +125,12 @@ def run_compress(
         f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train{val_text} / "
         f"{len(splits.test)} test images ({_data_text(splits)}), dense top-1 {dense_top1:.2%}"
     )
-    # The worker count never changes a result (draws are made in the main process), so a resumed run
-    # may use another; where the images live (RAM or streamed) does change the augmentation draws.
-    settings = {"config": {k: v for k, v in cfg.to_dict().items() if k != "workers"},
-                "model_sha256": loaded.sha256, "arch": loaded.arch, "data": splits.fingerprint,
-                "train": len(splits.train), "test": len(splits.test),
-                "val": len(splits.val) if splits.val is not None else 0, "storage": splits.storage,
-                "inputs": loaded.inputs.to_dict()}
+    # One fingerprint: the checkpoint is resumed, and stages call the finished run done, on the same digest.
+    key = run_fingerprint(cfg.to_dict(), loaded.sha256, loaded.arch, splits.fingerprint, inputs.to_dict())
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
                   "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle,
                   "overwrite": overwrite, "inputs": inputs.to_dict()}
-    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings), invocation)
+    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, key, invocation)
     resumed = lambda p: reporter.line(f"found an unfinished run with the same settings in {p}")  # noqa: E731
     with staged_directory(out, overwrite, checkpoint, resumed) as tmp:
         run = RunDir(tmp)
@@ -154,34 +150,33 @@ def run_compress(
                  "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
         decision = prompt_decision(final.get("val_top1_plain"), final.get("val_top1_prompted"),
                                    result.prompt_spec is not None)
-        _save_network(run, "model.pt", baked, loaded.arch)
-        _save_network(run, "dense.pt", dense, loaded.arch)
-        atomic_torch_save(run.file("masks.pt"), result.masks.masks())
-        run.record("masks.pt")
+        _save_network(run, MODEL_PT, baked, loaded.arch)
+        _save_network(run, DENSE_PT, dense, loaded.arch)
+        atomic_torch_save(run.file(MASKS_PT), result.masks.masks())
+        run.record(MASKS_PT)
         if result.model.prompt is not None:
-            atomic_torch_save(run.file("prompt.pt"), {k: v.cpu() for k, v in result.model.prompt.state_dict().items()})
-            run.record("prompt.pt")
-        run.manifest.update({
-            "schema": SCHEMA,
-            "created": now(),
-            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-            "config": cfg.to_dict(),
-            "model": {"source": str(Path(model_path).resolve()), "sha256": loaded.sha256, "arch": loaded.arch,
-                      "num_classes": loaded.num_classes, "inputs": loaded.inputs.to_dict(),
-                      "inputs_from": loaded.inputs_from, "input_overrides": inputs.to_dict()},
-            "data": {"spec": absolute_spec(splits.spec), "fingerprint": splits.fingerprint, "classes": splits.train.classes,
-                     "image_shape": list(splits.train.image_shape), "train_images": len(splits.train),
-                     "val_images": len(splits.val) if splits.val is not None else 0,
-                     "test_images": len(splits.test), "augment": vars(splits.augment), **splits.details},
-            "prompt": result.prompt_spec.to_dict() if result.prompt_spec else None,
-            "method": {"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]], "stages": result.stage_plans,
+            atomic_torch_save(run.file(PROMPT_PT), {k: v.cpu() for k, v in result.model.prompt.state_dict().items()})
+            run.record(PROMPT_PT)
+        run.manifest = Manifest(
+            fingerprint=key, config=cfg.to_dict(), artifacts=run.artifacts, seed=cfg.seed,
+            model=ModelRecord(source=str(Path(model_path).resolve()), sha256=loaded.sha256, arch=loaded.arch,
+                              num_classes=loaded.num_classes, inputs=loaded.inputs.to_dict(),
+                              inputs_from=loaded.inputs_from, input_overrides=inputs.to_dict()),
+            data=DataRecord(spec=absolute_spec(splits.spec), fingerprint=splits.fingerprint,
+                            classes=splits.train.classes, image_shape=list(splits.train.image_shape),
+                            details={"train_images": len(splits.train),
+                                     "val_images": len(splits.val) if splits.val is not None else 0,
+                                     "test_images": len(splits.test), "augment": vars(splits.augment),
+                                     **splits.details}),
+            prompt=result.prompt_spec.to_dict() if result.prompt_spec else None,
+            method={"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]], "stages": result.stage_plans,
                        "label_mapping": result.label_map or "identity", "dense_label_mapping": dense_map_record,
                        "head": head_record(cfg, baked, splits.num_classes, warmup),
                        "deviations": list(DEVIATIONS)},
-            "device": str(device),
-            "seed": cfg.seed,
-            "versions": versions(),
-            "metrics": {
+            other={"created": now(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "device": str(device),
+                   "versions": versions(),
+                   "timings": {"stage_seconds": result.stage_seconds, "total_seconds": time.perf_counter() - t_start}},
+            metrics={
                 "dense_top1": dense_top1,
                 "prompt_decision": decision,
                 **final,
@@ -192,10 +187,9 @@ def run_compress(
                 "per_layer": [vars(s) | {"sparsity": s.sparsity} for s in result.masks.stats()],
                 "epochs": [r.to_dict() for r in [*warmup, *result.history]],  # the head warm-up counts too
             },
-            "timings": {"stage_seconds": result.stage_seconds, "total_seconds": time.perf_counter() - t_start},
-        })
+        )
         run.save()
-    structure = run.manifest["metrics"]["structure"]
+    structure = run.manifest.metrics["structure"]
     macs = structure["macs"]
     shrink = (f", MACs {macs['dense'] / 1e6:.1f}M -> {macs['compressed'] / 1e6:.1f}M "
               f"({macs['dense'] / max(1, macs['compressed']):.2f}x)" if cfg.mode == "channel" else "")
@@ -217,9 +211,9 @@ def resume_compress(run_dir: Path, reporter: Reporter | None = None, overwrite: 
 
     An interrupted --overwrite stays one (the finished run it was replacing is replaced at the end);
     `overwrite` lets a user confirm that for a checkpoint written before that was recorded."""
+    from pipelines.artifacts import MANIFEST
     from pipelines.checkpoint import read_invocation
-    from pipelines.run_dir import MANIFEST
-    from vpns_deploy.config import OptimConfig
+    from vpns_deploy.config import config_from_dict
 
     run_dir = Path(run_dir)
     if run_dir.name.startswith(".") and run_dir.name.endswith(".partial"):  # the hidden directory itself
@@ -231,8 +225,7 @@ def resume_compress(run_dir: Path, reporter: Reporter | None = None, overwrite: 
             return run_dir
         raise UserError(f"no unfinished run at {run_dir} (no {partial_path(run_dir) / CHECKPOINT})",
                         "pass the --out directory of the interrupted compress, or start a new run")
-    cfg_dict = dict(inv["config"])
-    cfg = CompressConfig(**{**cfg_dict, "optim": OptimConfig(**cfg_dict["optim"])})
+    cfg = config_from_dict(inv["config"])
     overwrite = overwrite or bool(inv.get("overwrite"))
     if run_dir.exists() and not overwrite:
         raise UserError(f"{run_dir} holds a finished run and {partial_path(run_dir)} an unfinished run meant to "

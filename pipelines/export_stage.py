@@ -15,21 +15,21 @@ from export.onnx_export import export_onnx
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
 from export.sparsity_check import weight_patterns
 from export.tensorrt_engine import build_engine, probe
+from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX, TIMING_CACHE
 from pipelines.load_run import load_run
+from pipelines.manifest import ExportRecord, Manifest
 from pipelines.run_dir import now
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
 
-MODEL_ONNX, DENSE_ONNX = "model.onnx", "dense.onnx"
-TIMING_CACHE = "trt_timing.cache"
 FP16_MIN_AGREEMENT = 0.99  # below this fp16 is not rounding noise but overflow: refuse to ship it
 
 
-def prompt_choice(manifest: dict, with_prompt: bool | None, has_prompt: bool) -> dict:
+def prompt_choice(manifest: Manifest, with_prompt: bool | None, has_prompt: bool) -> dict:
     """Whether model.onnx carries the prompt: the user's --prompt/--no-prompt, else the run's validation
     decision (compress), else (runs made before the decision existed) the old default, folded in."""
-    decision = manifest.get("metrics", {}).get("prompt_decision")
+    decision = manifest.prompt_decision
     if not has_prompt:
         return {"fold": False, "by": "the run learned no prompt", "decision": decision}
     if with_prompt is not None:
@@ -114,23 +114,24 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
                               f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
                               f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
             if "int8" in precisions and calib is None:  # one calibration set for both graphs
-                calib = calibration_images(loaded.train_split(data_spec), calib_images, int(run.manifest["seed"]))
+                calib = calibration_images(loaded.train_split(data_spec), calib_images, run.manifest.run_seed)
             results[name]["precisions"] = _derive(stage, stage.file(name), precisions, test, calib, reporter)
         if with_prompt and loaded.prompt is None:
-            reporter.line(f"note: this run ({run.manifest['config']['method']}) learned no prompt; none to fold in")
+            reporter.line(f"note: this run ({run.manifest.method_name}) learned no prompt; none to fold in")
         elif loaded.prompt is not None:
             d = choice["decision"] or {}
             numbers = (f" (validation top-1 {d['val_top1_prompted']:.2%} with, {d['val_top1_plain']:.2%} without)"
                        if d.get("val_top1_plain") is not None and d.get("val_top1_prompted") is not None else "")
             reporter.line(f"prompt {'folded in' if ships_prompt else 'left out'}: {choice['by']}{numbers}")
-        pattern = run.manifest.get("metrics", {}).get("structure", {}).get("pattern")
+        pattern = run.manifest.pattern
         if pattern:
-            results[MODEL_ONNX]["nm_pattern"] = _check_pattern(stage.file(MODEL_ONNX), precisions, tuple(pattern), reporter)
+            results[MODEL_ONNX]["nm_pattern"] = _check_pattern(stage.file(MODEL_ONNX), precisions, pattern, reporter)
         engines = _engines(stage, precisions, pattern is not None, require_trt, reporter) if trt else None
-        run.manifest["export"] = {"created": now(), "ships_prompt": ships_prompt, "prompt_choice": choice,
-                                  "graph_resize": graph_resize, "caller_must_feed": contract, "graphs": results,
-                                  "precisions": list(precisions), "calib_images": calib_images, "tensorrt": engines}
-    return run.manifest["export"]
+        run.manifest.export = ExportRecord(
+            created=now(), ships_prompt=ships_prompt, prompt_choice=choice, graph_resize=graph_resize,
+            caller_must_feed=contract, graphs=results, precisions=list(precisions), calib_images=calib_images,
+            tensorrt=engines)
+    return run.manifest.export.to_dict()
 
 
 def _derive(run, fp32: Path, precisions: tuple[str, ...], test, calib, reporter: Reporter) -> dict:

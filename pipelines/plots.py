@@ -9,9 +9,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from pipelines.manifest import Manifest  # noqa: E402
+from pipelines.report_record import Report  # noqa: E402
 from vpns_deploy.atomic import atomic_write  # noqa: E402
 
-Run = tuple[str, dict, dict]  # (label, manifest, report)
+Run = tuple[str, Manifest, Report]  # (label, manifest, report)
 
 
 def _save(fig, path: Path) -> Path:
@@ -30,7 +32,7 @@ def training_curves(runs: list[Run], path: Path) -> Path:
     the end of each stage. A run without a validation split shows its stage-end test points only."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, manifest, _) in enumerate(runs):
-        epochs = manifest["metrics"]["epochs"]
+        epochs = manifest.metrics["epochs"]
         color = f"C{i}"
         x = list(range(1, len(epochs) + 1))
         if any(e.get("val_acc_plain") is not None for e in epochs):
@@ -44,7 +46,7 @@ def training_curves(runs: list[Run], path: Path) -> Path:
             if epochs[j]["stage"] != epochs[j - 1]["stage"]:
                 ax.axvline(j + 0.5, color=color, alpha=0.3, lw=1)
                 ax.text(j + 0.6, ax.get_ylim()[0], epochs[j]["stage"], color=color, fontsize=8, va="bottom")
-        ax.axhline(100 * manifest["metrics"]["dense_top1"], color="grey", ls=":", lw=1)
+        ax.axhline(100 * manifest.metrics["dense_top1"], color="grey", ls=":", lw=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (all stages; vertical line: next stage)")
     ax.set_ylabel("top-1 (%)")
@@ -56,11 +58,11 @@ def training_curves(runs: list[Run], path: Path) -> Path:
 
 def layer_sparsity(runs: list[Run], path: Path) -> Path:
     """Removed fraction per layer (weights; output channels in channel mode)."""
-    names = [layer["name"] for layer in runs[0][1]["metrics"]["per_layer"]]
+    names = [layer["name"] for layer in runs[0][1].metrics["per_layer"]]
     fig, ax = plt.subplots(figsize=(max(7, 0.32 * len(names) + 2), 4))
     width = 0.8 / len(runs)
     for i, (label, manifest, _) in enumerate(runs):
-        by_name = {layer["name"]: layer["sparsity"] for layer in manifest["metrics"]["per_layer"]}
+        by_name = {layer["name"]: layer["sparsity"] for layer in manifest.metrics["per_layer"]}
         ax.bar([k + i * width for k in range(len(names))], [100 * by_name.get(n, 0.0) for n in names],
                width=width, label=label, color=f"C{i}")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))])
@@ -75,17 +77,17 @@ def layer_sparsity(runs: list[Run], path: Path) -> Path:
 
 def latency_bars(runs: list[Run], path: Path) -> Path:
     """ONNX Runtime CPU latency per graph: bar = median, whisker up to p90; batch 1 and 64."""
-    batches = list(runs[0][2]["latency_ms"]["dense"])
+    batches = list(runs[0][2].latency_ms["dense"])
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8))
     axes = axes if len(batches) > 1 else [axes]
     for ax, b in zip(axes, batches):
-        labels, med, p90 = ["dense"], [runs[0][2]["latency_ms"]["dense"][b]["median_ms"]], [
-            runs[0][2]["latency_ms"]["dense"][b]["p90_ms"]]
+        labels, med, p90 = ["dense"], [runs[0][2].latency_ms["dense"][b]["median_ms"]], [
+            runs[0][2].latency_ms["dense"][b]["p90_ms"]]
         for label, _, report in runs:
             labels.append(label)
-            med.append(report["latency_ms"]["compressed"][b]["median_ms"])
-            p90.append(report["latency_ms"]["compressed"][b]["p90_ms"])
-            for precision, kinds in report.get("precision", {}).items():
+            med.append(report.latency_ms["compressed"][b]["median_ms"])
+            p90.append(report.latency_ms["compressed"][b]["p90_ms"])
+            for precision, kinds in report.precision.items():
                 labels.append(f"{label} {precision}")
                 med.append(kinds["compressed"]["latency_ms"][b]["median_ms"])
                 p90.append(kinds["compressed"]["latency_ms"][b]["p90_ms"])

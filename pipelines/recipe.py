@@ -8,7 +8,7 @@
     [compress]  every CompressConfig field; [compress.optim] every OptimConfig field
     [export]    (optional) prompt = true/false (default: compress's validation decision), graph_resize,
                 precisions = ["fp32", "fp16", "int8"], calib_images, trt
-    [report]    (optional) enabled = true
+    [report]    (optional) enabled = true, latency_budget = 30 (seconds of timed calls per graph)
 
 Relative paths are taken from the directory the command runs in, as on the command line.
 """
@@ -21,9 +21,15 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers
+from calibration.latency import DEFAULT_BUDGET_S, check_budget
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers, cli
 from vpns_deploy.errors import UserError
+from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
 from vpns_deploy.pretrain import PretrainConfig
+
+ARCH_HELP = (f"Architecture of MODEL: {ARCH_FAMILIES}. Sets the input size, resampling and normalisation the "
+             "network was trained with (its timm/torchvision config), unless overridden below. A pickled MODEL "
+             "takes its input from --arch (and must fit it) or from --mean/--std.")
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,26 @@ class RunSection:
 
 @dataclass(frozen=True)
 class ModelSection:
+    """The model a run starts from (a recipe's [model]; `compress`/`sweep` options of the same names)."""
+
     path: str
-    arch: str | None = None
-    trust_pickle: bool = False
-    num_classes: int | None = None
-    input_size: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    interpolation: str | None = None
+    arch: str | None = cli(None, ARCH_HELP)
+    trust_pickle: bool = cli(False, "Allow a pickled nn.Module (runs code from the file: only for files you trust).")
+    num_classes: int | None = cli(None, (
+        "Classes of the model's head (a check): with --head keep it must match the data; with --head map/new "
+        "it must match the checkpoint's head."))
+    input_size: int | None = cli(None, (
+        "Side in pixels the network is trained and exported at (images are resized; evaluation resizes to "
+        "size/crop_pct and centre-crops). Default: the architecture's own (32 CIFAR ResNets, 8 digits_cnn, 224 "
+        "or the config's for torchvision/timm; a pickled MODEL without --arch keeps the data's size)."))
+    mean: list[float] | None = cli(None, (
+        "Per-channel mean of [0,1] pixels, comma-separated (e.g. 0.485,0.456,0.406). Default: the "
+        "architecture's config."))
+    std: list[float] | None = cli(None, (
+        "Per-channel std of [0,1] pixels, comma-separated, all > 0 (e.g. 0.229,0.224,0.225). Default: the "
+        "architecture's config."))
+    interpolation: str | None = cli(None, (
+        f"Resampling when resizing: {'|'.join(INTERPOLATIONS)}. Default: the architecture's config."))
 
     def __post_init__(self) -> None:
         self.inputs  # noqa: B018 - validates the overrides before anything runs
@@ -85,6 +103,13 @@ class ExportSection:
 @dataclass(frozen=True)
 class ReportSection:
     enabled: bool = True
+    latency_budget: float = cli(DEFAULT_BUDGET_S, (
+        "Seconds of timed calls per graph (over batch 1 and 64; graphs compared are timed interleaved): the "
+        "latency measurement stops there, or at 200 calls each, whichever comes first; every graph gets at "
+        "least 3 timed calls."))
+
+    def __post_init__(self) -> None:
+        check_budget(self.latency_budget)
 
 
 @dataclass(frozen=True)

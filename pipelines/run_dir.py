@@ -1,4 +1,7 @@
-"""A run directory: artifacts, each recorded with its sha256 in manifest.json, created all-or-nothing."""
+"""A run directory: artifacts, each recorded with its sha256 in manifest.json, created all-or-nothing.
+
+About 300 lines: opening, staged writes, the lock and the staged directory are one job (nothing half
+written, one writer), and each piece is short."""
 from __future__ import annotations
 
 import fcntl
@@ -14,20 +17,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines.artifacts import CHECKPOINT, MANIFEST
+from pipelines.manifest import TOOL, Manifest
 from vpns_deploy.atomic import current_umask, atomic_write_json
 from vpns_deploy.data.cache import sha256_file
 from vpns_deploy.errors import UserError
 
-MANIFEST = "manifest.json"
 DEFAULT_RUNS = Path("runs")
-# Written into every manifest: only a directory that says this may be replaced by --overwrite.
-TOOL = "vpns-deploy"
-# What a manifest must hold before anything in it is used (key -> type; dotted keys are nested).
-REQUIRED = {
-    "artifacts": dict, "config": dict, "model": dict, "data": dict,
-    "model.arch": (str, type(None)), "model.num_classes": int, "model.inputs": dict,
-    "data.spec": str, "data.image_shape": list, "config.mode": str, "config.seed": int,
-}
 
 
 def versions() -> dict[str, str]:
@@ -48,9 +44,16 @@ def now() -> str:
 
 
 class RunDir:
-    def __init__(self, path: Path, manifest: dict | None = None) -> None:
+    """A run directory and its typed manifest (None while compress is still making the run)."""
+
+    def __init__(self, path: Path, manifest: Manifest | None = None) -> None:
         self.path = Path(path)
-        self.manifest = manifest if manifest is not None else {"tool": TOOL, "artifacts": {}}
+        self.manifest = manifest
+        self._draft: dict[str, dict] = {}  # artifacts recorded before the manifest exists
+
+    @property
+    def artifacts(self) -> dict[str, dict]:
+        return self.manifest.artifacts if self.manifest is not None else self._draft
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":
@@ -65,8 +68,7 @@ class RunDir:
             raise UserError(f"{mf} is not valid JSON ({exc})", "re-run compress into a fresh directory") from None
         except OSError as exc:
             raise UserError(f"cannot read {mf}: {exc.strerror or exc}", "check its permissions") from None
-        check_manifest(manifest, mf)
-        return cls(path, manifest)
+        return cls(path, Manifest.from_dict(manifest, mf))
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -74,13 +76,11 @@ class RunDir:
     def record(self, name: str, **meta: object) -> None:
         """Record an artifact already written (atomically) into the directory."""
         p = self.file(name)
-        self.manifest.setdefault("artifacts", {})[name] = {
-            "sha256": sha256_file(p), "bytes": p.stat().st_size, **meta
-        }
+        self.artifacts[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, **meta}
 
     def verified(self, name: str) -> Path:
         """The artifact's path, after checking it matches the sha256 the manifest recorded."""
-        entry = self.manifest.get("artifacts", {}).get(name)
+        entry = self.artifacts.get(name)
         p = self.file(name)
         if entry is None or not p.is_file():
             raise UserError(f"{self.path} has no artifact {name}", "re-run the stage that writes it")
@@ -95,8 +95,10 @@ class RunDir:
         return p
 
     def save(self) -> None:
-        self.manifest["updated"] = now()
-        atomic_write_json(self.file(MANIFEST), self.manifest)
+        if self.manifest is None:
+            raise RuntimeError("RunDir.save() before the run's manifest was made")
+        self.manifest.other["updated"] = now()
+        atomic_write_json(self.file(MANIFEST), self.manifest.to_dict())
 
     @contextmanager
     def staged(self) -> Iterator["StagedWrite"]:
@@ -112,7 +114,7 @@ class RunDir:
             yield stage
             for name in stage.names:
                 os.replace(staging / name, self.file(name))
-            self.manifest.setdefault("artifacts", {}).update(stage.entries)
+            self.artifacts.update(stage.entries)
             self.save()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -135,35 +137,12 @@ class StagedWrite:
     file = path  # so helpers written for a RunDir (file/record/manifest) take a StagedWrite unchanged
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest | None:
         return self.run.manifest
 
     def record(self, name: str, **meta: object) -> None:
         p = self.path(name)
         self.entries[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, **meta}
-
-
-def check_manifest(manifest: object, where: Path) -> None:
-    """One-line error naming the first key a manifest lacks (or holds with the wrong type)."""
-    if not isinstance(manifest, dict):
-        raise UserError(f"{where} holds a JSON {type(manifest).__name__}, not a run manifest (an object)",
-                        "pass a directory made by compress, or re-run compress")
-    for key, kind in REQUIRED.items():
-        value: object = manifest
-        for part in key.split("."):
-            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-        if value is _MISSING:
-            raise UserError(f"{where} lacks the key {key!r}: not a complete vpns-deploy manifest",
-                            "re-run compress into a fresh directory")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise UserError(f"{where}: {key!r} has the wrong type ({type(value).__name__})",
-                            "re-run compress into a fresh directory")
-    for name, entry in manifest["artifacts"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise UserError(f"{where}: artifacts.{name} has no sha256", "re-run compress into a fresh directory")
-
-
-_MISSING = object()
 
 
 def is_run(path: Path) -> bool:
@@ -179,9 +158,6 @@ def is_run(path: Path) -> bool:
         return False
     legacy = {"schema", "artifacts", "config", "model"} <= manifest.keys()  # runs made before the marker
     return manifest.get("tool") == TOOL or legacy
-
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def partial_path(final: Path) -> Path:

@@ -9,11 +9,14 @@ epoch on its own (per-epoch checkpoints), so re-running a recipe after a crash l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.artifacts import (COMPRESS_OUTPUTS, DENSE_ONNX, MANIFEST, MODEL_ONNX, PROMPT_PT, REPORT_JSON,
+                                 REPORT_MD)
+from pipelines.manifest import Manifest, run_fingerprint
 from pipelines.recipe import Recipe
-from pipelines.run_dir import MANIFEST, RunDir
+from pipelines.run_dir import RunDir
 from vpns_deploy.data.cache import sha256_file
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
@@ -28,7 +31,7 @@ class Stage:
     run: Callable[[Recipe, Reporter, bool], None]
 
 
-def _manifest(recipe: Recipe) -> dict | None:
+def _manifest(recipe: Recipe) -> Manifest | None:
     return RunDir.open(recipe.out).manifest if (recipe.out / MANIFEST).is_file() else None
 
 
@@ -43,34 +46,33 @@ def _verified(recipe: Recipe, names: tuple[str, ...]) -> bool:
 
 
 def _compress_done(recipe: Recipe) -> bool:
+    """Done when the run's fingerprint is the one this recipe's compress would record (the digest a
+    checkpoint must match to be resumed) and its outputs verify."""
+    from vpns_deploy.data import read_catalog
+
     m = _manifest(recipe)
-    if m is None:
-        return False
     model = Path(recipe.model.path)
-    if m.get("config") != asdict(recipe.compress) or not model.is_file():
+    if m is None or not model.is_file():
         return False
-    if m["model"]["sha256"] != sha256_file(model):  # the model was replaced since
-        return False
-    overrides = recipe.model.inputs.to_dict()  # runs from before overrides existed had none
-    if m["model"].get("input_overrides", dict.fromkeys(overrides)) != overrides:
-        return False
-    return _verified(recipe, ("model.pt", "dense.pt", "masks.pt"))
+    wanted = run_fingerprint(recipe.compress.to_dict(), sha256_file(model), recipe.model.arch,
+                             read_catalog(recipe.data.spec).fingerprint, recipe.model.inputs.to_dict())
+    return m.fingerprint == wanted and _verified(recipe, COMPRESS_OUTPUTS)
 
 
 def _export_done(recipe: Recipe) -> bool:
     m = _manifest(recipe)
-    if m is None or "export" not in m or recipe.export is None:
+    if m is None or m.export is None or recipe.export is None:
         return False
+    from export.precision import precision_path
     from pipelines.export_stage import prompt_choice
 
-    wants_prompt = prompt_choice(m, recipe.export.prompt, m.get("prompt") is not None)["fold"]
-    from export.precision import precision_path
-
+    wants_prompt = prompt_choice(m, recipe.export.prompt, m.prompt is not None)["fold"]
     wanted = _precisions(recipe)
-    files = tuple(precision_path(Path(n), p).name for n in ("model.onnx", "dense.onnx") for p in wanted)
-    return (m["export"]["ships_prompt"] == wants_prompt and list(m["export"].get("precisions", ["fp32"])) == list(wanted)
-            and bool(m["export"].get("graph_resize", False)) == recipe.export.graph_resize
-            and ("int8" not in wanted or m["export"].get("calib_images") == recipe.export.calib_images)
+    files = tuple(precision_path(Path(n), p).name for n in (MODEL_ONNX, DENSE_ONNX) for p in wanted)
+    e = m.export
+    return (e.ships_prompt == wants_prompt and list(e.precisions) == list(wanted)
+            and bool(e.graph_resize) == recipe.export.graph_resize
+            and ("int8" not in wanted or e.calib_images == recipe.export.calib_images)
             and _verified(recipe, files))
 
 
@@ -126,15 +128,14 @@ def _run_report(recipe: Recipe, reporter: Reporter, overwrite: bool) -> None:
     from pipelines.report_stage import run_report
 
     with pickles_trusted(recipe.model.trust_pickle):
-        run_report(recipe.out, reporter=reporter, print_table=False)
+        run_report(recipe.out, reporter=reporter, print_table=False, latency_budget=recipe.report.latency_budget)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("pretrain", (), lambda r: r.pretrain is not None, lambda r: Path(r.model.path).is_file(), _run_pretrain),
-    Stage("compress", ("model.pt", "dense.pt", "masks.pt", "prompt.pt"), lambda r: True, _compress_done,
-          _run_compress),
-    Stage("export", ("model.onnx", "dense.onnx"), lambda r: r.export is not None, _export_done, _run_export),
-    Stage("report", ("report.json", "report.md"), lambda r: r.report is not None and r.report.enabled,
+    Stage("compress", (*COMPRESS_OUTPUTS, PROMPT_PT), lambda r: True, _compress_done, _run_compress),
+    Stage("export", (MODEL_ONNX, DENSE_ONNX), lambda r: r.export is not None, _export_done, _run_export),
+    Stage("report", (REPORT_JSON, REPORT_MD), lambda r: r.report is not None and r.report.enabled,
           _report_done, _run_report),
 )
 

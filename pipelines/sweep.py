@@ -5,14 +5,15 @@ interrupted one resumes from its last epoch, so a sweep can be stopped and resta
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from pipelines import plots
 from pipelines.compare import report_runs
 from pipelines.load_run import pickles_trusted
+from pipelines.artifacts import REPORT_JSON
 from pipelines.recipe import DataSection, ExportSection, ModelSection, Recipe, ReportSection, RunSection
+from pipelines.report_record import Report
 from pipelines.run_dir import now
 from pipelines.stages import run_recipe
 from vpns_deploy.atomic import atomic_write_json
@@ -61,14 +62,14 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
                         compress=cfg, export=ExportSection(precisions=list(precisions)), report=ReportSection())
         run_recipe(recipe, overwrite=overwrite, reporter=reporter)
         run_dirs.append(out / name)
-    reports = [json.loads((d / "report.json").read_text()) for d in run_dirs]
-    summary = [{"label": name, "sparsity": r["sparsity_prunable"], "top1": r["accuracy"]["compressed"]["onnxruntime"],
-                "macs": r["counts"]["compressed"]["macs"],
-                "latency_ms": {b: v["median_ms"] for b, v in r["latency_ms"]["compressed"].items()}}
+    reports = [Report.read(d / REPORT_JSON) for d in run_dirs]
+    summary = [{"label": name, "sparsity": r.sparsity_prunable, "top1": r.accuracy["compressed"]["onnxruntime"],
+                "macs": r.counts["compressed"]["macs"],
+                "latency_ms": {b: v["median_ms"] for b, v in r.latency_ms["compressed"].items()}}
                for (name, _), r in zip(points, reports)]
     first = reports[0]
-    dense = {"top1": first["accuracy"]["dense"]["onnxruntime"], "sparsity": 0.0, "macs": first["counts"]["dense"]["macs"],
-             "latency_ms": {b: v["median_ms"] for b, v in first["latency_ms"]["dense"].items()}}
+    dense = {"top1": first.accuracy["dense"]["onnxruntime"], "sparsity": 0.0, "macs": first.counts["dense"]["macs"],
+             "latency_ms": {b: v["median_ms"] for b, v in first.latency_ms["dense"].items()}}
     extra = [("Accuracy vs sparsity (ONNX Runtime, the graph that ships)",
               plots.accuracy_vs_sparsity(summary, dense["top1"], out / "accuracy_vs_sparsity.png")),
              ("Accuracy vs latency, batch 64, with the Pareto front",

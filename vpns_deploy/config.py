@@ -15,6 +15,14 @@ PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
 HEADS: tuple[str, ...] = ("keep", "map", "new")  # see vpns_deploy/heads.py
 LABEL_MAP_ON: tuple[str, ...] = ("dense", "masked")  # --head map: the network the label map is computed on
 
+
+
+def cli(default: object, help: str) -> object:
+    """A field that is also a command-line option: its help text sits beside its default, and
+    pipelines/cli_options.py builds the option from both (so `compress` and `sweep` cannot drift)."""
+    return field(default=default, metadata={"help": help})
+
+
 # INT8 calibration: class-balanced training images run through the whole deployed graph.
 DEFAULT_CALIB_IMAGES = 512
 
@@ -71,7 +79,7 @@ def auto_lr_scores(steps: int) -> float:
 # Numeric fields that are also command-line options (errors name the option; others the recipe key).
 CLI_NUMBERS = frozenset({"sparsity", "speedup", "lr_scores", "epochs_mask", "epochs_tune", "batch_size", "pad",
                          "seed", "train_subset", "test_subset", "epochs", "lr", "val_fraction", "workers",
-                         "memory_budget"})
+                         "memory_budget", "bn_images"})
 
 
 def check_numbers(obj: object) -> None:
@@ -105,7 +113,10 @@ def check_numbers(obj: object) -> None:
 class OptimConfig:
     """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
 
-    lr_scores: float | None = None  # Adam, coupled weight decay, cosine per epoch; None: SCORE_LR_RULE
+    lr_scores: float | None = cli(None, (  # Adam, coupled weight decay, cosine per epoch; None: SCORE_LR_RULE
+        "Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M). Default: "
+        f"{SCORE_LR_RULE}, i.e. the reference's 1e-4 for 30-epoch stages and more for short ones (1e-3 over "
+        "392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %: docs/benchmarks.md)."))
     # "adam" (VPNs' and our HYDRA's) or "sgd": the paper's own HYDRA baseline (SGD 0.01, momentum 0.9,
     # on the scores), kept selectable so a table can show how much of a margin is the optimiser.
     score_optimizer: str = "adam"
@@ -134,14 +145,33 @@ class OptimConfig:
         check_numbers(self)
 
 
+HEAD_HELP = (
+    "keep: the model's head already has the data's classes (default). map: keep the source head (e.g. "
+    "ImageNet's 1000 classes) and map each data class to one source class by frequency label mapping "
+    "(greedy one-to-one on the counts of the network's predictions over the augmented training set with "
+    "the zero prompt, computed on the dense network before the initial mask (label_map_on = masked: after "
+    "it, as the reference), then frozen; needs at least as many "
+    "source as data classes); the mapping is folded into the exported graph. new: replace the head by a "
+    "fresh layer for the data's classes, trained alone (other weights frozen) for --head-warmup-epochs "
+    f"before stage 1 (SGD {OptimConfig.lr_head:g}, cosine; recipes: compress.optim.lr_head); its optimiser steps "
+    "count in the run's budget."
+)
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """One compression run: what to prune, how, and on what budget."""
 
-    method: Method = "vpns"
-    mode: str = "unstructured"
-    sparsity: float = 0.9  # unstructured: of weights; channel: of group channels; unused by N:M
-    speedup: float | None = None  # channel mode only: target MACs reduction, overrides sparsity
+    method: Method = cli("vpns", f"One of {', '.join(METHODS)}.")
+    mode: str = cli("unstructured", (
+        "unstructured (global top-k over weights); channel (whole coupled channel groups, then physically "
+        "removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor "
+        "cores)."))
+    sparsity: float = cli(0.9, "Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable "
+                               "channels (channel). Unused by N:M.")
+    speedup: float | None = cli(None, (  # channel mode only: overrides sparsity
+        "Channel mode: target MACs reduction (e.g. 2.0 halves the MACs); the channel fraction is searched at "
+        "every mask update, replacing --sparsity."))
     channel_min_keep: float = 0.1  # channel mode: every group keeps at least this fraction
     # channel mode: kept channels per group in multiples of this. ONNX Runtime's CPU convs run 16-channel
     # blocks: ResNet-56 at 2x fewer MACs ran 1.96x faster with multiples of 16, 1.43x with 8 (measured).
@@ -157,8 +187,10 @@ class CompressConfig:
     channel_widths: str = "init"
     # What to do with the model's head (vpns_deploy/heads.py): keep (classes match), map (frequency
     # label mapping onto the source head, shared/docs/VPNS.md §4) or new (fresh head + warm-up).
-    head: str = "keep"
-    head_warmup_epochs: int = 1  # --head new: epochs training only the fresh head before stage 1
+    head: str = cli("keep", HEAD_HELP)
+    head_warmup_epochs: int = cli(1, (
+        "--head new: epochs that train only the fresh head (SGD, cosine; recipes: compress.optim.lr_head) "
+        "before stage 1, counted in the run's optimiser steps."))
     # --head map: which network the frequency label map is computed on. The paper computes it on the
     # masked network right after the initial mask (VPNS.md §4). Measured on EfficientNet-Lite0
     # (ImageNet) -> CIFAR-10 at 128 px (bench/probes/flm_mask.py, docs/benchmarks.md): under the initial
@@ -168,23 +200,40 @@ class CompressConfig:
     label_map_on: str = "dense"
     # unstructured mode: a sparsity that would leave some layer without any weight (its output a
     # constant) is refused unless this is set; see masks.MaskSet.
-    allow_empty_layers: bool = False
-    epochs_mask: int = 30
-    epochs_tune: int = 30
-    batch_size: int = 256
-    prompt: PromptKind = "pad"
-    pad: int | None = None  # None: 7 % of the image side (16 px of 224 in the paper), at least 1
+    allow_empty_layers: bool = cli(False, (
+        "Unstructured mode: accept a --sparsity so high that some layer keeps no weight at all (its output "
+        "becomes a constant). Refused without this."))
+    epochs_mask: int = cli(30, "Stage-1 (mask finding) epochs.")
+    epochs_tune: int = cli(30, "Stage-2 (subnetwork tuning) epochs.")
+    batch_size: int = cli(256, "Images per optimiser step.")
+    prompt: PromptKind = cli("pad", (
+        "pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned "
+        "(sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; "
+        "expected mask at evaluation)."))
+    pad: int | None = cli(None, "Prompt width in pixels; default 7 % of the image side (2 px at 32 px).")
     # False: the zero-prompt control. The prompt stays exactly zero (nothing optimises it) while both
     # passes still run, so a comparison with VPNs isolates what the learned prompt itself adds.
     prompt_trainable: bool = True
-    seed: int = DEFAULT_SEED
-    device: str = "auto"
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION  # of the training split; 0: no validation split
-    workers: int | None = None  # DataLoader decoding workers; None: data.loader.default_workers()
-    memory_budget: float = DEFAULT_MEMORY_BUDGET  # fraction of RAM decoded images may take; 0: stream
-    bn_images: int = DEFAULT_BN_IMAGES  # BatchNorm re-estimation after each epoch; 0: off
+    seed: int = cli(DEFAULT_SEED, "Seed of scores, data order and augmentation.")
+    device: str = cli("auto", "auto (CUDA if present), cpu or cuda.")
+    train_subset: int | None = cli(None, "Use N class-balanced training images (quick runs).")
+    test_subset: int | None = cli(None, "Evaluate on N class-balanced test images (default: all).")
+    val_fraction: float = cli(DEFAULT_VAL_FRACTION, (  # of the training split; 0: no validation split
+        "Fraction of the training split held out (class-balanced, the same images for every --seed) as the "
+        "validation split: it is evaluated after every epoch and decides whether the prompt ships; the test "
+        "split is measured only at the end of each stage and never chooses anything. 0: no validation split. "
+        "With --train-subset N it is carved from the N images."))
+    workers: int | None = cli(None, (  # None: data.loader.default_workers()
+        "DataLoader processes that decode and augment streamed images. Default: the CPU cores minus one, at "
+        "most 8 (0 on a single core). Never changes a result."))
+    memory_budget: float = cli(DEFAULT_MEMORY_BUDGET, (
+        "Fraction of RAM the decoded images may take: a data set that fits is decoded once into memory (tar "
+        "archives also cached on disk by sha256 and size); a larger one is streamed from its files by the "
+        "workers. 0: always stream."))
+    bn_images: int = cli(DEFAULT_BN_IMAGES, (
+        "BatchNorm statistics are re-estimated after every epoch on this many un-augmented training images, "
+        "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
+        "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -278,6 +327,18 @@ class CompressConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def config_from_dict(raw: dict) -> CompressConfig:
+    """A CompressConfig from its to_dict() (a run's manifest, a checkpoint): validated like the CLI's."""
+    from vpns_deploy.errors import UserError
+
+    values = dict(raw)
+    try:
+        return CompressConfig(**{**values, "optim": OptimConfig(**values.get("optim", {}))})
+    except TypeError as exc:  # a key this version does not know (or lacks)
+        raise UserError(f"recorded settings do not fit this vpns-deploy's CompressConfig ({exc})",
+                        "re-run compress with this version") from None
 
 
 def parse_mode(mode: str) -> tuple[str, tuple[int, int] | None]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim import SGD
 
-from vpns_deploy.config import HEADS, OptimConfig
+from vpns_deploy.config import HEAD_HELP, HEADS, OptimConfig  # noqa: F401 - HEAD_HELP: was defined here
 from vpns_deploy.errors import UserError
 
 if TYPE_CHECKING:
@@ -24,17 +24,6 @@ if TYPE_CHECKING:
     from vpns_deploy.prompts import PromptedNet
     from vpns_deploy.trainer import EpochRecord
 
-HEAD_HELP = (
-    "keep: the model's head already has the data's classes (default). map: keep the source head (e.g. "
-    "ImageNet's 1000 classes) and map each data class to one source class by frequency label mapping "
-    "(greedy one-to-one on the counts of the network's predictions over the augmented training set with "
-    "the zero prompt, computed on the dense network before the initial mask (label_map_on = masked: after "
-    "it, as the reference), then frozen; needs at least as many "
-    "source as data classes); the mapping is folded into the exported graph. new: replace the head by a "
-    "fresh layer for the data's classes, trained alone (other weights frozen) for --head-warmup-epochs "
-    f"before stage 1 (SGD {OptimConfig.lr_head:g}, cosine; recipes: compress.optim.lr_head); its optimiser steps "
-    "count in the run's budget."
-)
 # Seed offset of the FLM and warm-up data streams, so they never replay the stages' own streams.
 FLM_STREAM, WARMUP_STREAM = 101, 202
 

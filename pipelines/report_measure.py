@@ -1,0 +1,125 @@
+"""What `report` measures, through the one measurement layer (calibration/): top-1 of every runtime,
+latency of every graph (interleaved where graphs are compared, bounded by the latency budget, with
+progress), speedups with their interval, and TensorRT engines where export built them."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.latency import LATENCY_BATCHES, MAX_RUNS, Latency, latency_by_batch, speedup
+from calibration.runtime import OrtRuntime, Runtime, TorchRuntime, top1
+from calibration.session import cpu_session
+from export.onnx_export import export_onnx
+from export.precision import precision_path
+from export.tensorrt_engine import ort_gpu_providers
+from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX
+from pipelines.load_run import LoadedRun
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import Normalize
+
+Timings = dict[str, dict[str, Latency]]  # graph -> batch -> Latency
+
+
+def accuracy(loaded: LoadedRun, graphs: dict[str, Runtime], test, device: torch.device, ships_prompt: bool) -> dict:
+    """Top-1 of the PyTorch models (with and without the prompt) and of the shipped graphs."""
+    def torch_top1(model, prompted: bool) -> float:
+        return top1(TorchRuntime(model, device, prompted), test)
+
+    out = {
+        "dense": {"pytorch": torch_top1(loaded.dense_model(), False), "onnxruntime": top1(graphs["dense"], test)},
+        "compressed": {
+            "pytorch_no_prompt": torch_top1(loaded.prompted(False), False),
+            "pytorch_prompt": torch_top1(loaded.prompted(True), True) if loaded.prompt is not None else None,
+            "onnxruntime": top1(graphs["compressed"], test),
+        },
+    }
+    out["compressed"]["pytorch"] = out["compressed"]["pytorch_prompt" if ships_prompt else "pytorch_no_prompt"]
+    return out
+
+
+def timed(what: str, runtimes: dict[str, Runtime], sample: np.ndarray, budget_s: float, reporter: Reporter,
+          samples: dict[str, np.ndarray] | None = None) -> Timings:
+    """latency_by_batch with a progress bar and one line per batch size saying what was measured."""
+    with reporter, reporter.task(f"latency {what}", total=MAX_RUNS * len(LATENCY_BATCHES)) as bar:
+        timings = latency_by_batch(runtimes, sample, budget_s, tick=bar.advance, samples=samples)
+    for b in (str(b) for b in LATENCY_BATCHES):
+        parts = [f"{name} {t[b].median_ms:.3f} ms [{t[b].ci95_ms[0]:.3f}, {t[b].ci95_ms[1]:.3f}]"
+                 for name, t in timings.items()]
+        first = next(iter(timings.values()))[b]
+        reporter.line(f"latency {what}, batch {b} (median [95 % interval]): {', '.join(parts)}; "
+                      f"{first.runs} timed calls each in {first.seconds:.1f} s per graph"
+                      + (" (stopped by --latency-budget)" if first.budget_stopped else ""))
+    return timings
+
+
+def as_json(timings: Timings) -> dict:
+    return {name: {b: lat.to_dict() for b, lat in by_batch.items()} for name, by_batch in timings.items()}
+
+
+def network_only(loaded: LoadedRun, sample: np.ndarray, ships_prompt: bool, tmp: Path, threads: int
+                 ) -> tuple[Runtime, np.ndarray]:
+    """The compressed network alone, fed pre-prompted, pre-normalised float input: the shipped graph's
+    latency minus this one is what the folded preprocessing costs."""
+    with torch.no_grad():
+        x01 = torch.from_numpy(sample[:2]).permute(0, 3, 1, 2).float() / 255
+        if ships_prompt:
+            x01 = loaded.prompt(x01)
+        normalised = Normalize(loaded.inputs)(x01)
+    path = tmp / "network.onnx"
+    export_onnx(loaded.compressed, normalised.contiguous(), path, input_name="x")
+    return OrtRuntime(cpu_session(path, threads), "network_only"), np.repeat(normalised[:1].numpy(), 64, axis=0)
+
+
+def fp32_latency(loaded: LoadedRun, graphs: dict[str, Runtime], sample: np.ndarray, ships_prompt: bool,
+                 threads: int, budget_s: float, reporter: Reporter) -> Timings:
+    """dense, compressed and the network-only graph, timed interleaved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        net, net_sample = network_only(loaded, sample, ships_prompt, Path(tmp), threads)
+        return timed("fp32", {**graphs, "network_only": net}, sample, budget_s, reporter,
+                     samples={"network_only": net_sample})
+
+
+def speedups(timings: Timings, macs_ratio: float) -> dict:
+    """Per batch: dense / compressed median latency, its 95 % interval, within_noise, efficiency."""
+    out = {}
+    for b in timings["dense"]:
+        s = speedup(timings["dense"][b], timings["compressed"][b])
+        out[b] = s.to_dict() | {"efficiency": s.speedup / macs_ratio}  # 1.0: latency falls as much as MACs
+    return out
+
+
+def precisions(run, test, sample: np.ndarray, threads: int, budget_s: float, reporter: Reporter) -> dict:
+    """fp16 / int8 graphs written by export: top-1, and latency (dense and compressed interleaved)."""
+    out = {}
+    for precision in [p for p in run.manifest.export.precisions if p != "fp32"]:
+        reporter.line(f"measuring the {precision} graphs (top-1 on {len(test)} images, latency)")
+        graphs = {kind: OrtRuntime(cpu_session(run.verified(precision_path(run.file(name), precision).name), threads),
+                                   kind) for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX))}
+        timings = timed(precision, graphs, sample, budget_s, reporter)
+        out[precision] = {kind: {"onnxruntime": top1(rt, test), "latency_ms": as_json(timings)[kind]}
+                          for kind, rt in graphs.items()}
+        out[precision]["speedup"] = {b: speedup(timings["dense"][b], timings["compressed"][b]).to_dict()
+                                     for b in timings["dense"]}
+    return out
+
+
+def tensorrt(run, test, sample: np.ndarray, budget_s: float, reporter: Reporter) -> dict:
+    """Engine top-1 and latency (CUDA events) where export built engines and a GPU is here."""
+    built = run.manifest.export.tensorrt or {}
+    providers = ort_gpu_providers(run.file(MODEL_ONNX))
+    if not built.get("built"):
+        return {"measured": False, "reason": built.get("reason") or "export ran without --trt",
+                "ort_providers": providers}
+    from export.tensorrt_engine import EngineRunner
+
+    engines = {}
+    for precision, info in built["engines"].items():
+        reporter.line(f"measuring TensorRT {precision} engine")
+        runner = EngineRunner(run.verified(Path(info["path"]).name))
+        timings = timed(f"TensorRT {precision}", {precision: runner}, sample, budget_s, reporter)
+        engines[precision] = {"top1": top1(runner, test), "latency_ms": as_json(timings)[precision],
+                              "sparse_layers": info["sparse_layers"]}
+    return {"measured": True, "engines": engines, "ort_providers": providers}

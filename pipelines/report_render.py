@@ -1,0 +1,133 @@
+"""The report's words: the dense-vs-compressed table (terminal, markdown) rendered from a Report."""
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX
+from pipelines.report_record import Report
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2%}"
+
+
+def _prompt_rows(r: Report) -> list[tuple[str, str, str]]:
+    choice = r.prompt_choice or {}
+    decision = choice.get("decision") or {}
+    if not choice or decision.get("rule") == "the run learned no prompt":
+        return []
+    numbers = "—"
+    if decision.get("val_top1_plain") is not None and decision.get("val_top1_prompted") is not None:
+        numbers = f"{_pct(decision['val_top1_prompted'])} / {_pct(decision['val_top1_plain'])}"
+    return [("prompt in the graph (validation top-1 with / without)", "",
+             f"{'folded in' if choice.get('fold') else 'left out'}: {numbers}")]
+
+
+def table_rows(r: Report) -> list[tuple[str, str, str]]:
+    a, c, f, lat = r.accuracy, r.counts, r.files, r.latency_ms
+    rows = [
+        ("top-1, PyTorch", _pct(a["dense"]["pytorch"]), _pct(a["compressed"]["pytorch"])),
+        ("top-1, ONNX Runtime", _pct(a["dense"]["onnxruntime"]), _pct(a["compressed"]["onnxruntime"])),
+        ("top-1 without prompt (PyTorch)", _pct(a["dense"]["pytorch"]), _pct(a["compressed"]["pytorch_no_prompt"])),
+        ("top-1 with prompt (PyTorch)", "—", _pct(a["compressed"]["pytorch_prompt"])),
+        ("parameters", f"{c['dense']['params']:,}", f"{c['compressed']['params']:,}"),
+        ("non-zero parameters", f"{c['dense']['nonzero']:,}", f"{c['compressed']['nonzero']:,}"),
+        ("MACs per image (conv + linear)", f"{c['dense']['macs'] / 1e6:.2f} M",
+         f"{c['compressed']['macs'] / 1e6:.2f} M ({r.macs_reduction:.2f}x fewer)"),
+        ("ONNX file (gzip)", f"{f[DENSE_ONNX]['bytes'] / 1e6:.2f} MB ({f[DENSE_ONNX]['gzip_bytes'] / 1e6:.2f})",
+         f"{f[MODEL_ONNX]['bytes'] / 1e6:.2f} MB ({f[MODEL_ONNX]['gzip_bytes'] / 1e6:.2f})"),
+    ]
+    for b in lat["dense"]:
+        d, m = lat["dense"][b], lat["compressed"][b]
+        rows.append((f"ORT CPU latency, batch {b} (median / p90)",
+                     f"{d['median_ms']:.2f} / {d['p90_ms']:.2f} ms", f"{m['median_ms']:.2f} / {m['p90_ms']:.2f} ms"))
+    for precision, kinds in r.precision.items():
+        d, m = kinds["dense"], kinds["compressed"]
+        rows.append((f"top-1, ONNX Runtime {precision}", _pct(d["onnxruntime"]), _pct(m["onnxruntime"])))
+        for b in d["latency_ms"]:
+            dl, ml = d["latency_ms"][b], m["latency_ms"][b]
+            rows.append((f"ORT CPU latency {precision}, batch {b} (median / p90)",
+                         f"{dl['median_ms']:.2f} / {dl['p90_ms']:.2f} ms", f"{ml['median_ms']:.2f} / {ml['p90_ms']:.2f} ms"))
+    trt_info = r.tensorrt or {}
+    if trt_info.get("measured"):
+        for precision, e in trt_info["engines"].items():
+            rows.append((f"TensorRT {precision} top-1", "", _pct(e["top1"])))
+            for b, lat in e["latency_ms"].items():
+                rows.append((f"TensorRT {precision} latency, batch {b} (median / p90)", "",
+                             f"{lat['median_ms']:.3f} / {lat['p90_ms']:.3f} ms"))
+    elif trt_info:
+        rows.append(("TensorRT", "not measured", trt_info["reason"]))
+    for b, sp in r.speedup.items():
+        rows.append((f"latency speedup, batch {b} [95 % interval] (efficiency = speedup / MACs ratio)", "",
+                     f"{speedup_text(sp)} ({sp['efficiency']:.2f})"))
+    for b, o in r.preprocessing_overhead.items():
+        rows.append((f"folded preprocessing, batch {b}", "", f"{o['ms']:+.3f} ms ({o['fraction']:+.1%})"))
+    rows += _prompt_rows(r)
+    return rows
+
+
+def _title(r: Report) -> str:
+    return (f"{r.method} {r.mode} at {r.sparsity_prunable:.1%} sparsity — ships "
+            f"{'with' if r.ships_prompt else 'without'} the prompt; {r.test_images} test images")
+
+
+def render_table(r: Report) -> Table:
+    table = Table(title=_title(r))
+    table.add_column("measure")
+    table.add_column("dense", justify="right")
+    table.add_column("compressed", justify="right")
+    for row in table_rows(r):
+        table.add_row(*(escape(c) for c in row))
+    return table
+
+
+def render_markdown(r: Report) -> str:
+    lines = [f"# vpns-deploy report: {r.run}", "", _title(r) + ".", "",
+             "| measure | dense | compressed |", "|---|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(r)]
+    structure = r.structure or {}
+    if structure.get("pattern"):
+        n, mm = structure["pattern"]
+        exempt = ", ".join(f"{e['name']} ({e['reason']})" for e in structure.get("exempt", [])) or "none"
+        lines += ["", f"{n}:{mm} layers: every prunable layer except these, which stay dense: {exempt}.",
+                  f"{n}:{mm} zeros make nothing faster in ONNX Runtime on a CPU (measured above); the speed-up "
+                  "belongs to sparse tensor cores (TensorRT with SPARSE_WEIGHTS on Ampere or newer GPUs)."]
+    choice = r.prompt_choice or {}
+    if choice:
+        lines += ["", f"Prompt: {'folded into' if choice.get('fold') else 'left out of'} model.onnx ({choice.get('by')})."]
+    head = r.head or {}
+    if head.get("map"):
+        lines += ["", f"Head: the source head is kept; frequency label map (data class -> source class): "
+                  + "; ".join(head["map"]) + "."]
+    elif head.get("kind") == "new":
+        lines += ["", f"Head: a new {head.get('layer')} for the data's classes, warmed up for "
+                  f"{head.get('warmup_steps')} optimiser steps before stage 1."]
+    feed = r.caller_must_feed
+    if feed:
+        lines += ["", f"model.onnx takes {feed['dtype']} {feed['layout']} {feed['shape']}, {feed['channel_order']}, "
+                  f"{feed['value_range']}; resize: {feed['resize']}."]
+    m = r.machine
+    lines += ["", f"Measured {r.created} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
+              f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",
+              f"Latency: graphs that are compared run interleaved (one call each in turn) after up to 5 warm-up "
+              f"rounds (TensorRT: 20), for at most {m.get('latency_budget_s', '?')} s per graph over both batch sizes (200 calls "
+              "at most); median, p90 and a 95 % bootstrap interval of the median. A speedup whose 95 % interval "
+              "holds 1.0 is marked within noise: this measurement cannot tell the two graphs apart (the interval covers "
+              "call-to-call noise in this measurement only, not differences between sessions or runs, so a few "
+              "per cent either way with a tight interval is still no evidence of a real speedup). The "
+              "preprocessing overhead is the shipped graph minus the same network fed pre-normalised float input."]
+    lines += [cpu_text(r.cpu), ""] if r.cpu else [""]
+    return "\n".join(lines)
+
+
+def speedup_text(sp: dict) -> str:
+    """1.23x [1.10, 1.31], with "within noise" where the interval holds 1.0."""
+    lo, hi = sp["ci95"]
+    return f"{sp['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]" + (", within noise" if sp["within_noise"] else "")
+
+
+def cpu_text(cpu: dict) -> str:
+    sets = ", ".join(cpu["instruction_sets"]) or "none of AVX2, AVX-512, VNNI, AMX"
+    return (f"CPU: {cpu['model']}; instruction sets: {sets}; PyTorch CPU kernels: {cpu['torch_capability']}. "
+            + cpu["int8_note"])

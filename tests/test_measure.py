@@ -1,0 +1,121 @@
+"""The measurement layer: one top-1 for every runtime, latency bounded in time with an interval,
+speedups flagged when they are noise, and the CPU facts the report states."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from calibration.cpu import cpu_facts
+from calibration.latency import MAX_RUNS, MIN_TIMED, Latency, latency_by_batch, speedup
+from calibration.runtime import OrtRuntime, TorchRuntime, top1
+from calibration.session import cpu_session
+from pipelines.cli import app
+
+
+def _matmul_graph(path, n: int = 384, layers: int = 8) -> None:
+    """A real ONNX graph that takes a few milliseconds per call: uint8 NHWC in, `layers` MatMuls."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Cast", ["images"], ["x0"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["x0", "shape"], ["h0"])]
+    inits = [numpy_helper.from_array(np.array([-1, n], dtype=np.int64), "shape")]
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32) / n, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"h{i + 1}"]))
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("images", TensorProto.UINT8,
+                                                                           ["batch", n, 1, 1])],
+                              [helper.make_tensor_value_info(f"h{layers}", TensorProto.FLOAT, ["batch", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_latency_stops_at_its_budget_with_an_interval(tmp_path):
+    """A graph too slow for MAX_RUNS calls in the budget stops near the budget, with at least
+    MIN_TIMED calls and a 95 % interval that holds its median."""
+    _matmul_graph(tmp_path / "slow.onnx")
+    rt = OrtRuntime(cpu_session(tmp_path / "slow.onnx", threads=1))
+    sample = np.random.default_rng(0).integers(0, 255, (64, 384, 1, 1), dtype=np.uint8)
+    t0 = time.perf_counter()
+    lat = latency_by_batch({"a": rt, "b": rt}, sample, budget_s=0.4, batches=(64,))
+    took = time.perf_counter() - t0
+    for name in ("a", "b"):
+        got = lat[name]["64"]
+        assert MIN_TIMED <= got.runs < MAX_RUNS, got.runs
+        assert got.ci95_ms[0] <= got.median_ms <= got.ci95_ms[1]
+    slowest = max(max(lat[n]["64"].times_ms) for n in lat) / 1e3
+    assert took <= 2 * 0.4 + 4 * slowest + 0.5, took  # two graphs' budgets plus the calls that straddle them
+
+
+def _latency(times: list[float]) -> Latency:
+    t = np.asarray(times)
+    return Latency(1, len(t), 0, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
+                   float(t.min()), (0.0, 0.0), 0.0, False, tuple(times))
+
+
+def test_speedup_interval_flags_noise():
+    rng = np.random.default_rng(1)
+    dense = _latency(list(10 + rng.normal(0, 0.3, 40)))
+    clear = speedup(dense, _latency(list(5 + rng.normal(0, 0.2, 40))))
+    assert clear.speedup == pytest.approx(2, rel=0.05) and clear.ci95[0] > 1.0 and not clear.within_noise
+    noisy = speedup(dense, _latency(list(10 + rng.normal(0, 3.0, 40))))
+    assert noisy.ci95[0] <= 1.0 <= noisy.ci95[1] and noisy.within_noise
+    assert noisy.to_dict()["within_noise"] is True
+
+
+def test_cpu_facts_name_the_instruction_sets_and_the_int8_verdict(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("model name\t: Some CPU\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    facts = cpu_facts(avx2)
+    assert facts.model == "Some CPU" and facts.instruction_sets == ("AVX2",) and not facts.int8_dot_product
+    assert "cannot be expected to run faster than fp32" in facts.int8_note()
+    vnni = tmp_path / "vnni"
+    vnni.write_text("model name\t: Other\nflags\t\t: avx2 avx512f avx512_vnni\n")
+    facts = cpu_facts(vnni)
+    assert facts.instruction_sets == ("AVX2", "AVX-512", "AVX-512 VNNI") and facts.int8_dot_product
+    assert "can beat fp32" in facts.int8_note("x")
+
+
+def test_one_top1_loop_for_pytorch_and_onnxruntime(digits_run):
+    """The shipped graph in ONNX Runtime and its PyTorch model, through the same loop and feed."""
+    import torch
+
+    from pipelines.load_run import load_run
+
+    loaded = load_run(digits_run)
+    test = loaded.test_split()
+    ships = loaded.run.manifest.export.ships_prompt
+    ort_top1 = top1(OrtRuntime(cpu_session(digits_run / "model.onnx")), test)
+    torch_top1 = top1(TorchRuntime(loaded.prompted(ships), torch.device("cpu"), ships), test)
+    assert ort_top1 == pytest.approx(torch_top1, abs=1 / len(test)) and ort_top1 > 0.5
+
+
+def test_report_states_intervals_noise_and_the_cpu(tmp_path, digits_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    result = CliRunner().invoke(app, ["report", str(run), "--remeasure", "--latency-budget", "4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "report.json").read_text())
+    assert report["schema"] == 2 and report["machine"]["latency_budget_s"] == 4
+    for b, sp in report["speedup"].items():
+        lo, hi = sp["ci95"]
+        assert lo <= sp["speedup"] <= hi and sp["within_noise"] == (lo <= 1.0 <= hi)
+        for kind in ("dense", "compressed", "network_only"):
+            lat = report["latency_ms"][kind][b]
+            assert lat["ci95_ms"][0] <= lat["median_ms"] <= lat["ci95_ms"][1] and lat["runs"] >= MIN_TIMED
+    assert report["cpu"]["instruction_sets"] == list(cpu_facts().instruction_sets)
+    md = (run / "report.md").read_text()
+    assert "CPU: " in md and report["cpu"]["int8_note"] in md and "within noise" in md
+
+
+def test_latency_budget_must_be_positive(tmp_path, digits_run):
+    result = CliRunner().invoke(app, ["report", str(digits_run), "--remeasure", "--latency-budget", "0"])
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and len(err.splitlines()) == 1 and "--latency-budget" in err and "> 0" in err
