@@ -145,3 +145,44 @@ def test_paper_hydra_score_optimizer_is_sgd(digits_model, digits_splits):
     before = [s.detach().clone() for s in masks.scores()]
     run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
     assert any(not torch.equal(b, s) for b, s in zip(before, masks.scores()))
+
+
+def test_bn_recalibration_matches_the_exact_statistics_of_the_images(digits_model, digits_splits):
+    """After a mask moves, re-estimated statistics are those of the masked network on training images."""
+    from torch import nn
+
+    from vpns_deploy.batchnorm import recalibrate_bn
+    from vpns_deploy.data.batches import to_unit_float
+
+    cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    first = bns[0]
+    seen: list[torch.Tensor] = []
+    hook = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    model.eval()
+    with torch.no_grad():
+        model(to_unit_float(digits_splits.train.images), prompted=False)  # upstream of BN 1 has no BN
+    hook.remove()
+    x = seen[0]
+    n = len(digits_splits.train)
+    used = recalibrate_bn(model, digits_splits.train, n, n, CPU, seed=0)  # one batch: exact mean and var
+    assert used == n
+    assert torch.allclose(first.running_mean, x.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first.running_var, x.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+    assert all(m.momentum == 0.1 for m in bns)  # restored
+    assert not model.training  # the mode it was in
+
+
+def test_every_epoch_is_evaluated_with_recalibrated_statistics(digits_model, digits_splits):
+    """bn_images > 0: the stage ends with statistics re-estimated on the final network, not momentum's."""
+    from vpns_deploy.batchnorm import recalibrate_bn
+
+    cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
+    plan = _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64))
+    plan.bn_images = 300
+    run_stage(model, plan, digits_splits, 64, CPU, cfg.seed, Reporter(quiet=True))
+    after = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_mean")}
+    recalibrate_bn(model, digits_splits.train, 300, 64, CPU, cfg.seed + plan.epochs)
+    again = {k: v for k, v in model.state_dict().items() if k.endswith("running_mean")}
+    assert all(torch.allclose(after[k], again[k], atol=1e-6) for k in after)
