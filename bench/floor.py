@@ -1,0 +1,80 @@
+"""The accuracy floor over budgets (issue 15): ResNet-20 at 90 % on CIFAR-10-JPEG, VPNs vs HYDRA vs
+magnitude + fine-tune vs the dense fine-tune, at equal optimiser steps, for training subsets of
+2k / 10k / 50k images x 1 + 1 and 3 + 3 VPNs epochs (one seed; seeds 7 and 9 at 50k).
+
+Each budget is one `bench.accuracy` grid in its own child process (resumable: finished cells are
+kept), written to bench/results/floor/<budget>.json; then one table and plot over all budgets:
+
+    python -m bench.floor            # the whole grid, cheapest budgets first
+    python -m bench.floor --only 2k-e1,10k-e1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT.parent / "shared/models/cifar10/resnet20-12fca82f.th"
+DATA = f"tar:{ROOT.parent / 'shared/data/cifar10-jpeg.tar.gz'}"
+# (key, train subset or None for all 50k, VPNs epochs per stage, seeds)
+BUDGETS = (("2k-e1", 2000, 1, "7"), ("2k-e3", 2000, 3, "7"), ("10k-e1", 10000, 1, "7"),
+           ("10k-e3", 10000, 3, "7"), ("50k-e1", None, 1, "7,9"), ("50k-e3", None, 3, "7,9"))
+METHODS = ("dense", "magnitude", "hydra", "vpns")
+
+
+def budget_argv(key: str, subset: int | None, epochs: int, seeds: str, out: Path) -> list[str]:
+    argv = ["--model", str(MODEL), "--arch", "cifar_resnet20", "--data", DATA, "--methods", ",".join(METHODS),
+            "--sparsities", "0.9", "--seeds", seeds, "--extra-seeds", "", "--epochs", str(epochs),
+            "--lr-scores", "auto", "--out", str(out / f"{key}.json"), "--runs", str(ROOT / "bench/runs/floor" / key)]
+    return argv + (["--train-subset", str(subset)] if subset else [])
+
+
+def summary(out: Path) -> dict:
+    """Per budget: each method's top-1 (mean over seeds) and whether VPNs >= every baseline."""
+    rows = {}
+    for key, *_ in BUDGETS:
+        path = out / f"{key}.json"
+        if not path.is_file():
+            continue
+        cells = json.loads(path.read_text())["cells"].values()
+        row: dict = {}
+        for m in METHODS:
+            accs = [c["top1_plain"] if m != "vpns" else max(c["top1_plain"], c["top1_prompted"] or 0)
+                    for c in cells if c["method"] == m]
+            steps = [c["optimizer_steps"] for c in cells if c["method"] == m]
+            row[m] = {"top1": sum(accs) / len(accs), "n": len(accs), "steps": steps[0]} if accs else None
+        if row["vpns"] and row["magnitude"] and row["hydra"]:
+            row["vpns_floor_met"] = row["vpns"]["top1"] >= max(row["magnitude"]["top1"], row["hydra"]["top1"])
+        rows[key] = row
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="", help="comma-separated budget keys (default: all, cheapest first)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/floor")
+    args = p.parse_args()
+    wanted = [k for k in args.only.split(",") if k]
+    for key, subset, epochs, seeds in BUDGETS:
+        if wanted and key not in wanted:
+            continue
+        print(f"== {key}", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, "-m", "bench.accuracy",
+                               *budget_argv(key, subset, epochs, seeds, args.out)], cwd=ROOT)
+        if done.returncode != 0:
+            sys.exit(f"{key}: failed (exit {done.returncode}); run the same command again to resume")
+    from vpns_deploy.atomic import atomic_write_json
+
+    rows = summary(args.out)
+    atomic_write_json(args.out / "floor.json", {"command": "python -m bench.floor " + " ".join(sys.argv[1:]),
+                                                "budgets": rows})
+    for key, row in rows.items():
+        print(key, {m: (round(100 * r["top1"], 2), r["steps"]) for m, r in row.items() if isinstance(r, dict)},
+              "floor met" if row.get("vpns_floor_met") else "floor NOT met")
+
+
+if __name__ == "__main__":
+    main()
