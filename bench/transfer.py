@@ -114,7 +114,8 @@ def run_one(args: argparse.Namespace, key: str) -> dict:
     return {
         "method": method, "sparsity": None if method == "dense" else sparsity, "seed": seed,
         "top1_plain": m["top1_plain"], "top1_prompted": m.get("top1_prompted"),
-        "sparsity_achieved": m.get("sparsity"), "label_map": manifest.other.get("head"),  # no top-level "head" is written: None, as before
+        "sparsity_achieved": m.get("sparsity"), "label_map": manifest.method.get("label_mapping"),
+        "prompt_decision": manifest.prompt_decision,
         "optimizer_steps": sum(h["optimizer_steps"] for h in hist),
         "train_seconds": sum(h["train_seconds"] for h in hist),
         "wall_seconds_this_process": time.perf_counter() - t0,
