@@ -186,3 +186,37 @@ def test_every_epoch_is_evaluated_with_recalibrated_statistics(digits_model, dig
     recalibrate_bn(model, digits_splits.train, 300, 64, CPU, cfg.seed + plan.epochs)
     again = {k: v for k, v in model.state_dict().items() if k.endswith("running_mean")}
     assert all(torch.allclose(after[k], again[k], atol=1e-6) for k in after)
+
+
+def test_distillation_loss_known_answers(digits_model, digits_splits):
+    """alpha 0 is plain cross-entropy; a student equal to its teacher has zero soft loss."""
+    import torch.nn.functional as F
+
+    from vpns_deploy.distill import Distiller
+
+    loaded = load_model(digits_model, "digits_cnn", 10)
+    teacher = PromptedNet(copy.deepcopy(loaded.net), loaded.inputs, None)
+    x = digits_splits.train.images[:32].float() / 255
+    y = digits_splits.train.labels[:32]
+    with torch.no_grad():
+        same = teacher.eval()(x, prompted=False)
+    assert Distiller(teacher, 4.0, 1.0).loss(same, x, y).item() == pytest.approx(0.0, abs=1e-5)
+    other = torch.randn_like(same)
+    assert Distiller(teacher, 4.0, 0.0).loss(other, x, y).item() == pytest.approx(F.cross_entropy(other, y).item())
+    assert Distiller(teacher, 4.0, 1.0).loss(other, x, y).item() > 0.01
+
+
+def test_distill_runs_stage2_from_the_dense_teacher(digits_model, digits_splits):
+    """--distill: stage 2 records its loss, the teacher stays dense, the result differs from plain CE."""
+    base = CompressConfig(method="hydra", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64, bn_images=0)
+    plain = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, base, CPU, Reporter(quiet=True))
+    from dataclasses import replace
+
+    cfg = replace(base, distill=True)
+    result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
+    assert "KL(dense teacher" in result.stage_plans["tune"]["loss"]
+    assert "cross-entropy" == plain.stage_plans["tune"]["loss"]
+    w_plain = dict(plain.model.net.named_parameters())
+    w_kd = dict(result.model.net.named_parameters())
+    assert any(not torch.equal(w_plain[k], w_kd[k]) for k in w_kd if not k.endswith("scores"))
+    assert result.history[-1].test_acc_plain > 0.5

@@ -1,6 +1,7 @@
 """VPNs and its baselines as stage plans over the shared training loop (shared/docs/VPNS.md §1, §2)."""
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from torch.optim import SGD, Adam
 from vpns_deploy.channels import ChannelMaskSet
 from vpns_deploy.config import CompressConfig, auto_lr_scores, default_pad, parse_mode
 from vpns_deploy.data.batches import num_batches
+from vpns_deploy.distill import Distiller
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.heads import set_label_map
 from vpns_deploy.masks import MaskSet
@@ -93,7 +95,9 @@ def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, batches_p
     )
 
 
-def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int) -> StagePlan:
+def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: int,
+                teacher: PromptedNet | None = None) -> StagePlan:
+    """Stage 2; with a teacher (the dense network, --distill) its loss is distill.Distiller's."""
     o = cfg.optim
     masks.set_scores_trainable(False)
     masks.zero_pruned_weights()
@@ -109,10 +113,18 @@ def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: i
         model.prompt.delta.requires_grad_(True)
         popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
         optimizers.append((popt, cosine(popt, epochs)))
+    distiller = None
+    if teacher is not None:
+        if teacher.label_map is not None:  # the frozen map, known by now
+            teacher.label_map.copy_(model.label_map)
+        distiller = Distiller(teacher, cfg.distill_temperature, cfg.distill_alpha)
     return StagePlan(
         "tune", epochs, optimizers, passes, bn_images=cfg.bn_images,
+        loss_fn=distiller.loss if distiller is not None else None,
         describe={"trains": "weights + BN affine" + (" + prompt" if len(optimizers) > 1 else ""),
-                  "frozen": "scores and mask", "passes": list(passes)},
+                  "frozen": "scores and mask", "passes": list(passes),
+                  "loss": (f"{cfg.distill_alpha:g} x T^2 x KL(dense teacher, T={cfg.distill_temperature:g}) + "
+                           f"{1 - cfg.distill_alpha:g} x cross-entropy") if distiller else "cross-entropy"},
     )
 
 
@@ -139,13 +151,13 @@ class TrainingCheckpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
-def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig,
-                     batches_per_epoch: int) -> list[Callable[[], StagePlan]]:
+def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig, batches_per_epoch: int,
+                     teacher: PromptedNet | None = None) -> list[Callable[[], StagePlan]]:
     stages: list[Callable[[], StagePlan]] = []
     if cfg.method != "magnitude":
         stages.append(lambda: _mask_stage(model, masks, cfg, batches_per_epoch))
     if cfg.tune_epochs_effective > 0:
-        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective))
+        stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective, teacher))
     return stages
 
 
@@ -172,12 +184,14 @@ def compress(
     if cfg.head == "map" and cfg.label_map_on == "dense" and saved is None:  # before any mask exists
         dense_view = PromptedNet(net, loaded.inputs, None, torch.arange(splits.num_classes)).to(device)
         dense_map = set_label_map(dense_view, splits, cfg, device, reporter)
+    placeholder = torch.arange(splits.num_classes) if cfg.head == "map" else None
+    teacher = (PromptedNet(copy.deepcopy(net), loaded.inputs, None, placeholder).to(device).eval()
+               if cfg.distill else None)  # the dense network, before any mask
     example = torch.zeros(1, *splits.train.image_shape, device=device)
     masks = attach_masks(net, cfg, example)  # masks and scores take the weights' (channels-last) layout
     prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if cfg.uses_prompt else None
     prompt = VisualPrompt(prompt_spec).to(device) if prompt_spec is not None else None
     # --head map: the label map's buffer exists from the start (a resumed run loads it with the state)
-    placeholder = torch.arange(splits.num_classes) if cfg.head == "map" else None
     model = PromptedNet(net, loaded.inputs, prompt, placeholder).to(device)
     result = CompressResult(model, masks, prompt_spec)
 
@@ -205,7 +219,7 @@ def compress(
         result.label_map = set_label_map(model, splits, cfg, device, reporter)
 
     batches = num_batches(len(splits.train), cfg.batch_size)
-    for make_plan in _stage_factories(model, masks, cfg, batches):
+    for make_plan in _stage_factories(model, masks, cfg, batches, teacher):
         plan = make_plan()  # also sets what trains in this stage
         gens = stream_generators(cfg.seed)
         start = 1

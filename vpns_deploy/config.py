@@ -234,6 +234,12 @@ class CompressConfig:
         "BatchNorm statistics are re-estimated after every epoch on this many un-augmented training images, "
         "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
         "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
+    distill: bool = cli(False, (
+        "Stage 2 (and magnitude's fine-tune) learns from the dense network's logits: "
+        "distill_alpha x T^2 x KL at temperature distill_temperature plus (1 - alpha) x cross-entropy. The "
+        "teacher's forward passes cost time, not optimiser steps."))
+    distill_temperature: float = 4.0  # recipes: compress.distill_temperature
+    distill_alpha: float = 0.5  # weight of the soft (teacher) term; recipes: compress.distill_alpha
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -290,6 +296,9 @@ class CompressConfig:
         if not 0.0 <= self.memory_budget <= 1.0:
             raise UserError(f"--memory-budget must lie in [0, 1], got {self.memory_budget}",
                             "a fraction of RAM, e.g. 0.25; 0 always streams from the files")
+        if self.distill_temperature <= 0 or not 0.0 <= self.distill_alpha <= 1.0:
+            raise UserError(f"distill_temperature must be > 0 and distill_alpha in [0, 1], got "
+                            f"{self.distill_temperature} and {self.distill_alpha}", "e.g. 4.0 and 0.5")
         if self.bn_images < 0:
             raise UserError(f"bn_images must be >= 0, got {self.bn_images}", "e.g. 2000, or 0 to keep training's averages")
         for name in ("train_subset", "test_subset"):

@@ -39,6 +39,8 @@ class StagePlan:
     # BatchNorm statistics re-estimated on this many training images after every epoch, before it is
     # evaluated (vpns_deploy/batchnorm.py); 0: the running averages training left behind
     bn_images: int = 0
+    # (logits, x, y) -> loss; None: cross-entropy. Stage 2 with --distill: distill.Distiller.loss
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -87,7 +89,7 @@ def train_step(model: PromptedNet, plan: StagePlan, x: torch.Tensor, y: torch.Te
                prompted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step of one pass: forward, backward, step every optimiser, then after_step."""
     logits = model(x, prompted=prompted)
-    loss = F.cross_entropy(logits, y)
+    loss = plan.loss_fn(logits, x, y) if plan.loss_fn is not None else F.cross_entropy(logits, y)
     for opt, _ in plan.optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
