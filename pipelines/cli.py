@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import signal
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpns_deploy.config import (
-    DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, SCORE_LR_RULE, CompressConfig, OptimConfig,
+    AMP_HELP, DEFAULT_CALIB_IMAGES, DEVIATIONS, METHODS, PROMPT_KINDS, SCORE_LR_RULE, CompressConfig, OptimConfig,
 )
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
@@ -198,6 +199,8 @@ def compress(
     allow_empty_layers: Annotated[bool, typer.Option(help="Unstructured mode: accept a --sparsity so high that some layer keeps no weight at all (its output becomes a constant). Refused without this.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
     overwrite: OverwriteOpt = False,
+    amp: Annotated[str, typer.Option("--amp", help=AMP_HELP)] = _defaults.amp,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch (SyncBatchNorm) instead of each GPU's share.")] = _defaults.sync_bn,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it was started with. Re-running the same command does the same.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -221,7 +224,7 @@ def compress(
         batch_size=batch_size, prompt=prompt, pad=pad, seed=seed, device=device,  # type: ignore[arg-type]
         train_subset=train_subset, test_subset=test_subset, optim=_optim(lr_scores),
         allow_empty_layers=allow_empty_layers, head=head, head_warmup_epochs=head_warmup_epochs,
-        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget,
+        val_fraction=val_fraction, workers=workers, memory_budget=memory_budget, amp=amp, sync_bn=sync_bn,
     )
     if out is None:
         mode_part = "channel-" if cfg.mode == "channel" else ""
@@ -229,7 +232,8 @@ def compress(
 
     run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet),
                  inputs=_input_overrides(input_size, mean, std, interpolation))
-    typer.echo(str(out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports the run
+        typer.echo(str(out))
 
 
 @app.command()

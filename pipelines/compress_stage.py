@@ -1,6 +1,7 @@
 """Stage `compress`: load model and data, run the method, write the run directory in one piece."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -11,7 +12,11 @@ import torch
 from vpns_deploy.atomic import atomic_torch_save
 from pipelines.checkpoint import FileCheckpoint, fingerprint
 from pipelines.run_dir import CHECKPOINT, RunDir, check_out, now, partial_path, staged_directory, versions
+from pipelines.rank_checkpoint import RankCheckpoint, distributed_record, silent_reporter
+from vpns_deploy.amp import Amp, resolve_amp, setup_cuda_speed
 from vpns_deploy.compress import compress
+from vpns_deploy.distributed import DistContext, session
+from vpns_deploy.trainer import StepOptions
 from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
 from vpns_deploy.macs import count_macs, count_params
 from vpns_deploy.data import Splits, absolute_spec, build_splits, read_catalog
@@ -107,11 +112,27 @@ def run_compress(
     overwrite: bool = False, num_classes: int | None = None, trust_pickle: bool = False,
     reporter: Reporter | None = None, inputs: InputOverrides | None = None,
 ) -> Path:
+    """Under torchrun every rank trains; rank 0 alone writes the run directory, checkpoints and progress."""
     reporter = reporter or Reporter()
-    t_start = time.perf_counter()
-    check_out(out, overwrite)  # before any work: '.', a folder or file that is not a run, an existing run
     device = resolve_device(cfg.device)
-    inputs = inputs or InputOverrides()
+    with session(device, cfg.batch_size, cfg.sync_bn) as ctx:
+        if ctx is not None and not ctx.is_main:
+            reporter = silent_reporter()
+        return _run_compress(model_path, arch, data_spec, cfg, Path(out), overwrite, num_classes, trust_pickle,
+                             reporter, inputs or InputOverrides(), ctx.device if ctx else device, ctx)
+
+
+def _run_compress(
+    model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig, out: Path, overwrite: bool,
+    num_classes: int | None, trust_pickle: bool, reporter: Reporter, inputs: InputOverrides, device: torch.device,
+    ctx: DistContext | None,
+) -> Path:
+    t_start = time.perf_counter()
+    main = ctx is None or ctx.is_main
+    if main:
+        check_out(out, overwrite)  # before any work: '.', a folder or file that is not a run, an existing run
+    amp = Amp(resolve_amp(cfg.amp, device), device.type)
+    setup_cuda_speed(device)
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle, inputs)
     warmup = warm_up_head(loaded, splits, cfg, device, reporter) if cfg.head == "new" else []  # before the masks
     dense = copy.deepcopy(loaded.net).to(device).eval()
@@ -130,21 +151,27 @@ def run_compress(
                 "model_sha256": loaded.sha256, "arch": loaded.arch, "data": splits.fingerprint,
                 "train": len(splits.train), "test": len(splits.test),
                 "val": len(splits.val) if splits.val is not None else 0, "storage": splits.storage,
-                "inputs": loaded.inputs.to_dict()}
+                "inputs": loaded.inputs.to_dict(),
+                **({"world_size": ctx.world} if ctx else {}), **({"amp": amp.precision} if amp.enabled else {})}
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
                   "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle,
                   "overwrite": overwrite, "inputs": inputs.to_dict()}
     checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, fingerprint(settings), invocation)
     resumed = lambda p: reporter.line(f"found an unfinished run with the same settings in {p}")  # noqa: E731
-    with staged_directory(out, overwrite, checkpoint, resumed) as tmp:
-        run = RunDir(tmp)
+    workspace = staged_directory(out, overwrite, checkpoint, resumed) if main else contextlib.nullcontext(None)
+    with workspace as tmp:
         try:
             with reporter:
-                result = compress(loaded, splits, cfg, device, reporter, checkpoint)
+                result = compress(loaded, splits, cfg, device, reporter,
+                                  checkpoint if ctx is None else RankCheckpoint(checkpoint, ctx),
+                                  StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn))
         except KeyboardInterrupt:
-            if checkpoint.path.exists():
+            if checkpoint.path.exists() and main:
                 reporter.line("interrupted; the same command resumes from the last finished epoch")
             raise
+        if tmp is None:  # a rank other than 0: trained its share; rank 0 writes the run
+            return out
+        run = RunDir(tmp)
         baked = result.masks.baked(result.model.net).to(device).eval()
         shipped = PromptedNet(baked, loaded.inputs, result.model.prompt, result.model.label_map).to(device).eval()
         test_plain, test_prompted = top1_pair(shipped, splits.test, device, result.prompt_spec is not None)
@@ -179,6 +206,8 @@ def run_compress(
                        "head": head_record(cfg, baked, splits.num_classes, warmup),
                        "deviations": list(DEVIATIONS)},
             "device": str(device),
+            "precision": {"amp": amp.precision},
+            **({"distributed": distributed_record(ctx, result.rank_checksums)} if ctx else {}),
             "seed": cfg.seed,
             "versions": versions(),
             "metrics": {
