@@ -101,7 +101,7 @@ def train(
     from vpns_deploy.config import check_numbers
 
     check_numbers(cfg)  # --lr nan/inf/<= 0: one line, before any epoch
-    net, acc = pretrain(spec, splits, cfg, dev, Reporter(quiet=quiet))
+    net, acc = pretrain(spec, splits, cfg, dev, _reporter(quiet))
     atomic_torch_save(out, {k: v.cpu() for k, v in net.state_dict().items()})
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
 
@@ -143,6 +143,23 @@ def _input_overrides(input_size: int | None, mean: str | None, std: str | None,
     from vpns_deploy.models.input_overrides import InputOverrides, parse_floats
 
     return InputOverrides(input_size, parse_floats(mean, "--mean"), parse_floats(std, "--std"), interpolation)
+
+
+def _reporter(quiet: bool):
+    """Progress for this process: under torchrun only rank 0 shows any (the others train silently)."""
+    from vpns_deploy.progress import Reporter
+
+    if os.environ.get("RANK", "0") != "0":
+        from pipelines.rank_checkpoint import silent_reporter
+
+        return silent_reporter()
+    return Reporter(quiet=quiet)
+
+
+def _say(text: str) -> None:
+    """A command's result line; under torchrun rank 0 alone prints it."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(text)
 
 
 def _optim(lr_scores: float | None) -> OptimConfig:
@@ -214,7 +231,7 @@ def compress(
                             "--resume continues with the settings the run was started with")
         from pipelines.compress_stage import resume_compress
 
-        typer.echo(str(resume_compress(resume, Reporter(quiet=quiet), overwrite=overwrite)))
+        _say(str(resume_compress(resume, _reporter(quiet), overwrite=overwrite)))
         return
     if model is None or data is None:
         raise UserError("compress needs MODEL and --data", "e.g. vpns-deploy compress model.pt --data tar:cifar10.tar.gz "
@@ -230,10 +247,9 @@ def compress(
         mode_part = "channel-" if cfg.mode == "channel" else ""
         out = DEFAULT_RUNS / f"{(arch or model.stem).replace(':', '-')}-{method}-{mode_part}{cfg.target_text}-seed{seed}"
 
-    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, Reporter(quiet=quiet),
+    run_compress(model, arch, data, cfg, out, overwrite, num_classes, trust_pickle, _reporter(quiet),
                  inputs=_input_overrides(input_size, mean, std, interpolation))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports the run
-        typer.echo(str(out))
+    _say(str(out))
 
 
 @app.command()
@@ -295,9 +311,9 @@ def sweep(
         CompressConfig(sparsity=s)  # one-line error for a value outside (0, 1), before anything runs
     out = out or DEFAULT_RUNS / f"sweep-{(arch or model.stem).replace(':', '-')}-{method}-{mode.replace(':', 'of')}"
     result = run_sweep(model, arch, data, base, out, sparsities, _floats(speedup, "--speedup") if speedup else None,
-                       _precisions(precision), num_classes, trust_pickle, overwrite, Reporter(quiet=quiet),
+                       _precisions(precision), num_classes, trust_pickle, overwrite, _reporter(quiet),
                        inputs=_input_overrides(input_size, mean, std, interpolation))
-    typer.echo(str(result))
+    _say(str(result))
 
 
 @app.command("run")
@@ -316,18 +332,16 @@ def run_recipe_cmd(
     from pipelines.stages import run_recipe
 
     parsed = load_recipe(recipe)
-    from vpns_deploy.progress import Reporter
-
-    ran = run_recipe(parsed, overwrite=overwrite, reporter=Reporter(quiet=quiet))
+    ran = run_recipe(parsed, overwrite=overwrite, reporter=_reporter(quiet))
     report_json = parsed.out / "report.json"
-    if report_json.is_file():
+    if report_json.is_file() and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 alone
         import json
 
         from pipelines.report_stage import render_table
         from vpns_deploy.progress import out_console
 
         out_console.print(render_table(json.loads(report_json.read_text())))
-    typer.echo(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
+    _say(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
 
 
 RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."

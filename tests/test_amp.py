@@ -34,7 +34,7 @@ def _stage1(precision: str):
     masks.set_scores_trainable(True)
     prompt.delta.requires_grad_(True)
     opts = [(torch.optim.Adam(masks.scores(), lr=1e-2), None), (torch.optim.Adam([prompt.delta], lr=1e-2), None)]
-    plan = StagePlan("mask", 1, opts, ("prompted",), after_step=masks.update_from_scores)
+    plan = StagePlan("mask", 1, opts, ("prompted", "plain"), after_step=masks.update_from_scores)
     return model, masks, plan, Amp(precision, "cpu")
 
 
@@ -43,6 +43,8 @@ def test_amp_step_keeps_masks_scores_and_prompt_in_fp32(precision):
     model, masks, plan, amp = _stage1(precision)
     before = [s.detach().clone() for s in masks.scores()]
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    train_step(model, plan, x, y, False, amp)  # the plain pass: the prompt's optimiser has no gradient
+    assert model.prompt.delta.abs().sum() == 0
     loss, logits = train_step(model, plan, x, y, True, amp)
     assert logits.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]  # autocast ran
     assert loss.dtype == torch.float32 and torch.isfinite(loss)

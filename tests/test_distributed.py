@@ -76,8 +76,14 @@ def one_process(tmp_path_factory, digits_model) -> Path:
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, digits_model) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("two") / "run"
-    done = subprocess.run(_standalone(digits_model, out), capture_output=True, text=True, env=_env(), timeout=600)
+    """`vpns-deploy run` of a recipe with the same compress settings as _args, under torchrun."""
+    root = tmp_path_factory.mktemp("two")
+    out, recipe = root / "run", root / "recipe.toml"
+    recipe.write_text(f'[run]\nout = "{out}"\n[model]\npath = "{digits_model}"\narch = "digits_cnn"\n'
+                      f'[data]\nspec = "digits"\n[compress]\nepochs_mask = 2\nepochs_tune = 1\n'
+                      f'batch_size = {BATCH}\ndevice = "cpu"\n')
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", EXE, "run", str(recipe), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
@@ -111,10 +117,12 @@ def test_sharded_batches_are_the_single_process_batches(digits_splits):
 
 
 def test_two_processes_keep_ranks_identical_and_write_the_run_once(two_processes):
+    """`run` (hence `compress` inside it) under torchrun --nproc-per-node 2."""
     run, done = two_processes
     _assert_ranks_identical(run)
-    assert done.stdout.split() == [str(run)]  # rank 0 alone reports ...
+    assert done.stdout.splitlines() == [f"{run}: ran compress"]  # rank 0 alone reports ...
     assert done.stderr.count("done: sparsity") == 1 and done.stderr.count("mask 1/2") == 1  # ... and shows progress
+    assert done.stderr.count("[compress] running") == 1
     assert not (run.parent / f".{run.name}.partial").exists() and not (run.parent / f".{run.name}.lock").exists()
     manifest = json.loads((run / "manifest.json").read_text())
     assert [e["stage"] for e in manifest["metrics"]["epochs"]] == ["mask", "mask", "tune"]
@@ -197,3 +205,20 @@ def test_two_gpu_processes_with_nccl_and_sync_bn(tmp_path, digits_model):
     record = json.loads((out / "manifest.json").read_text())
     assert record["distributed"]["backend"] == "nccl" and record["distributed"]["ranks_identical"]
     assert record["precision"]["amp"] in ("bf16", "fp16")
+
+
+@pytest.mark.gpu
+def test_one_gpu_trains_under_amp_by_default(tmp_path, digits_model):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path / "run"
+    args = [a for a in _args(digits_model, out)[1:] if a != "cpu"]
+    args.remove("--device")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["device"].startswith("cuda") and manifest["precision"]["amp"] in ("bf16", "fp16")
+    assert abs(manifest["metrics"]["sparsity"] - 0.9) < 1e-4 and torch.backends.cudnn.benchmark
+    assert "distributed" not in manifest

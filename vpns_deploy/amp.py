@@ -64,7 +64,9 @@ class Amp:
                 opt.step()
             return
         for opt in optimizers:
-            self.scaler.step(opt)
+            if any(p.grad is not None for g in opt.param_groups for p in g["params"]):
+                self.scaler.step(opt)  # an optimiser this pass left without gradients (the prompt's in
+                # the plain pass) is skipped, as its fp32 step would do nothing; the scaler refuses it
         self.scaler.update()
 
     def state_dict(self) -> dict | None:

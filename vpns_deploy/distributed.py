@@ -13,6 +13,7 @@ the size of the weights, twice a batch).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -64,9 +65,37 @@ def check_batch(batch_size: int, world: int) -> None:
                         f"pass a global batch divisible by {world}, e.g. {batch_size - batch_size % world or world}")
 
 
+def env_rank() -> int:
+    """RANK as torchrun sets it (0 outside a torchrun job): decides who writes, before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def join(device: torch.device) -> DistContext:
+    """This process's place in the torchrun job, joining its process group on first use. The group lives
+    until the command exits, so `run` and `sweep` reuse it for every compress they make."""
+    world, rank, local = world_from_env(), env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if dist.is_initialized() and dist.get_backend() != backend:
+        raise UserError(f"this torchrun job communicates with {dist.get_backend()} but the step runs on {device}",
+                        "give every stage of the command the same --device")
+    if not dist.is_initialized():
+        die_with_launcher()
+        try:
+            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        except Exception as exc:  # noqa: BLE001 - rendezvous failures: one line
+            raise UserError(f"cannot join the torchrun job as rank {rank} of {world} ({backend}): "
+                            f"{(str(exc).strip().splitlines() or [''])[0][:300]}",
+                            "check --rdzv-endpoint / MASTER_ADDR and that every node started") from None
+        atexit.register(dist.destroy_process_group)
+    return DistContext(rank, world, local, device, backend)
+
+
 @contextlib.contextmanager
 def session(device: torch.device, batch_size: int, sync_bn: bool = False) -> Iterator[DistContext | None]:
-    """Join the torchrun job (None outside one); the process group is left however the body ends."""
+    """The torchrun job for one compress (None outside one); a failure inside becomes one line per rank."""
     world = world_from_env()
     if sync_bn and (world == 1 or device.type != "cuda"):
         raise UserError("--sync-bn needs several processes on CUDA GPUs (torch's SyncBatchNorm has no CPU kernels)",
@@ -75,27 +104,29 @@ def session(device: torch.device, batch_size: int, sync_bn: bool = False) -> Ite
         yield None
         return
     check_batch(batch_size, world)
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    die_with_launcher()
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    ctx = join(device)
     try:
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    except Exception as exc:  # noqa: BLE001 - rendezvous failures: one line
-        raise UserError(f"cannot join the torchrun job as rank {rank} of {world} ({backend}): {exc}".splitlines()[0],
-                        "check --rdzv-endpoint / MASTER_ADDR and that every node started") from None
-    try:
-        yield DistContext(rank, world, local, device, backend)
+        yield ctx
     except (UserError, KeyboardInterrupt, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 - a peer that died, a lost connection: one line per rank
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"process {rank} of {world} stopped: {type(exc).__name__}: {first}",
+        raise UserError(f"process {ctx.rank} of {world} stopped: {type(exc).__name__}: {first}",
                         "the last finished epoch's checkpoint is kept: run the same command again to resume") from None
-    finally:
-        dist.destroy_process_group()
+
+
+def rank0_verdict(value: bool, device: str = "auto") -> bool:
+    """Rank 0's `value` on every rank (a recipe's 'stage done?' must be the same everywhere, even on
+    nodes that do not share rank 0's file system); `value` itself outside a torchrun job."""
+    if world_from_env() == 1:
+        return value
+    from vpns_deploy.device import resolve_device
+
+    ctx = join(resolve_device(device))
+    where = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    flag = torch.tensor([int(value)], device=where)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 def die_with_launcher() -> None:
