@@ -132,7 +132,8 @@ def rank0_verdict(value: bool, device: str = "auto") -> bool:
 def die_with_launcher() -> None:
     """torchrun starts its workers in their own sessions, so a launcher killed with SIGKILL (or a node
     that loses it) left them training on and holding the run's lock. Linux's parent-death signal ends
-    a worker with its launcher instead; the last finished epoch's checkpoint is on disk already."""
+    a worker with its launcher instead (torchrun starts them from its main thread, whose exit is the
+    launcher's); the last finished epoch's checkpoint is on disk already."""
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     parent = os.getppid()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from vpns_deploy.amp import Amp
 from vpns_deploy.data.batches import num_batches, train_batches
 from vpns_deploy.data.sharded import sharded_train_batches
-from vpns_deploy.data.dataset import Splits
+from vpns_deploy.data.dataset import AnySet, AugmentPolicy, Splits
 from vpns_deploy.distributed import DistContext, average_bn_stats, set_sync_bn, stage_runner
 from vpns_deploy.evaluate import top1_pair
 from vpns_deploy.errors import UserError
@@ -226,8 +226,9 @@ def _runner(model: PromptedNet, plan: StagePlan, opts: StepOptions) -> tuple[nn.
     return stage_runner(model, params, opts.dist, opts.sync_bn)
 
 
-def _batches(train, batch_size: int, gen: torch.Generator, device: torch.device, policy, workers: int,
-             ctx: DistContext | None):
+def _batches(train: AnySet, batch_size: int, gen: torch.Generator, device: torch.device,
+             policy: AugmentPolicy | None, workers: int, ctx: DistContext | None
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of one pass's stream: all of it (single process) or this rank's share (torchrun)."""
     if ctx is None:
         return train_batches(train, batch_size, gen, device, policy, workers)
