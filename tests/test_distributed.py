@@ -96,14 +96,25 @@ def _assert_ranks_identical(run: Path, world: int = 2) -> None:
         assert len(sums) == world and len(set(sums)) == 1, (stage, sums)
 
 
-def test_sharded_batches_are_the_single_process_batches(digits_splits):
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_sharded_batches_are_the_single_process_batches(digits_splits, image_folder, tmp_path, storage):
     """Rank r's step k is its share of the single-process batch k: same images, same augmentation,
     and every rank's generator ends the epoch where a single process's does."""
+    from vpns_deploy.data import ImageSet, StreamSet, load_splits
     from vpns_deploy.data.batches import train_batches
     from vpns_deploy.data.sharded import sharded_train_batches
 
-    train, policy, cpu = digits_splits.train, digits_splits.augment, torch.device("cpu")
-    batch, world = 64, 2
+    from vpns_deploy.models.registry import InputSpec
+
+    if storage == "memory":
+        splits, batch = digits_splits, 64
+    else:  # PNG files decoded by the loader (padded random crop + flip at 16 px)
+        root = image_folder(tmp_path / "pngs", classes=("a", "b", "c", "d"), per_class=25, size=16)
+        spec = InputSpec(3, (0.5,) * 3, (0.25,) * 3, size=16)
+        splits, batch = load_splits(f"imagefolder:{root}", spec, memory_budget=0.0, workers=0), 16
+    assert isinstance(splits.train, ImageSet if storage == "memory" else StreamSet)
+    train, policy, cpu = splits.train, splits.augment, torch.device("cpu")
+    world = 2
     single_gen = torch.Generator().manual_seed(5)
     single = list(train_batches(train, batch, single_gen, cpu, policy))
     gens = [torch.Generator().manual_seed(5) for _ in range(world)]
