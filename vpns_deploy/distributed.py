@@ -254,3 +254,19 @@ def identical_on_ranks(state: dict[str, torch.Tensor], stage: str, ctx: DistCont
         raise UserError(f"the processes hold different networks after stage {stage} (checksums {sums})",
                         "this is a bug in vpns-deploy's distributed training; run with one process meanwhile")
     return sums
+
+
+def sharded_top1_pair(model: nn.Module, data, device: torch.device, with_prompt: bool,
+                      ctx: DistContext) -> tuple[float, float | None]:
+    """top1_pair over the whole set, each rank evaluating every world-th image and the correct counts
+    summed over ranks: the same numbers on every rank, in 1/world of the time."""
+    from vpns_deploy.evaluate import top1_pair
+
+    part = data.select(torch.arange(ctx.rank, len(data), ctx.world))
+    plain, prompted = top1_pair(model, part, device, with_prompt) if len(part) else (0.0, 0.0 if with_prompt else None)
+    where = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    counts = torch.tensor([round(plain * len(part)), round((prompted or 0.0) * len(part))], dtype=torch.int64,
+                          device=where)
+    dist.all_reduce(counts)
+    n = max(1, len(data))
+    return int(counts[0]) / n, (int(counts[1]) / n if with_prompt else None)

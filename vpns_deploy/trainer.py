@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from vpns_deploy.amp import Amp
 from vpns_deploy.data.batches import num_batches, train_batches
 from vpns_deploy.data.sharded import sharded_train_batches
 from vpns_deploy.data.dataset import AnySet, AugmentPolicy, Splits
-from vpns_deploy.distributed import DistContext, average_bn_stats, set_sync_bn, stage_runner
+from vpns_deploy.distributed import DistContext, average_bn_stats, set_sync_bn, sharded_top1_pair, stage_runner
 from vpns_deploy.evaluate import top1_pair
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
@@ -188,9 +189,9 @@ def run_stage(
             if sched is not None:
                 sched.step()
         t1 = time.perf_counter()
-        val_plain, val_prompted = top1_pair(model, val, device, has_prompt) if val is not None else (None, None)
-        test_plain, test_prompted = (top1_pair(model, test, device, has_prompt) if epoch == plan.epochs
-                                     else (None, None))
+        top1 = top1_pair if opts.dist is None else functools.partial(sharded_top1_pair, ctx=opts.dist)
+        val_plain, val_prompted = top1(model, val, device, has_prompt) if val is not None else (None, None)
+        test_plain, test_prompted = top1(model, test, device, has_prompt) if epoch == plan.epochs else (None, None)
         record = EpochRecord(
             stage=plan.name,
             epoch=epoch,
