@@ -87,7 +87,7 @@ def _mask_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, batches_p
         popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
         optimizers.append((popt, multistep(popt, e)))
     return StagePlan(
-        "mask", e, optimizers, passes, after_step=masks.update_from_scores,
+        "mask", e, optimizers, passes, after_step=masks.update_from_scores, bn_images=cfg.bn_images,
         describe={"trains": "scores" + (" + prompt" if len(optimizers) > 1 else ""),
                   "score_optimizer": o.score_optimizer,
                   "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes),
@@ -112,7 +112,7 @@ def _tune_stage(model: PromptedNet, masks: Masks, cfg: CompressConfig, epochs: i
         popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
         optimizers.append((popt, cosine(popt, epochs)))
     return StagePlan(
-        "tune", epochs, optimizers, passes,
+        "tune", epochs, optimizers, passes, bn_images=cfg.bn_images,
         describe={"trains": "weights + BN affine" + (" + prompt" if len(optimizers) > 1 else ""),
                   "frozen": "scores and mask", "passes": list(passes)},
     )
@@ -128,7 +128,7 @@ def dense_finetune(
     model = PromptedNet(net, loaded.inputs, None).to(device)
     o = cfg.optim
     opt = SGD(net.parameters(), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs))], (PLAIN,),
+    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs))], (PLAIN,), bn_images=cfg.bn_images,
                      describe={"trains": "all weights", "passes": [PLAIN]})
     return run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter)
 

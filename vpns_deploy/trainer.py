@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from vpns_deploy.amp import Amp
+from vpns_deploy.batchnorm import recalibrate_bn
 from vpns_deploy.data.batches import num_batches, train_batches
 from vpns_deploy.data.sharded import sharded_train_batches
 from vpns_deploy.data.dataset import AnySet, AugmentPolicy, Splits
@@ -41,6 +42,9 @@ class StagePlan:
     passes: tuple[str, ...]
     after_step: Callable[[], None] | None = None
     describe: dict = field(default_factory=dict)
+    # BatchNorm statistics re-estimated on this many training images after every epoch, before it is
+    # evaluated (vpns_deploy/batchnorm.py); 0: the running averages training left behind
+    bn_images: int = 0
 
 
 @dataclass
@@ -183,12 +187,14 @@ def run_stage(
         for stream in streams.values():
             stream.close()  # stops a streamed set's workers
         train_seconds = time.perf_counter() - t0
-        if opts.dist is not None:
-            average_bn_stats(model, opts.dist.world)  # identical on every rank before evaluation and checkpoint
         for _, sched in plan.optimizers:
             if sched is not None:
                 sched.step()
         t1 = time.perf_counter()
+        recalibrate_bn(model, train, plan.bn_images, batch_size, device, seed + epoch,
+                       tuple(p == PROMPTED for p in plan.passes))
+        if opts.dist is not None:
+            average_bn_stats(model, opts.dist.world)  # identical on every rank before evaluation and checkpoint
         top1 = top1_pair if opts.dist is None else functools.partial(sharded_top1_pair, ctx=opts.dist)
         val_plain, val_prompted = top1(model, val, device, has_prompt) if val is not None else (None, None)
         test_plain, test_prompted = top1(model, test, device, has_prompt) if epoch == plan.epochs else (None, None)
