@@ -451,6 +451,8 @@ def main() -> None:
         where = f"; see {ctx.command_path} --help" if ctx is not None else ""
         typer.echo(f"error: {message[:1].lower() + message[1:]}{where}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
+    finally:  # torchrun SIGTERMs the rest of a failed job: while exiting, that is no interrupt to report
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

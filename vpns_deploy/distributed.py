@@ -112,7 +112,7 @@ def session(device: torch.device, batch_size: int, sync_bn: bool = False) -> Ite
     except Exception as exc:  # noqa: BLE001 - a peer that died, a lost connection: one line per rank
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise UserError(f"process {ctx.rank} of {world} stopped: {type(exc).__name__}: {first}",
-                        "the last finished epoch's checkpoint is kept: run the same command again to resume") from None
+                        "a finished epoch's checkpoint is kept: run the same command again to resume from it") from None
 
 
 def rank0_verdict(value: bool, device: str = "auto") -> bool:
