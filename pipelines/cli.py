@@ -5,6 +5,7 @@ options compress and sweep share are generated (cli_options.py), not written her
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from pathlib import Path
@@ -98,7 +99,7 @@ def train(
     from vpns_deploy.config import check_numbers
 
     check_numbers(cfg)  # --lr nan/inf/<= 0: one line, before any epoch
-    net, acc = pretrain(spec, splits, cfg, dev, Reporter(quiet=quiet))
+    net, acc = pretrain(spec, splits, cfg, dev, _reporter(quiet))
     atomic_torch_save(out, {k: v.cpu() for k, v in net.state_dict().items()})
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
 
@@ -109,6 +110,23 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
 SPARSITY, SPEEDUP = ((CompressConfig, "sparsity"),), ((CompressConfig, "speedup"),)
 EMPTY_LAYERS = ((CompressConfig, "allow_empty_layers"),)
+
+
+def _reporter(quiet: bool):
+    """Progress for this process: under torchrun only rank 0 shows any (the others train silently)."""
+    from vpns_deploy.progress import Reporter
+
+    if os.environ.get("RANK", "0") != "0":
+        from pipelines.rank_checkpoint import silent_reporter
+
+        return silent_reporter()
+    return Reporter(quiet=quiet)
+
+
+def _say(text: str) -> None:
+    """A command's result line; under torchrun rank 0 alone prints it."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(text)
 
 
 @app.command(
@@ -148,7 +166,7 @@ def compress(
                             "--resume continues with the settings the run was started with")
         from pipelines.compress_stage import resume_compress
 
-        typer.echo(str(resume_compress(resume, Reporter(quiet=quiet), overwrite=overwrite)))
+        _say(str(resume_compress(resume, _reporter(quiet), overwrite=overwrite)))
         return
     if model is None or data is None:
         raise UserError("compress needs MODEL and --data", "e.g. vpns-deploy compress model.pt --data tar:cifar10.tar.gz "
@@ -159,8 +177,8 @@ def compress(
         out = DEFAULT_RUNS / f"{(arch or model.stem).replace(':', '-')}-{cfg.method}-{mode_part}{cfg.target_text}-seed{cfg.seed}"
 
     run_compress(model, arch, data, cfg, out, overwrite, options["num_classes"], options["trust_pickle"],
-                 Reporter(quiet=quiet), inputs=input_overrides(options))
-    typer.echo(str(out))
+                 _reporter(quiet), inputs=input_overrides(options))
+    _say(str(out))
 
 
 @app.command()
@@ -196,8 +214,8 @@ def sweep(
     out = out or DEFAULT_RUNS / f"sweep-{(arch or model.stem).replace(':', '-')}-{base.method}-{base.mode.replace(':', 'of')}"
     result = run_sweep(model, arch, data, base, out, sparsities, _floats(speedup, "--speedup") if speedup else None,
                        _precisions(precision), options["num_classes"], options["trust_pickle"], overwrite,
-                       Reporter(quiet=quiet), inputs=input_overrides(options))
-    typer.echo(str(result))
+                       _reporter(quiet), inputs=input_overrides(options))
+    _say(str(result))
 
 
 @app.command("run")
@@ -216,17 +234,15 @@ def run_recipe_cmd(
     from pipelines.stages import run_recipe
 
     parsed = load_recipe(recipe)
-    from vpns_deploy.progress import Reporter
-
-    ran = run_recipe(parsed, overwrite=overwrite, reporter=Reporter(quiet=quiet))
+    ran = run_recipe(parsed, overwrite=overwrite, reporter=_reporter(quiet))
     report_json = parsed.out / "report.json"
-    if report_json.is_file():
+    if report_json.is_file() and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 alone
         from pipelines.report_record import Report
         from pipelines.report_render import render_table
         from vpns_deploy.progress import out_console
 
         out_console.print(render_table(Report.read(report_json)))
-    typer.echo(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
+    _say(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
 
 
 RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."
@@ -341,6 +357,8 @@ def main() -> None:
         where = f"; see {ctx.command_path} --help" if ctx is not None else ""
         typer.echo(f"error: {message[:1].lower() + message[1:]}{where}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
+    finally:  # torchrun SIGTERMs the rest of a failed job: while exiting, that is no interrupt to report
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.exit(code if isinstance(code, int) else 0)
 
 

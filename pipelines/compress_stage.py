@@ -1,6 +1,7 @@
 """Stage `compress`: load model and data, run the method, write the run directory in one piece."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -10,10 +11,14 @@ import torch
 
 from vpns_deploy.atomic import atomic_torch_save
 from pipelines.artifacts import CHECKPOINT, DENSE_PT, MASKS_PT, MODEL_PT, PROMPT_PT
-from pipelines.checkpoint import FileCheckpoint
+from pipelines.checkpoint import FileCheckpoint, fingerprint
 from pipelines.manifest import DataRecord, Manifest, ModelRecord, run_fingerprint
 from pipelines.run_dir import RunDir, check_out, now, partial_path, staged_directory, versions
+from pipelines.rank_checkpoint import RankCheckpoint, distributed_record, silent_reporter
+from vpns_deploy.amp import Amp, resolve_amp, setup_cuda_speed
 from vpns_deploy.compress import compress
+from vpns_deploy.distributed import DistContext, session
+from vpns_deploy.trainer import StepOptions
 from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
 from vpns_deploy.macs import count_macs, count_params
 from vpns_deploy.data import Splits, absolute_spec, build_splits, read_catalog
@@ -108,11 +113,27 @@ def run_compress(
     overwrite: bool = False, num_classes: int | None = None, trust_pickle: bool = False,
     reporter: Reporter | None = None, inputs: InputOverrides | None = None,
 ) -> Path:
+    """Under torchrun every rank trains; rank 0 alone writes the run directory, checkpoints and progress."""
     reporter = reporter or Reporter()
-    t_start = time.perf_counter()
-    check_out(out, overwrite)  # before any work: '.', a folder or file that is not a run, an existing run
     device = resolve_device(cfg.device)
-    inputs = inputs or InputOverrides()
+    with session(device, cfg.batch_size, cfg.sync_bn) as ctx:
+        if ctx is not None and not ctx.is_main:
+            reporter = silent_reporter()
+        return _run_compress(model_path, arch, data_spec, cfg, Path(out), overwrite, num_classes, trust_pickle,
+                             reporter, inputs or InputOverrides(), ctx.device if ctx else device, ctx)
+
+
+def _run_compress(
+    model_path: Path, arch: str | None, data_spec: str, cfg: CompressConfig, out: Path, overwrite: bool,
+    num_classes: int | None, trust_pickle: bool, reporter: Reporter, inputs: InputOverrides, device: torch.device,
+    ctx: DistContext | None,
+) -> Path:
+    t_start = time.perf_counter()
+    main = ctx is None or ctx.is_main
+    if main:
+        check_out(out, overwrite)  # before any work: '.', a folder or file that is not a run, an existing run
+    amp = Amp(resolve_amp(cfg.amp, device), device.type)
+    setup_cuda_speed(device)
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle, inputs)
     warmup = warm_up_head(loaded, splits, cfg, device, reporter) if cfg.head == "new" else []  # before the masks
     dense = copy.deepcopy(loaded.net).to(device).eval()
@@ -127,20 +148,31 @@ def run_compress(
     )
     # One fingerprint: the checkpoint is resumed, and stages call the finished run done, on the same digest.
     key = run_fingerprint(cfg.to_dict(), loaded.sha256, loaded.arch, splits.fingerprint, inputs.to_dict())
+    # A checkpoint resumes only under the same run fingerprint AND the same conditions of training
+    # that the run's identity leaves out: where the images live (RAM or streamed: their augmentation
+    # draws differ), the number of processes and the precision the steps ran in.
+    resume_key = fingerprint({"run": key, "storage": splits.storage,
+                              **({"world_size": ctx.world} if ctx else {}),
+                              **({"amp": amp.precision} if amp.enabled else {})})
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
                   "config": cfg.to_dict(), "num_classes": num_classes, "trust_pickle": trust_pickle,
                   "overwrite": overwrite, "inputs": inputs.to_dict()}
-    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, key, invocation)
+    checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, resume_key, invocation)
     resumed = lambda p: reporter.line(f"found an unfinished run with the same settings in {p}")  # noqa: E731
-    with staged_directory(out, overwrite, checkpoint, resumed) as tmp:
-        run = RunDir(tmp)
+    workspace = staged_directory(out, overwrite, checkpoint, resumed) if main else contextlib.nullcontext(None)
+    with workspace as tmp:
         try:
             with reporter:
-                result = compress(loaded, splits, cfg, device, reporter, checkpoint)
+                result = compress(loaded, splits, cfg, device, reporter,
+                                  checkpoint if ctx is None else RankCheckpoint(checkpoint, ctx),
+                                  StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn))
         except KeyboardInterrupt:
-            if checkpoint.path.exists():
+            if checkpoint.path.exists() and main:
                 reporter.line("interrupted; the same command resumes from the last finished epoch")
             raise
+        if tmp is None:  # a rank other than 0: trained its share; rank 0 writes the run
+            return out
+        run = RunDir(tmp)
         baked = result.masks.baked(result.model.net).to(device).eval()
         shipped = PromptedNet(baked, loaded.inputs, result.model.prompt, result.model.label_map).to(device).eval()
         test_plain, test_prompted = top1_pair(shipped, splits.test, device, result.prompt_spec is not None)
@@ -174,7 +206,8 @@ def run_compress(
                        "head": head_record(cfg, baked, splits.num_classes, warmup),
                        "deviations": list(DEVIATIONS)},
             other={"created": now(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "device": str(device),
-                   "versions": versions(),
+                   "versions": versions(), "precision": {"amp": amp.precision},
+                   **({"distributed": distributed_record(ctx, result.rank_checksums)} if ctx else {}),
                    "timings": {"stage_seconds": result.stage_seconds, "total_seconds": time.perf_counter() - t_start}},
             metrics={
                 "dense_top1": dense_top1,

@@ -18,6 +18,7 @@ from pipelines.manifest import Manifest, run_fingerprint
 from pipelines.recipe import Recipe
 from pipelines.run_dir import RunDir
 from vpns_deploy.data.cache import sha256_file
+from vpns_deploy.distributed import env_rank, rank0_verdict
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 
@@ -141,14 +142,20 @@ STAGES: tuple[Stage, ...] = (
 
 
 def run_recipe(recipe: Recipe, overwrite: bool = False, reporter: Reporter | None = None) -> list[str]:
-    """Run every enabled stage that is not done yet; returns the names of the stages that ran."""
+    """Run every enabled stage that is not done yet; returns the names of the stages that ran.
+
+    Under torchrun rank 0 decides what is done and alone pretrains, exports and reports; the other
+    ranks join each compress (they wait for rank 0 at its start, so a pretrained model exists by then)."""
     reporter = reporter or Reporter()
+    main = env_rank() == 0  # under torchrun: every rank compresses, rank 0 alone does the rest
     ran = []
     for stage in STAGES:
         if not stage.enabled(recipe):
             continue
-        if stage.done(recipe):
+        if rank0_verdict(stage.done(recipe) if main else False, recipe.compress.device):
             reporter.line(f"[{stage.name}] done earlier, outputs verified: skipped")
+            continue
+        if not main and stage.name != "compress":
             continue
         reporter.line(f"[{stage.name}] running")
         stage.run(recipe, reporter, overwrite)

@@ -16,6 +16,7 @@ from pipelines.recipe import DataSection, ExportSection, ModelSection, Recipe, R
 from pipelines.report_record import Report
 from pipelines.run_dir import now
 from pipelines.stages import run_recipe
+from vpns_deploy.distributed import env_rank
 from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.errors import UserError
@@ -62,6 +63,8 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
                         compress=cfg, export=ExportSection(precisions=list(precisions)), report=ReportSection())
         run_recipe(recipe, overwrite=overwrite, reporter=reporter)
         run_dirs.append(out / name)
+    if env_rank() != 0:  # under torchrun the other ranks only trained; rank 0 writes the sweep's files
+        return out
     reports = [Report.read(d / REPORT_JSON) for d in run_dirs]
     summary = [{"label": name, "sparsity": r.sparsity_prunable, "top1": r.accuracy["compressed"]["onnxruntime"],
                 "macs": r.counts["compressed"]["macs"],

@@ -16,6 +16,7 @@ from vpns_deploy.config import CompressConfig, auto_lr_scores, default_pad, pars
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.distill import Distiller
 from vpns_deploy.data.dataset import Splits
+from vpns_deploy.distributed import identical_on_ranks
 from vpns_deploy.heads import set_label_map
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
@@ -23,7 +24,7 @@ from vpns_deploy.models.checkpoint import LoadedModel
 from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import cosine, multistep
 from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
-from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, run_stage, stream_generators
+from vpns_deploy.trainer import PLAIN, PROMPTED, EpochRecord, StagePlan, StepOptions, run_stage, stream_generators
 
 
 Masks = MaskSet | ChannelMaskSet
@@ -38,6 +39,7 @@ class CompressResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_plans: dict[str, dict] = field(default_factory=dict)
     label_map: dict | None = None  # --head map: heads.label_map_record of the frozen mapping
+    rank_checksums: dict[str, list[str]] = field(default_factory=dict)  # torchrun: per stage, per rank
 
 
 def build_prompt_spec(cfg: CompressConfig, image_shape: tuple[int, int, int]) -> PromptSpec:
@@ -168,6 +170,7 @@ def compress(
     device: torch.device,
     reporter: Reporter,
     checkpoint: TrainingCheckpoint | None = None,
+    opts: StepOptions | None = None,
 ) -> CompressResult:
     """Run the method's stages; with a checkpoint, save after every epoch and resume from it.
 
@@ -235,6 +238,8 @@ def compress(
                 for name, g in gens.items():
                     g.set_state(saved["generators"][name])
                 torch.set_rng_state(saved["torch_rng"])
+                if opts is not None and opts.amp is not None:
+                    opts.amp.load_state_dict(saved.get("amp_scaler"))
                 start = saved["epoch"] + 1
         result.stage_plans[plan.name] = {"epochs": plan.epochs, **plan.describe}
         t0, before = time.perf_counter(), result.stage_seconds.get(plan.name, 0.0)
@@ -243,7 +248,8 @@ def compress(
             result.history.append(record)
             result.stage_seconds[plan.name] = before + time.perf_counter() - t0
             if checkpoint is not None:
-                checkpoint.save({
+                scaler = opts.amp.state_dict() if opts is not None and opts.amp is not None else None
+                checkpoint.save({**({"amp_scaler": scaler} if scaler else {}),
                     "stage": plan.name, "epoch": record.epoch,
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "masks": ({k: v.detach().cpu() for k, v in masks.state_dict().items()}
@@ -257,7 +263,10 @@ def compress(
                     "label_map": result.label_map,
                 })
 
-        run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter, on_epoch, gens, start)
+        run_stage(model, plan, splits, cfg.batch_size, device, cfg.seed, reporter, on_epoch, gens, start, opts)
+        if opts is not None and opts.dist is not None:
+            state = {**model.state_dict(), **(masks.state_dict() if isinstance(masks, nn.Module) else {})}
+            result.rank_checksums[plan.name] = identical_on_ranks(state, plan.name, opts.dist)
     if cfg.tune_epochs_effective == 0:
         masks.set_scores_trainable(False)
         masks.zero_pruned_weights()

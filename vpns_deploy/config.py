@@ -56,6 +56,9 @@ DEFAULT_BN_IMAGES = 2000
 CHANNEL_INITS = ("group_norm", "l1")
 SCORE_OPTIMIZERS = ("adam", "sgd")
 CHANNEL_WIDTHS = ("learned", "init")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_HELP = ("Mixed precision of training steps: bf16, fp16 (with loss scaling) or off; auto: bf16 on a CUDA GPU "
+            "that supports it, fp16 on one that does not, off on the CPU. Masks, top-k and optimiser steps stay fp32.")
 
 # Per-weight score learning rate when none is given. Adam moves a score by about its lr per step, so
 # what a stage can change is lr x steps. The reference's 1e-4 fits its 30-epoch stage 1 (11,760 steps
@@ -240,6 +243,11 @@ class CompressConfig:
         "teacher's forward passes cost time, not optimiser steps."))
     distill_temperature: float = 4.0  # recipes: compress.distill_temperature
     distill_alpha: float = 0.5  # weight of the soft (teacher) term; recipes: compress.distill_alpha
+    # Mixed precision of training steps (vpns_deploy/amp.py): auto = bf16 on CUDA GPUs that have it,
+    # else fp16 with loss scaling; off on the CPU (no bf16/fp16 units on this project's CPUs).
+    amp: str = cli("auto", AMP_HELP)
+    sync_bn: bool = cli(False, "Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch "
+                               "(SyncBatchNorm) instead of each GPU's share.")
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -291,6 +299,8 @@ class CompressConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}",
                             "e.g. 0.1 (10 % of the training images), or 0 for no validation split")
+        if self.amp not in AMP_CHOICES:
+            raise UserError(f"unknown --amp {self.amp!r}", f"pass one of {', '.join(AMP_CHOICES)}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}", "0 decodes in the training process")
         if not 0.0 <= self.memory_budget <= 1.0:

@@ -1,18 +1,24 @@
 """The training loop every stage shares: passes per batch, optimiser steps, per-epoch metrics."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from vpns_deploy.amp import Amp
 from vpns_deploy.batchnorm import recalibrate_bn
 from vpns_deploy.data.batches import num_batches, train_batches
-from vpns_deploy.data.dataset import Splits
+from vpns_deploy.data.sharded import sharded_train_batches
+from vpns_deploy.data.dataset import AnySet, AugmentPolicy, Splits
+from vpns_deploy.distributed import DistContext, average_bn_stats, set_sync_bn, sharded_top1_pair, stage_runner
 from vpns_deploy.evaluate import top1_pair
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
@@ -85,16 +91,37 @@ def _eval_text(r: EpochRecord) -> str:
     return out
 
 
-def train_step(model: PromptedNet, plan: StagePlan, x: torch.Tensor, y: torch.Tensor,
-               prompted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step of one pass: forward, backward, step every optimiser, then after_step."""
-    logits = model(x, prompted=prompted)
-    loss = plan.loss_fn(logits, x, y) if plan.loss_fn is not None else F.cross_entropy(logits, y)
+@dataclass
+class StepOptions:
+    """How steps run beyond one fp32 process: mixed precision (amp.py) and torchrun ranks
+    (distributed.py). The default is the plain single-process fp32 step."""
+
+    amp: Amp | None = None
+    dist: DistContext | None = None
+    sync_bn: bool = False
+
+
+def train_step(model: nn.Module, plan: StagePlan, x: torch.Tensor, y: torch.Tensor,
+               prompted: bool, amp: Amp | None = None,
+               sync: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step of one pass: forward, backward, step every optimiser, then after_step.
+    `sync` runs between backward and step (distributed: the gradients DDP does not reduce)."""
+    with amp.autocast() if amp is not None else contextlib.nullcontext():
+        logits = model(x, prompted=prompted)
+        loss = plan.loss_fn(logits, x, y) if plan.loss_fn is not None else F.cross_entropy(logits, y)
     for opt, _ in plan.optimizers:
         opt.zero_grad(set_to_none=True)
-    loss.backward()
-    for opt, _ in plan.optimizers:
-        opt.step()
+    if amp is not None:
+        amp.backward(loss)
+    else:
+        loss.backward()
+    if sync is not None:
+        sync()
+    if amp is not None:
+        amp.step([opt for opt, _ in plan.optimizers])
+    else:
+        for opt, _ in plan.optimizers:
+            opt.step()
     if plan.after_step is not None:
         plan.after_step()
     return loss.detach(), logits.detach()
@@ -116,13 +143,17 @@ def run_stage(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     gens: dict[str, torch.Generator] | None = None,
     start_epoch: int = 1,
+    opts: StepOptions | None = None,
 ) -> list[EpochRecord]:
     """Train epochs start_epoch..plan.epochs; returns one record per epoch (validation top-1 after
     each, test top-1 after the last).
 
     A resumed stage passes the generators and start epoch saved in its checkpoint, so the data order
-    and augmentation continue exactly where the interrupted run stopped.
+    and augmentation continue exactly where the interrupted run stopped. Under torchrun (opts.dist)
+    each rank trains on its share of every global batch (data/sharded.py) through DDP.
     """
+    opts = opts or StepOptions()
+    runner, sync = _runner(model, plan, opts)
     train, val, test = splits.train, splits.val, splits.test
     has_prompt = model.prompt is not None
     gens = gens if gens is not None else stream_generators(seed)
@@ -132,10 +163,8 @@ def run_stage(
         model.train()
         # Streamed sets: the passes' loaders share the decoding workers.
         workers = max(1, getattr(train, "workers", 0) // len(plan.passes)) if getattr(train, "workers", 0) else 0
-        streams = {
-            p: train_batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment, workers)
-            for p in plan.passes
-        }
+        streams = {p: _batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment,
+                               workers, opts.dist) for p in plan.passes}
         loss_sum = correct = seen = steps = 0
         t0 = time.perf_counter()
         label = f"{plan.name} {epoch}/{plan.epochs}"
@@ -144,7 +173,7 @@ def run_stage(
             for _ in range(steps_per_epoch):
                 for p in plan.passes:
                     x, y = next(streams[p])
-                    loss, logits = train_step(model, plan, x, y, prompted=p == PROMPTED)
+                    loss, logits = train_step(runner, plan, x, y, p == PROMPTED, opts.amp, sync)
                     steps += 1
                     if not torch.isfinite(loss):  # stop before a NaN reaches the epoch's checkpoint
                         raise UserError(
@@ -166,9 +195,11 @@ def run_stage(
         t1 = time.perf_counter()
         recalibrate_bn(model, train, plan.bn_images, batch_size, device, seed + epoch,
                        tuple(p == PROMPTED for p in plan.passes))
-        val_plain, val_prompted = top1_pair(model, val, device, has_prompt) if val is not None else (None, None)
-        test_plain, test_prompted = (top1_pair(model, test, device, has_prompt) if epoch == plan.epochs
-                                     else (None, None))
+        if opts.dist is not None:
+            average_bn_stats(model, opts.dist.world)  # identical on every rank before evaluation and checkpoint
+        top1 = top1_pair if opts.dist is None else functools.partial(sharded_top1_pair, ctx=opts.dist)
+        val_plain, val_prompted = top1(model, val, device, has_prompt) if val is not None else (None, None)
+        test_plain, test_prompted = top1(model, test, device, has_prompt) if epoch == plan.epochs else (None, None)
         record = EpochRecord(
             stage=plan.name,
             epoch=epoch,
@@ -190,4 +221,24 @@ def run_stage(
                       f"  {train_seconds:6.1f}s")
         if on_epoch is not None:
             on_epoch(record)
+    if opts.sync_bn:
+        set_sync_bn(model, False)
     return history
+
+
+def _runner(model: PromptedNet, plan: StagePlan, opts: StepOptions) -> tuple[nn.Module, Callable[[], None] | None]:
+    """The module a stage's forward runs and the extra gradient reduction: the model itself and none
+    for a single process; under torchrun a DDP wrapper made for this stage's trainable parameters."""
+    if opts.dist is None:
+        return model, None
+    params = [p for opt, _ in plan.optimizers for g in opt.param_groups for p in g["params"]]
+    return stage_runner(model, params, opts.dist, opts.sync_bn)
+
+
+def _batches(train: AnySet, batch_size: int, gen: torch.Generator, device: torch.device,
+             policy: AugmentPolicy | None, workers: int, ctx: DistContext | None
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of one pass's stream: all of it (single process) or this rank's share (torchrun)."""
+    if ctx is None:
+        return train_batches(train, batch_size, gen, device, policy, workers)
+    return sharded_train_batches(train, batch_size, gen, device, policy, workers, ctx.world, ctx.rank)

@@ -4,6 +4,7 @@ order and augmentation from the caller's generator, so runs repeat and resume ex
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -18,24 +19,61 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def augment(x: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator) -> torch.Tensor:
+@dataclass
+class AugmentDraw:
+    """The random draws of `augment` for n samples (crop offsets, flips), so they can be made for a
+    whole global batch and applied to one process's share of it (data/sharded.py)."""
+
+    oy: torch.Tensor | None
+    ox: torch.Tensor | None
+    flip: torch.Tensor | None
+
+    def take(self, idx: torch.Tensor) -> "AugmentDraw":
+        return AugmentDraw(*(None if t is None else t[idx] for t in (self.oy, self.ox, self.flip)))
+
+    @staticmethod
+    def cat(draws: list["AugmentDraw"]) -> "AugmentDraw":
+        parts = [[getattr(d, k) for d in draws] for k in ("oy", "ox", "flip")]
+        return AugmentDraw(*(None if not p or p[0] is None else torch.cat(p) for p in parts))
+
+
+def draw_augment(n: int, hw: tuple[int, int], policy: AugmentPolicy, gen: torch.Generator) -> AugmentDraw:
+    """The draws for n samples of h x w, in the order `augment` has always made them."""
+    h, w = hw
+    p = policy.crop_pad
+    oh, ow = (policy.crop_size, policy.crop_size) if policy.crop_size else (h, w)
+    oy = ox = flip = None
+    if p > 0 or (oh, ow) != (h, w):
+        oy = torch.randint(0, h + 2 * p - oh + 1, (n,), generator=gen)
+        ox = torch.randint(0, w + 2 * p - ow + 1, (n,), generator=gen)
+    if policy.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+    return AugmentDraw(oy, ox, flip)
+
+
+def apply_augment(x: torch.Tensor, policy: AugmentPolicy, draw: AugmentDraw) -> torch.Tensor:
     """Random crop (from a zero-padded copy, or a crop_size window of a larger image) plus optional
-    horizontal flip, per sample."""
+    horizontal flip, per sample, with the given draws."""
     n, _, h, w = x.shape
     p = policy.crop_pad
     oh, ow = (policy.crop_size, policy.crop_size) if policy.crop_size else (h, w)
-    if p > 0 or (oh, ow) != (h, w):
+    if draw.oy is not None and draw.ox is not None:
         padded = torch.nn.functional.pad(x, (p, p, p, p)) if p > 0 else x
-        oy = torch.randint(0, h + 2 * p - oh + 1, (n,), generator=gen).to(x.device)
-        ox = torch.randint(0, w + 2 * p - ow + 1, (n,), generator=gen).to(x.device)
+        oy, ox = draw.oy.to(x.device), draw.ox.to(x.device)
         rows = (oy[:, None] + torch.arange(oh, device=x.device))[:, :, None]  # n x oh x 1
         cols = (ox[:, None] + torch.arange(ow, device=x.device))[:, None, :]  # n x 1 x ow
         idx = torch.arange(n, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2).contiguous()
-    if policy.hflip:
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    if draw.flip is not None:
+        flip = draw.flip.to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return x
+
+
+def augment(x: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (from a zero-padded copy, or a crop_size window of a larger image) plus optional
+    horizontal flip, per sample."""
+    return apply_augment(x, policy, draw_augment(x.shape[0], (x.shape[2], x.shape[3]), policy, gen))
 
 
 def train_batches(
