@@ -280,3 +280,27 @@ def test_widths_init_keeps_each_groups_count_and_repicks_channels():
         kept = masks.group_mask(i).bool()
         if (~kept).any():
             assert s[kept].min() >= s[~kept].max()
+
+
+def test_tp_groupnorm_method_is_torch_prunings_mask_then_fine_tuning(digits_model, digits_splits):
+    """--method tp-groupnorm: no mask stage, the group-norm mask at the budget, all epochs fine-tune;
+    refused outside channel mode."""
+    from vpns_deploy.compress import compress
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.errors import UserError
+    from vpns_deploy.models import load_model
+    from vpns_deploy.progress import Reporter
+
+    with pytest.raises(UserError, match="--mode channel"):
+        CompressConfig(method="tp-groupnorm", mode="unstructured")
+    cfg = CompressConfig(method="tp-groupnorm", mode="channel", speedup=1.5, epochs_mask=1, epochs_tune=1,
+                         batch_size=64, channel_round_to=4)
+    loaded = load_model(digits_model, "digits_cnn", 10)
+    reference = ChannelMaskSet(copy.deepcopy(loaded.net), torch.zeros(1, *digits_splits.train.image_shape),
+                               sparsity=None, speedup=1.5, round_to=4)
+    expected = [k.bool() for k in reference.group_norm_keep()]
+    result = compress(loaded, digits_splits, cfg, torch.device("cpu"), Reporter(quiet=True))
+    assert [r.stage for r in result.history] == ["tune", "tune"]  # epochs_mask + epochs_tune of fine-tuning
+    for i, keep in enumerate(expected):
+        assert torch.equal(result.masks.group_mask(i).bool().cpu(), keep)
+    assert result.history[-1].test_acc_plain > 0.5

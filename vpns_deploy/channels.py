@@ -576,6 +576,13 @@ class ChannelMaskSet(nn.Module):
             self.sparsity_target = sparsity
         self.select(self.magnitude())
 
+    @torch.no_grad()
+    def update_from_group_norm(self) -> None:
+        """--method tp-groupnorm: the mask Torch-Pruning's iterative group-norm pruner reaches at the
+        budget (group_norm_keep), exactly: the library's own stopping point, not re-filled to the budget."""
+        for i, keep in enumerate(self.group_norm_keep()):
+            self.group_mask(i).copy_(keep.to(self.group_mask(i).device))
+
     def zero_pruned_weights(self) -> None:
         """Nothing to do: removed channels are zeroed at their producers' outputs by the hooks."""
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim import SGD, Adam
 
 from vpns_deploy.channels import ChannelMaskSet
-from vpns_deploy.config import CompressConfig, auto_lr_scores, default_pad, parse_mode
+from vpns_deploy.config import FIXED_MASK_METHODS, CompressConfig, auto_lr_scores, default_pad, parse_mode
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.distill import Distiller
 from vpns_deploy.data.dataset import Splits
@@ -156,7 +156,7 @@ class TrainingCheckpoint(Protocol):
 def _stage_factories(model: PromptedNet, masks: Masks, cfg: CompressConfig, batches_per_epoch: int,
                      teacher: PromptedNet | None = None) -> list[Callable[[], StagePlan]]:
     stages: list[Callable[[], StagePlan]] = []
-    if cfg.method != "magnitude":
+    if cfg.method not in FIXED_MASK_METHODS:
         stages.append(lambda: _mask_stage(model, masks, cfg, batches_per_epoch))
     if cfg.tune_epochs_effective > 0:
         stages.append(lambda: _tune_stage(model, masks, cfg, cfg.tune_epochs_effective, teacher))
@@ -209,6 +209,8 @@ def compress(
         reporter.line(f"resuming after {saved['stage']} epoch {saved['epoch']} (checkpoint)")
     elif cfg.method == "magnitude":
         masks.update_from_magnitude()
+    elif cfg.method == "tp-groupnorm":
+        masks.update_from_group_norm()
     else:
         masks.init_scores_scaled()
         masks.update_from_scores()

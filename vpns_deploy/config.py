@@ -4,10 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Method = Literal["vpns", "hydra", "magnitude"]
+Method = Literal["vpns", "hydra", "magnitude", "tp-groupnorm"]
 PromptKind = Literal["pad", "expand", "fix", "random"]
 
-METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude")
+METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude", "tp-groupnorm")
+# Methods whose mask is fixed before training (no mask-finding stage): their whole epoch budget goes to
+# fine-tuning. tp-groupnorm (channel mode only): Torch-Pruning's iterative group-norm pruner
+# (BasePruner + GroupMagnitudeImportance(p=2), global) run to the budget, then fine-tuning.
+FIXED_MASK_METHODS: tuple[str, ...] = ("magnitude", "tp-groupnorm")
 # unstructured: global top-k over weights; channel: whole coupled channel groups (then compacted);
 # N:M (e.g. 2:4): N of every M consecutive weights along input channels (sparse tensor cores).
 MODES_HELP = "unstructured, channel, or N:M such as 2:4"
@@ -280,7 +284,10 @@ class CompressConfig:
             raise UserError(f"unknown prompt {self.prompt!r}", f"choose one of {', '.join(PROMPT_KINDS)}")
         if self.epochs_mask < 0 or self.epochs_tune < 0:
             raise UserError("epoch counts must be >= 0", "pass --epochs-mask/--epochs-tune >= 0")
-        if self.method != "magnitude" and self.epochs_mask == 0:
+        if self.method == "tp-groupnorm" and self.mode != "channel":
+            raise UserError("--method tp-groupnorm prunes whole channels (Torch-Pruning's group-norm pruner)",
+                            "pass --mode channel, or --method magnitude for unstructured/N:M")
+        if self.method not in FIXED_MASK_METHODS and self.epochs_mask == 0:
             raise UserError(
                 f"{self.method} needs at least one mask-finding epoch",
                 "pass --epochs-mask >= 1 (or --method magnitude, which needs none)",
@@ -342,7 +349,7 @@ class CompressConfig:
     @property
     def tune_epochs_effective(self) -> int:
         """Magnitude has no mask search, so its whole epoch budget goes to fine-tuning."""
-        return self.epochs_mask + self.epochs_tune if self.method == "magnitude" else self.epochs_tune
+        return self.epochs_mask + self.epochs_tune if self.method in FIXED_MASK_METHODS else self.epochs_tune
 
     def to_dict(self) -> dict:
         return asdict(self)
