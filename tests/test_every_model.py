@@ -411,3 +411,18 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.every_model
+def test_swin_patch_merging_concat_is_kept_whole_not_a_traceback(request):
+    """torch-pruning adds None to an int at a concatenation whose inputs' channels it cannot infer
+    (swin_s: a TypeError from inside its index mapping); channel mode keeps that group whole, named."""
+    from vpns_deploy.channels import plan_channels
+
+    if not _every_model_asked(request):
+        pytest.skip("with -m every_model")
+    torch.manual_seed(0)
+    net = tvm.get_model("swin_s", weights=None, num_classes=CLASSES).eval()
+    plan = plan_channels(net, torch.rand(1, 3, 32, 32))
+    assert plan.groups, "nothing left to prune"
+    assert any("concatenation torch-pruning cannot map" in line for line in plan.refusal_lines())
