@@ -226,22 +226,24 @@ def _float32_noise(reference: PromptedNet, splits: Splits) -> float:
         return float((noisy(to_unit_float(splits.test.images)) - want).abs().max())
 
 
-def _flips_under_fp16_weights(reference: PromptedNet, splits: Splits) -> int:
-    """Images whose PyTorch top-1 changes when only the weights are rounded to fp16 (fp32 compute).
+def _half_precision_error(reference: PromptedNet, splits: Splits) -> tuple[float, int]:
+    """PyTorch's own float16 run of the network against its float32 run: the max |logit diff|, and
+    how many images have a float32 top-2 margin within it (whose top-1 float16 cannot be trusted).
 
     Some random-weight networks amplify rounding: efficientnet_b5 (unstructured) carries a relative
-    error of 6e-4 at its first layers to 2e-2 mid-network and ~0.5 at the logits, its squeeze-excite
-    sigmoids flipping (every node of the fp32 and fp16 graphs compared). Rounding its weights alone
-    moved its logits by 375 of 956 and changed a top-1, as did PyTorch's own half precision: the
-    network, not the fp16 conversion, is what fp16 cannot hold, and export rightly refuses it.
+    error of 6e-4 at its first layers, 2e-2 mid-network and ~0.5 at the logits, its squeeze-excite
+    sigmoids flipping (every node of the fp32 and fp16 graphs compared); PyTorch's half precision
+    errs by 453 of 956 there (ONNX Runtime's fp16 graph by 427), and on efficientnet_b4 by 12.6 of
+    103 (the graph by 3.3, flipping the one image whose top-2 margin is 1.03). The network, not the
+    fp16 conversion, is what fp16 cannot hold, and export rightly refuses such a graph.
     """
+    x = to_unit_float(splits.test.images)
     with torch.no_grad():
-        want = reference.eval()(to_unit_float(splits.test.images)).argmax(1)
-        rounded = copy.deepcopy(reference)
-        for t in [*rounded.parameters(), *rounded.buffers()]:
-            if t.is_floating_point():
-                t.data = t.data.half().float()
-        return int((rounded(to_unit_float(splits.test.images)).argmax(1) != want).sum())
+        want = reference.eval()(x)
+        got = copy.deepcopy(reference).half()(x.half()).float()
+    error = float((got - want).abs().max())
+    top2 = want.topk(2, dim=1).values
+    return error, int(((top2[:, 0] - top2[:, 1]) <= error).sum())
 
 
 def _export_and_compare(what: str, shipped: nn.Module, prompt, splits: Splits, onnx_path, exempt: int | None) -> None:
@@ -259,8 +261,11 @@ def _export_and_compare(what: str, shipped: nn.Module, prompt, splits: Splits, o
     to_fp16(onnx_path, fp16)
     agreement = compare_graphs(onnx_path, fp16, splits.test)
     if agreement.top1_agreement < FP16_MIN_AGREEMENT:  # export refuses such an fp16 graph in one line
-        flips = _flips_under_fp16_weights(reference, splits)
-        assert flips, f"{what}: fp16 graph changes top-1 ({agreement}) where fp16-rounded weights do not"
+        half_error, close = _half_precision_error(reference, splits)
+        flips = round((1 - agreement.raw_top1_agreement) * agreement.images)
+        assert agreement.max_abs_diff <= 2 * half_error and flips <= close, (
+            f"{what}: the fp16 graph ({agreement}) errs beyond PyTorch's own half precision "
+            f"(max |diff| {half_error:.3g}, {close} image(s) with a top-2 margin inside it)")
     if exempt is not None:
         dense = [p for p in weight_patterns(onnx_path, 2, 4) if not p.nm]
         assert len(dense) <= exempt, f"dense in the file: {[p.node for p in dense]}"
