@@ -208,22 +208,27 @@ def _one_mode(name: str, mode: str, kwargs: dict, size: int, splits: Splits, tmp
                         exempt if mode == "2:4" else None)
 
 
-def _float32_noise(reference: PromptedNet, splits: Splits) -> float:
-    """Max |logit change| of the PyTorch network when its weights move by one float32 ulp (relative
-    2^-23 noise): the floor below which ONNX Runtime's other order of float32 operations cannot agree.
+def _float32_error(reference: PromptedNet, splits: Splits) -> float:
+    """How far float32 rounding alone moves the PyTorch network's logits: the larger of its distance
+    from the same network in float64 and the change that one ulp of weight noise (relative 2^-23)
+    makes. Another float32 implementation (ONNX Runtime's order of operations) may differ by a few
+    times that without any defect.
 
-    Export parity allows 1e-3 of the largest |logit|. A network that amplifies rounding exceeds that
-    without any export defect: efficientnet_b5 (unstructured, random weights) differed from ONNX
-    Runtime by 1.06 with logits up to ~956 and every top-1 equal, and one ulp of weight noise alone
-    moved its logits by 0.56. Within 4x this floor and with every top-1 equal, parity is accepted.
+    Export parity allows 1e-3 of the largest |logit|. A random-weight network that amplifies rounding
+    exceeds that with no export defect (every top-1 equal in both cases): efficientnet_b6 (2:4) vs ONNX
+    Runtime 501, logits up to 1.76e4, float32 vs float64 655, one ulp 41; efficientnet_b5
+    (unstructured) vs ONNX Runtime 1.06, logits up to ~956, one ulp 0.56. Within 4x this error and
+    with every top-1 equal, parity is accepted.
     """
+    x = to_unit_float(splits.test.images)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        want = reference.eval()(to_unit_float(splits.test.images))
+        want = reference.eval()(x)
+        exact = copy.deepcopy(reference).double()(x.double())
         noisy = copy.deepcopy(reference)
         for t in noisy.parameters():
             t.data = t.data * (1 + 2.0**-23 * torch.randn(t.shape, generator=gen))
-        return float((noisy(to_unit_float(splits.test.images)) - want).abs().max())
+        return max(float((exact - want.double()).abs().max()), float((noisy(x) - want).abs().max()))
 
 
 def _half_precision_error(reference: PromptedNet, splits: Splits) -> tuple[float, int]:
@@ -253,7 +258,7 @@ def _export_and_compare(what: str, shipped: nn.Module, prompt, splits: Splits, o
 
     def verify(tmp):
         parity = check_parity(tmp, reference, splits.test, prompted=True)
-        if parity.passed or parity.top1_agreement < 1 or parity.max_abs_diff > 4 * _float32_noise(reference, splits):
+        if parity.passed or parity.top1_agreement < 1 or parity.max_abs_diff > 4 * _float32_error(reference, splits):
             require_parity(parity, what)
 
     export_onnx(DeployGraph(shipped, INPUTS, prompt), example, onnx_path, verify=verify)
