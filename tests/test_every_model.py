@@ -108,7 +108,12 @@ def _over_memory() -> dict[str, str]:
     return out
 
 
-OVER_MEMORY = _over_memory()
+# Measured over the budget although its weights are few: activations at the smallest input it takes.
+OVER_MEMORY_MEASURED = {
+    "maxvit_t": "maxvit_t: passed 5.8 GiB peak RSS (stopped there) at 224 px, the smallest input its 7x7 "
+                "windows at stride 32 accept; over the 6 GiB budget with the rest of the suite",
+}
+OVER_MEMORY = _over_memory() | OVER_MEMORY_MEASURED
 # Their dense fp32 weights alone pass one ONNX file's 2 GiB: export's one-line refusal is tested on them.
 OVER_PROTOBUF = sorted(n for n in OVER_MEMORY if 4 * _weights_of(n) >= PROTOBUF_LIMIT)
 
