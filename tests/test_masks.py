@@ -114,3 +114,24 @@ def test_magnitude_mask_keeps_largest_weights():
     kept = torch.cat([m.weight[m.mask.bool()].abs().flatten() for _, m in masks.layers])
     dropped = torch.cat([m.weight[~m.mask.bool()].abs().flatten() for _, m in masks.layers])
     assert kept.min() >= dropped.max()
+
+
+def test_global_selection_peaks_below_five_times_the_scores_memory():
+    """torch.topk over half the network peaked at 8.5x the scores' memory (see global_topk): the
+    threshold selection must stay under 5x, measured as the peak RSS of a fresh process."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+from vpns_deploy.global_topk import select_largest
+torch.manual_seed(0)
+scores = [torch.randn(2_000_000) for _ in range(4)]
+masks = [torch.zeros(2_000_000) for _ in range(4)]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+select_largest(scores, masks, 4_000_000, True)
+assert sum(int(m.sum()) for m in masks) == 4_000_000
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (8_000_000 * 4))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 5.0, f"peak {float(out.stdout):.1f}x the scores' memory"

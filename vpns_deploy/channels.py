@@ -94,25 +94,30 @@ class ChannelPlan:
 
 def _install_reshape_guard() -> None:
     """torch-pruning 1.6.1 divides by a zero channel count at some reshapes (ShuffleNet's channel
-    shuffle), both while building a graph and at every get_pruning_group. Such a reshape is recorded
-    on the graph (`unmappable_reshapes`) instead, and plan_channels keeps its groups whole."""
+    shuffle), both while building a graph and at every get_pruning_group, and adds None to an int at
+    a concatenation whose inputs' channel counts it cannot infer (Swin's patch merging, a cat of four
+    strided slices along the last dimension). Such a node is recorded on the graph
+    (`unmappable_reshapes`) instead, and plan_channels keeps its groups whole."""
     from torch_pruning.dependency import index_mapping
 
-    original = index_mapping.update_reshape_index_mapping
-    if getattr(original, "vpns_guard", False):
-        return
+    for name, error in (("update_reshape_index_mapping", ZeroDivisionError), ("update_concat_index_mapping", TypeError)):
+        original = getattr(index_mapping, name)
+        if not getattr(original, "vpns_guard", False):
+            setattr(index_mapping, name, _guarded(original, error))
 
+
+def _guarded(original, error: type[Exception]):
     def guarded(graph, node):
         try:
             return original(graph, node)
-        except ZeroDivisionError:
+        except error:
             if not hasattr(graph, "unmappable_reshapes"):
                 graph.unmappable_reshapes = []
             if not any(node.module is m for m in graph.unmappable_reshapes):
                 graph.unmappable_reshapes.append(node.module)
 
     guarded.vpns_guard = True  # type: ignore[attr-defined]
-    index_mapping.update_reshape_index_mapping = guarded
+    return guarded
 
 
 _install_reshape_guard()
@@ -160,7 +165,7 @@ def head_layers(net: nn.Module, example: torch.Tensor) -> list[nn.Module]:
 def _refusal(module: object, failed: list) -> str | None:
     """Why a group touching this graph node cannot be masked, or None when it can."""
     if any(module is f for f in failed):
-        return "a reshape torch-pruning cannot map (e.g. a channel shuffle)"
+        return "a reshape or concatenation torch-pruning cannot map (e.g. a channel shuffle, a patch merging)"
     if isinstance(module, nn.Parameter):
         return "a bare parameter (e.g. a class token or a layer scale) is tied to the channels"
     if isinstance(module, nn.Conv2d) and 1 < module.groups and not module.groups == module.in_channels == module.out_channels:

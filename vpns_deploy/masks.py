@@ -23,6 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 
 from vpns_deploy.errors import UserError
+from vpns_deploy.global_topk import select_largest
 
 # Bare weight matrices of MultiheadAttention (in_proj_weight, or q/k/v when their sizes differ).
 MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -208,22 +209,7 @@ class MaskSet:
         """Keep exactly N - floor(sparsity * N) weights with the largest importance, over all layers
         (each layer's largest first unless allow_empty, see the class docstring)."""
         self._check_budget(sparsity)
-        parts = [t.detach().abs().flatten() for t in importance]
-        flat = torch.cat(parts)
-        if not self.allow_empty:
-            flat = flat.clone()
-            offset = 0
-            for p in parts:
-                flat[offset + int(torch.argmax(p))] = math.inf
-                offset += p.numel()
-        keep = self._keep_count(sparsity)
-        chosen = torch.zeros_like(flat)
-        chosen[torch.topk(flat, keep, sorted=False).indices] = 1
-        offset = 0
-        for _, m in self.layers:
-            n = m.mask.numel()
-            m.mask.copy_(chosen[offset : offset + n].view_as(m.mask))
-            offset += n
+        select_largest(importance, [m.mask for _, m in self.layers], self._keep_count(sparsity), not self.allow_empty)
 
     @torch.no_grad()
     def select(self, importance: list[torch.Tensor], sparsity: float | None = None) -> None:
