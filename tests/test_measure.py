@@ -40,15 +40,17 @@ def test_latency_stops_at_its_budget_with_an_interval(tmp_path):
     MIN_TIMED calls and a 95 % interval that holds its median."""
     _matmul_graph(tmp_path / "slow.onnx")
     rt = OrtRuntime(cpu_session(tmp_path / "slow.onnx", threads=1))
-    sample = np.random.default_rng(0).integers(0, 255, (64, 384, 1, 1), dtype=np.uint8)
+    # batch 256: about 6 ms a call on one idle core, so MAX_RUNS calls never fit the 0.4 s budget (at
+    # batch 64 an idle machine made all 200 calls in time and the budget was never what stopped it)
+    sample = np.random.default_rng(0).integers(0, 255, (256, 384, 1, 1), dtype=np.uint8)
     t0 = time.perf_counter()
-    lat = latency_by_batch({"a": rt, "b": rt}, sample, budget_s=0.4, batches=(64,))
+    lat = latency_by_batch({"a": rt, "b": rt}, sample, budget_s=0.4, batches=(256,))
     took = time.perf_counter() - t0
     for name in ("a", "b"):
-        got = lat[name]["64"]
+        got = lat[name]["256"]
         assert MIN_TIMED <= got.runs < MAX_RUNS, got.runs
         assert got.ci95_ms[0] <= got.median_ms <= got.ci95_ms[1]
-    slowest = max(max(lat[n]["64"].times_ms) for n in lat) / 1e3
+    slowest = max(max(lat[n]["256"].times_ms) for n in lat) / 1e3
     assert took <= 2 * 0.4 + 4 * slowest + 0.5, took  # two graphs' budgets plus the calls that straddle them
 
 
