@@ -22,7 +22,6 @@ grid loses at most one epoch: run the same command again.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys

@@ -12,17 +12,8 @@ TARGETS = {"vpns_minus_hydra_at_0.9": 2.0, "vpns_minus_zero_prompt_at_0.9": 1.0,
            "dense_minus_vpns_at_0.7": -2.0}
 
 
-def load_cells(folder: Path, runs: Path | None = None) -> dict[str, dict]:
-    """Cell records; a record written before cells kept their label map and prompt decision takes them
-    from its run directory's manifest, when that is still there."""
-    cells = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-    for key, cell in cells.items():
-        manifest = runs / key / "manifest.json" if runs is not None else None
-        if cell.get("label_map") is None and manifest is not None and manifest.is_file():
-            m = json.loads(manifest.read_text())
-            cell["label_map"] = m.get("method", {}).get("label_mapping")
-            cell["prompt_decision"] = m.get("metrics", {}).get("prompt_decision")
-    return cells
+def load_cells(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
 def _mean(cells: list[dict], key: str) -> float | None:
@@ -111,7 +102,7 @@ def write_summary(args: argparse.Namespace, command: str) -> dict:
     from pipelines.run_dir import now, versions
     from vpns_deploy.atomic import atomic_write, atomic_write_json
 
-    cells = load_cells(args.out.with_suffix(""), args.runs)
+    cells = load_cells(args.out.with_suffix(""))
     table = rows(cells)
     result = {"command": command, "updated": now(), "machine": versions(),
               "budget": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "one"},

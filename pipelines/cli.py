@@ -5,7 +5,6 @@ options compress and sweep share are generated (cli_options.py), not written her
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from pathlib import Path
@@ -89,7 +88,6 @@ def train(
     from vpns_deploy.device import resolve_device
     from vpns_deploy.models import get_arch
     from vpns_deploy.pretrain import PretrainConfig, pretrain
-    from vpns_deploy.progress import Reporter
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists", "pass --overwrite or another --out")
@@ -112,11 +110,18 @@ SPARSITY, SPEEDUP = ((CompressConfig, "sparsity"),), ((CompressConfig, "speedup"
 EMPTY_LAYERS = ((CompressConfig, "allow_empty_layers"),)
 
 
+def _is_rank0() -> bool:
+    """True in a single process and on torchrun's rank 0 (imported here: --help never loads torch)."""
+    from vpns_deploy.distributed import env_rank
+
+    return env_rank() == 0
+
+
 def _reporter(quiet: bool):
     """Progress for this process: under torchrun only rank 0 shows any (the others train silently)."""
     from vpns_deploy.progress import Reporter
 
-    if os.environ.get("RANK", "0") != "0":
+    if not _is_rank0():
         from pipelines.rank_checkpoint import silent_reporter
 
         return silent_reporter()
@@ -125,7 +130,7 @@ def _reporter(quiet: bool):
 
 def _say(text: str) -> None:
     """A command's result line; under torchrun rank 0 alone prints it."""
-    if os.environ.get("RANK", "0") == "0":
+    if _is_rank0():
         typer.echo(text)
 
 
@@ -159,7 +164,6 @@ def compress(
 ) -> None:
     from pipelines.compress_stage import run_compress
     from pipelines.run_dir import DEFAULT_RUNS
-    from vpns_deploy.progress import Reporter
 
     if resume is not None:
         if model is not None:
@@ -205,7 +209,6 @@ def sweep(
     """
     from pipelines.run_dir import DEFAULT_RUNS
     from pipelines.sweep import run_sweep
-    from vpns_deploy.progress import Reporter
 
     base = compress_config(options, speedup=_floats(speedup, "--speedup")[0] if speedup else None)
     sparsities = None if speedup else _floats(sparsity, "--sparsity")
@@ -237,7 +240,7 @@ def run_recipe_cmd(
     parsed = load_recipe(recipe)
     ran = run_recipe(parsed, overwrite=overwrite, reporter=_reporter(quiet))
     report_json = parsed.out / "report.json"
-    if report_json.is_file() and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 alone
+    if report_json.is_file() and _is_rank0():  # under torchrun: rank 0 alone
         from pipelines.report_record import Report
         from pipelines.report_render import render_table
         from vpns_deploy.progress import out_console

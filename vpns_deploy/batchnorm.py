@@ -17,10 +17,6 @@ from vpns_deploy.prompts import PromptedNet
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def has_batchnorm(net: nn.Module) -> bool:
-    return any(isinstance(m, _BN) and m.track_running_stats for m in net.modules())
-
-
 @torch.no_grad()
 def recalibrate_bn(model: PromptedNet, data: AnySet, images: int, batch_size: int, device: torch.device,
                    seed: int, passes: tuple[bool, ...] = (False,)) -> int:

@@ -14,8 +14,8 @@ from torch.optim import SGD, Adam
 from vpns_deploy.channels import ChannelMaskSet
 from vpns_deploy.config import FIXED_MASK_METHODS, CompressConfig, auto_lr_scores, default_pad, parse_mode
 from vpns_deploy.data.batches import num_batches
-from vpns_deploy.distill import Distiller
 from vpns_deploy.data.dataset import Splits
+from vpns_deploy.distill import Distiller
 from vpns_deploy.distributed import identical_on_ranks
 from vpns_deploy.heads import set_label_map
 from vpns_deploy.masks import MaskSet
