@@ -1,7 +1,8 @@
 """`sweep`: one complete run (compress -> export -> report) per target, then the trade-off plots.
 
-Each point is a recipe run into `<out>/<target>`: a finished point is verified and skipped, an
-interrupted one resumes from its last epoch, so a sweep can be stopped and restarted at will.
+Each point is a plan through the stage graph (compress, export, report) into `<out>/<target>`: a
+finished point is verified and skipped, an interrupted one resumes from its last epoch, so a sweep can
+be stopped and restarted at will.
 """
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from pathlib import Path
 
 from pipelines import plots
 from pipelines.compare import report_runs
-from pipelines.load_run import pickles_trusted
 from pipelines.artifacts import REPORT_JSON
-from pipelines.recipe import DataSection, ExportSection, ModelSection, Recipe, ReportSection, RunSection
+from pipelines.recipe import ExportSection
 from pipelines.report_record import Report
 from pipelines.run_dir import now
-from pipelines.stages import run_recipe
+from pipelines.stages import ExportRequest, Plan, ReportRequest, compress_request, run_plan
 from vpns_deploy.distributed import env_rank
 from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.config import CompressConfig
@@ -43,11 +43,6 @@ def point_configs(base: CompressConfig, sparsities: list[float] | None,
     return [(f"s{v:g}", replace(base, sparsity=v)) for v in sparsities or []]
 
 
-def _input_fields(inputs: InputOverrides | None) -> dict:
-    """InputOverrides as ModelSection's input_size/mean/std/interpolation fields."""
-    return (inputs or InputOverrides()).to_dict()  # the same four names
-
-
 def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, out: Path,
               sparsities: list[float] | None = None, speedups: list[float] | None = None,
               precisions: tuple[str, ...] = ("fp32",), num_classes: int | None = None,
@@ -58,10 +53,9 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
     run_dirs = []
     for i, (name, cfg) in enumerate(points, 1):
         reporter.line(f"sweep point {i}/{len(points)}: {name}")
-        recipe = Recipe(source=Path("<sweep>"), run=RunSection(str(out / name)),
-                        model=ModelSection(str(model), arch, trust_pickle, num_classes, **_input_fields(inputs)), data=DataSection(data),
-                        compress=cfg, export=ExportSection(precisions=list(precisions)), report=ReportSection())
-        run_recipe(recipe, overwrite=overwrite, reporter=reporter)
+        plan = Plan(out / name, "sweep", compress_request(model, arch, data, cfg, num_classes, trust_pickle, inputs),
+                    ExportRequest(ExportSection(precisions=list(precisions))), ReportRequest(), trust_pickle, cfg.device)
+        run_plan(plan, overwrite=overwrite, reporter=reporter)
         run_dirs.append(out / name)
     if env_rank() != 0:  # under torchrun the other ranks only trained; rank 0 writes the sweep's files
         return out
@@ -81,6 +75,5 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
                                            "points": summary, "dense": dense,
                                            "pareto_front": plots.pareto_front(
                                                [(p["latency_ms"]["64"], p["top1"]) for p in [dense, *summary]])})
-    with pickles_trusted(trust_pickle):
-        report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra)
+    report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra, trust_pickle=trust_pickle)
     return out
