@@ -13,7 +13,8 @@ from pipelines.checkpoint import FileCheckpoint, fingerprint
 from pipelines.compress_record import DenseReference, RunInputs, summarise, write_run
 from pipelines.manifest import run_fingerprint
 from pipelines.rank_checkpoint import RankCheckpoint, distributed_record, silent_reporter
-from pipelines.run_dir import RunDir, check_out, partial_path, staged_directory
+from pipelines.run_create import check_out, partial_path, staged_directory
+from pipelines.run_dir import RunDir
 from vpns_deploy.amp import Amp, resolve_amp, setup_cuda_speed
 from vpns_deploy.compress import compress
 from vpns_deploy.config import CompressConfig

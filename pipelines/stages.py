@@ -19,7 +19,8 @@ from calibration.latency import DEFAULT_BUDGET_S
 from pipelines.artifacts import MANIFEST
 from pipelines.manifest import run_fingerprint
 from pipelines.recipe import ExportSection, ModelSection, Recipe
-from pipelines.run_dir import RunDir, is_run
+from pipelines.run_create import is_run
+from pipelines.run_dir import RunDir
 from pipelines.stage_keys import ExportSettings, export_record, is_done, report_record
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.data.cache import sha256_file
