@@ -30,7 +30,7 @@ INTERRUPTED = {
 # Options of several commands that come from no configuration dataclass (those that do: cli_options.py).
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only once the new run is complete).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static Q/DQ, symmetric, per-channel weights, calibrated on training images). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static, symmetric, per-channel weights, calibrated on training images; Q/DQ or QOperator, whichever ONNX Runtime runs faster on this CPU, measured; Q/DQ with --trt). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
 RunTrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow the run's model.pt/dense.pt to be pickled nn.Modules (a run made from a pickled MODEL). Unpickling runs code from the file, and a run directory can be edited by anyone who can write it: only for runs you trust.")]
 
 

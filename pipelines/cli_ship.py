@@ -33,7 +33,8 @@ def export(
     Each graph passes onnx's checker and strict shape inference, then ONNX Runtime must reproduce the
     PyTorch logits on real test images; a graph that fails is never written. fp16/int8 siblings
     (model.fp16.onnx, model.int8.onnx, ...) are compared with fp32 on test images; for N:M runs the
-    pattern is read back from the shipped fp32 and int8 weights.
+    pattern is read back from the shipped fp32 and int8 weights. The same command again on an unchanged
+    run writes nothing; another setting, or a modified graph, exports again.
     """
     from pipelines.export_stage import check_export_options
     from pipelines.recipe import ExportSection
@@ -52,7 +53,7 @@ def report(
     run_dirs: Annotated[Optional[list[Path]], typer.Argument(help="One or more run directories (default: the latest run). Several: compared side by side.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Override the runs' data.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Several runs: where the comparison goes (default: a 'comparison' folder beside the first run).")] = None,
-    remeasure: Annotated[bool, typer.Option(help="Measure again even where a run's report.json is newer than its export.")] = False,
+    remeasure: Annotated[bool, typer.Option(help="Measure again even where the run's report is current (made from these graphs with these settings).")] = False,
     options: dict | None = None,
     trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
@@ -64,7 +65,7 @@ def report(
 
     Writes report.json, report.md, PNG plots (training curves, per-layer sparsity, latency) and a
     self-contained report.html into the run directory; several runs get one comparison of them all.
-    A run measured after its last export is not measured again unless --remeasure.
+    A run already measured from its current graphs with the same settings is not measured again unless --remeasure.
     """
     from pipelines.compare import report_runs
 
