@@ -13,6 +13,7 @@ from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
 from export.resize_front import caller_contract, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
+from export.int8_format import Int8Format, choose_int8_format
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
 from export.sparsity_check import weight_patterns
 from export.tensorrt_engine import build_engine, probe
@@ -75,7 +76,7 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
     ships_prompt = choice["fold"]
     settings = ExportSettings(ships_prompt, tuple(precisions), graph_resize, calib_images, data_spec, trt)
     job = ExportJob(loaded, test, size, torch.from_numpy(nhwc_uint8(test, 0, 2)), graph_resize, tuple(precisions),
-                    data_spec, calib_images, reporter)
+                    data_spec, calib_images, reporter, trt)
     graphs = [(MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None, loaded.label_map),
               (DENSE_ONNX, loaded.dense, None, loaded.dense_label_map)]
     # All graphs (and engines) appear with the manifest that records them, or none do: a failed check
@@ -92,7 +93,8 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
             created=now(), ships_prompt=ships_prompt, prompt_choice=choice, graph_resize=graph_resize,
             caller_must_feed=caller_contract(size, loaded.inputs.channels, loaded.inputs.crop_pct,
                                              loaded.inputs.interpolation, graph_resize),
-            graphs=results, precisions=list(precisions), calib_images=calib_images, tensorrt=engines)
+            graphs=results, precisions=list(precisions), calib_images=calib_images, tensorrt=engines,
+            int8_format=job.int8.to_dict() if job.int8 is not None else None)
         run.manifest.stages["export"] = export_record(run.manifest, settings, stage.names)
     return run.manifest.export.to_dict()
 
@@ -110,7 +112,9 @@ class ExportJob:
     data_spec: str | None
     calib_images: int
     reporter: Reporter
+    tensorrt: bool = False  # engines asked for: int8 must be Q/DQ
     calib: object = None  # the INT8 calibration images, drawn once for both graphs
+    int8: Int8Format | None = None  # decided on the first graph, kept for the second
 
     def calibration(self):
         if "int8" in self.precisions and self.calib is None:
@@ -151,7 +155,7 @@ def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> d
         job.reporter.line(f"{name}: Resize in the graph, {r['images']} test images at {r['height']}x{r['width']} vs "
                           f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
                           f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
-    result["precisions"] = _derive(stage, stage.file(name), job.precisions, test, job.calibration(), job.reporter)
+    result["precisions"] = _derive(stage, stage.file(name), job)
     return result
 
 
@@ -165,21 +169,23 @@ def _say_prompt(choice: dict, with_prompt: bool | None, loaded: LoadedRun, repor
         reporter.line(f"prompt {'folded in' if choice['fold'] else 'left out'}: {choice['by']}{numbers}")
 
 
-def _derive(run, fp32: Path, precisions: tuple[str, ...], test, calib, reporter: Reporter) -> dict:
-    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime.
-
-    `calib`: the INT8 calibration images (None when int8 is not asked for).
-    """
+def _derive(run, fp32: Path, job: "ExportJob") -> dict:
+    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime. The int8
+    format is measured on the first graph (the compressed one) and kept for the second (the dense one)."""
     out = {"fp32": {"file": fp32.name}}
-    for precision in precisions:
+    for precision in job.precisions:
         if precision == "fp32":
             continue
         path = precision_path(fp32, precision)
         if precision == "fp16":
             to_fp16(fp32, path)
+        elif job.int8 is None:
+            sample = nhwc_uint8(job.test, 0, min(64, len(job.test)))
+            job.int8 = choose_int8_format(fp32, path, job.calibration(), sample, job.tensorrt)
+            job.reporter.line(f"int8 format: {job.int8.format} ({job.int8.reason})")
         else:
-            to_int8(fp32, path, ImageCalibrationReader(calib))
-        agreement = compare_graphs(fp32, path, test)
+            to_int8(fp32, path, ImageCalibrationReader(job.calibration()), job.int8.format)
+        agreement = compare_graphs(fp32, path, job.test)
         if precision == "fp16" and agreement.top1_agreement < FP16_MIN_AGREEMENT:
             path.unlink()
             raise UserError(
@@ -189,9 +195,9 @@ def _derive(run, fp32: Path, precisions: tuple[str, ...], test, calib, reporter:
             )
         run.record(path.name, precision=precision)
         out[precision] = {"file": path.name, "vs_fp32": agreement.to_dict(),
-                          **({"calib_images": len(calib)} if precision == "int8" else {})}
-        reporter.line(f"{path.name}: top-1 agreement with fp32 {agreement.top1_agreement:.2%} on "
-                      f"{agreement.images} test images, max |logit diff| {agreement.max_abs_diff:.2e}")
+                          **({"calib_images": len(job.calib), "format": job.int8.format} if precision == "int8" else {})}
+        job.reporter.line(f"{path.name}: top-1 agreement with fp32 {agreement.top1_agreement:.2%} on "
+                          f"{agreement.images} test images, max |logit diff| {agreement.max_abs_diff:.2e}")
     return out
 
 

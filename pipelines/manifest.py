@@ -87,6 +87,7 @@ class ExportRecord:
     prompt_choice: dict | None = None
     caller_must_feed: dict | None = None
     tensorrt: dict | None = None
+    int8_format: dict | None = None  # export.int8_format.Int8Format.to_dict(): the format shipped and why
 
     def to_dict(self) -> dict:
         return _plain(self)

@@ -82,7 +82,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         prompt_choice=m.export.prompt_choice,  # why: the validation decision or a flag
         head=_head_summary(m), caller_must_feed=m.export.caller_must_feed, test_images=len(test),
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
-        precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency),
+        precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()
                    if k in ("mode", "pattern", "exempt", "speedup_target", "macs_reduction")},
         machine={"threads": threads, "provider": "CPUExecutionProvider", "latency_budget_s": latency_budget,
@@ -99,15 +99,17 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
     return report.to_dict()
 
 
-def _cpu(precision: dict, latency: dict) -> dict:
-    """The CPU's instruction sets and what they mean for int8, with this report's int8 numbers."""
+def _cpu(precision: dict, latency: dict, int8_format: dict | None) -> dict:
+    """The CPU's instruction sets and what they mean for int8, with this report's int8 numbers and the
+    int8 format export measured and shipped (export/int8_format.py)."""
     facts = cpu_facts()
     measured = ""
     if "int8" in precision:
         b = str(LATENCY_BATCHES[-1])
         int8, fp32 = precision["int8"]["compressed"]["latency_ms"][b], latency["compressed"][b]
         measured = f"compressed graph at batch {b}, int8 {int8['median_ms']:.2f} ms vs fp32 {fp32['median_ms']:.2f} ms"
-    return facts.to_dict() | {"int8_note": facts.int8_note(measured)}
+    shipped = {"int8_format": {k: int8_format[k] for k in ("format", "reason")}} if int8_format else {}
+    return facts.to_dict() | {"int8_note": facts.int8_note(measured)} | shipped
 
 
 def _head_summary(manifest: Manifest) -> dict | None:
