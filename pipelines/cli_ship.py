@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipelines.cli_common import DATA_HELP, RUN_DIR_HELP, PrecisionOpt, RunTrustPickleOpt, friendly, precisions, run_dir_or_latest
+from pipelines.cli_common import RUN_DIR_HELP, PrecisionOpt, RunTrustPickleOpt, friendly, precisions, run_dir_or_latest
 from pipelines.cli_options import with_options
 from pipelines.recipe import ReportSection
 from vpns_deploy.config import DEFAULT_CALIB_IMAGES

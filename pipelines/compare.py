@@ -50,6 +50,17 @@ def _draw(runs: list[plots.Run], out: Path) -> list[tuple[str, Path]]:
     return [(caption, path) for (_, caption), path in zip(PLOTS, drawn)]
 
 
+def _drawn(run: RunDir) -> bool:
+    """report.html and the plots verify and were drawn from the report.json the run holds now."""
+    try:
+        for name in (REPORT_JSON, REPORT_HTML, *PLOT_PNGS):
+            run.verified(name)
+        source = run.artifacts[REPORT_JSON]["sha256"]
+    except UserError:
+        return False
+    return all(run.artifacts[name].get("drawn_from") == source for name in (REPORT_HTML, *PLOT_PNGS))
+
+
 def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
     """One row per measure, one column per run, the dense model of the first run first."""
     def pct(x: float | None) -> str:
@@ -102,6 +113,10 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
     runs = [(label, m, r) for label, (m, r) in zip(_labels(run_dirs), measured)]
     if len(runs) == 1 and out is None:
         run = RunDir.open(run_dirs[0])
+        if _drawn(run):  # the pages of the report it holds are drawn and verify: nothing to do
+            if print_table:
+                out_console.print(render_table(runs[0][2]))
+            return run.path
         images = _draw(runs, run.path)
         report = runs[0][2]
         header, rows = ["measure", "dense", "compressed"], table_rows(report)
@@ -111,7 +126,7 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
                  f"{report.machine['threads']} CPU threads."]
         atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images))
         for name in [p.name for _, p in images] + [REPORT_HTML]:
-            run.record(name)
+            run.record(name, drawn_from=run.artifacts[REPORT_JSON]["sha256"])
         run.save()
         if print_table:
             out_console.print(render_table(report))

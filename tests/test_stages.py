@@ -74,10 +74,10 @@ def test_report_skips_when_current_and_measures_again_on_a_changed_setting_or_gr
     args = ["report", str(run), "--latency-budget", "0.5"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
-    report_json = (run / "report.json").read_bytes()
+    before = _snapshot(run)
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "[report] done earlier" in again.stderr
-    assert (run / "report.json").read_bytes() == report_json
+    assert _snapshot(run) == before  # nothing measured, no page redrawn, no manifest rewritten
     budget = runner.invoke(app, ["report", str(run), "--latency-budget", "0.6"])
     assert budget.exit_code == 0 and "done earlier" not in budget.stderr
     assert json.loads((run / "report.json").read_text())["machine"]["latency_budget_s"] == 0.6
