@@ -99,3 +99,18 @@ def test_compress_again_with_the_same_settings_skips(tmp_path, digits_run, digit
     other = runner.invoke(app, [*args[:-2], "--seed", "1", "--out", str(run)])  # another run: not replaced
     assert other.exit_code == 2 and "holds a run made with other settings" in other.stderr
     assert _snapshot(run) == before
+
+
+def test_a_schema_2_run_gets_its_compress_record_and_exports_once_more(run):
+    """Schema 2 had no stage records: the upgrade records compress from the run's fingerprint and files;
+    export had no fingerprint, so it runs once and is done from then on."""
+    mf = run / "manifest.json"
+    m = json.loads(mf.read_text())
+    mf.write_text(json.dumps({k: v for k, v in m.items() if k != "stages"} | {"schema": 2}))
+    upgraded = RunDir.open(run).manifest
+    assert set(upgraded.stages) == {"compress"} and upgraded.stages["compress"].fingerprint == m["fingerprint"]
+    assert {"model.pt", "dense.pt", "masks.pt"} <= set(upgraded.stages["compress"].outputs)
+    first = _export(run)
+    assert first.exit_code == 0 and "done earlier" not in first.stderr, first.output
+    assert json.loads(mf.read_text())["schema"] == 3 and "export" in RunDir.open(run).manifest.stages
+    assert "done earlier" in _export(run).stderr
