@@ -36,13 +36,13 @@ from vpns_deploy.models import load_model
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--budget", type=float, default=5.0, help="seconds of timed calls per graph")
-    p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--test-subset", type=int, default=1000)
+    for name, kind in (("--model", Path), ("--arch", str), ("--data", str)):
+        p.add_argument(name, type=kind, required=True)
+    for name, default, text in (("--num-classes", 10, "classes of MODEL's head"),
+                                ("--budget", 5.0, "seconds of timed calls per graph"),
+                                ("--calib-images", 256, "calibration images (class-balanced, training split)"),
+                                ("--test-subset", 1000, "test images for the agreement with fp32")):
+        p.add_argument(name, type=type(default), default=default, help=text)
     p.add_argument("--per-channel-only", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: print only)")
     args = p.parse_args(argv)
