@@ -54,24 +54,16 @@ def train(
     quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
     """Train a dense model from scratch (the demo's pretrained model; a reference for small data sets)."""
-    from vpns_deploy.atomic import atomic_torch_save
-    from vpns_deploy.data import load_splits
-    from vpns_deploy.device import resolve_device
-    from vpns_deploy.models import get_arch
-    from vpns_deploy.pretrain import PretrainConfig, pretrain
+    from pipelines.stages import pretrain_model
+    from vpns_deploy.config import check_numbers
+    from vpns_deploy.pretrain import PretrainConfig
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists", "pass --overwrite or another --out")
-    spec, dev = get_arch(arch), resolve_device(device)
-    splits = load_splits(data, spec.inputs)  # at the architecture's input: channels, size
     cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    from vpns_deploy.config import check_numbers
-
-    check_numbers(cfg)  # --lr nan/inf/<= 0: one line, before any epoch
-    net, acc = pretrain(spec, splits, cfg, dev, reporter(quiet))
-    atomic_torch_save(out, {k: v.cpu() for k, v in net.state_dict().items()})
+    check_numbers(cfg)  # --lr nan/inf/<= 0: one line, before any data is read or epoch trained
+    acc = pretrain_model(arch, data, cfg, device, out, reporter(quiet))  # the recipe's pretrain stage
     typer.echo(f"{arch} trained on {data}: test top-1 {acc:.2%} -> {out}")
-
 
 
 @friendly

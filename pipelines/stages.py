@@ -149,20 +149,27 @@ def _report_done(plan: Plan) -> bool:
     return is_done(run, "report", wanted)
 
 
-def _run_pretrain(plan: Plan, reporter: Reporter, overwrite: bool) -> None:
+def pretrain_model(arch_name: str, data_spec: str, cfg: PretrainConfig, device: str, out: Path,
+                   reporter: Reporter) -> float:
+    """Train a dense `arch_name` on the data (at the architecture's input) and save its state dict to
+    `out` (atomically); returns its test top-1. The pretrain stage, and the `train` command."""
     from vpns_deploy.atomic import atomic_torch_save
     from vpns_deploy.data import load_splits
     from vpns_deploy.device import resolve_device
     from vpns_deploy.models import get_arch
     from vpns_deploy.pretrain import pretrain
 
+    arch = get_arch(arch_name)
+    net, acc = pretrain(arch, load_splits(data_spec, arch.inputs), cfg, resolve_device(device), reporter)
+    atomic_torch_save(Path(out), {k: v.cpu() for k, v in net.state_dict().items()})
+    return acc
+
+
+def _run_pretrain(plan: Plan, reporter: Reporter, overwrite: bool) -> None:
     c = plan.compress
     if c.model.arch is None:
         raise UserError(f"{plan.source}: [pretrain] needs model.arch", "add arch to [model]")
-    arch = get_arch(c.model.arch)
-    net, acc = pretrain(arch, load_splits(c.data_spec, arch.inputs), c.pretrain,
-                        resolve_device(c.config.device), reporter)
-    atomic_torch_save(Path(c.model.path), {k: v.cpu() for k, v in net.state_dict().items()})
+    acc = pretrain_model(c.model.arch, c.data_spec, c.pretrain, c.config.device, Path(c.model.path), reporter)
     reporter.line(f"pretrained {c.model.arch}: test top-1 {acc:.2%} -> {c.model.path}")
 
 

@@ -114,3 +114,47 @@ def test_a_schema_2_run_gets_its_compress_record_and_exports_once_more(run):
     assert first.exit_code == 0 and "done earlier" not in first.stderr, first.output
     assert json.loads(mf.read_text())["schema"] == 3 and "export" in RunDir.open(run).manifest.stages
     assert "done earlier" in _export(run).stderr
+
+
+def test_train_is_the_pretrain_stage_and_refuses_what_it_would_overwrite(tmp_path):
+    import torch
+
+    out = tmp_path / "dense.pt"
+    args = ["train", "--arch", "digits_cnn", "--data", "digits", "--epochs", "1", "--out", str(out), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "digits_cnn trained on digits: test top-1" in result.stdout, result.output
+    state = torch.load(out, weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    before = out.read_bytes()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already exists" in again.stderr and out.read_bytes() == before
+    bad = runner.invoke(app, [*args[:-3], "--lr", "nan", "--out", str(tmp_path / "x.pt")])
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.pt").exists()
+
+
+def test_a_recipe_pretrains_the_missing_model_then_compresses_then_skips_both(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+[run]
+out = "{tmp_path / 'run'}"
+[model]
+path = "{tmp_path / 'dense.pt'}"
+arch = "digits_cnn"
+[data]
+spec = "digits"
+[pretrain]
+epochs = 1
+[compress]
+method = "magnitude"
+epochs_mask = 0
+epochs_tune = 1
+batch_size = 64
+train_subset = 300
+""")
+    first = runner.invoke(app, ["run", str(recipe), "--quiet"])
+    assert first.exit_code == 0 and "ran pretrain, compress" in first.stdout, first.output
+    assert (tmp_path / "dense.pt").is_file() and RunDir.open(tmp_path / "run").manifest.stages["compress"]
+    before = _snapshot(tmp_path / "run")
+    again = runner.invoke(app, ["run", str(recipe), "--quiet"])
+    assert again.exit_code == 0 and "every stage was already done" in again.stdout
+    assert _snapshot(tmp_path / "run") == before
