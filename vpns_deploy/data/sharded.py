@@ -49,10 +49,10 @@ def sharded_train_batches(
         for pos in _chunks(mine, local):
             where = torch.tensor(pos)
             idx = perm[where]
-            x = to_unit_float(data.images[idx].to(device, non_blocking=cuda))
+            x = data.images[idx].to(device, non_blocking=cuda)  # uint8: augmented before the float conversion
             x = (apply_augment(x, policy, draws.take(where)) if draws is not None and policy is not None
                  else centre_crop(x, data.crop_to).contiguous())
-            yield x, data.labels[idx].to(device, non_blocking=cuda)
+            yield to_unit_float(x), data.labels[idx].to(device, non_blocking=cuda)
         return
     from vpns_deploy.data.loader import NO_AUGMENT, stream_batches
 
