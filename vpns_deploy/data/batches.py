@@ -10,6 +10,7 @@ import torch
 
 from vpns_deploy.data.dataset import AnySet, AugmentPolicy, ImageSet
 from vpns_deploy.data.geometry import centre_crop
+from vpns_deploy.data.heap import steady_heap
 
 SEED_RANGE = 2**62  # per-image augmentation seeds of streamed sets
 
@@ -92,6 +93,7 @@ def train_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of float [0,1] batches; augmented when a policy is given (else the
     un-augmented view: a larger stored image's centre crop)."""
+    steady_heap()  # the steps that consume these batches keep their memory mapped (data/heap.py)
     perm = torch.randperm(len(data), generator=gen)
     if isinstance(data, ImageSet):
         cuda = device.type == "cuda"

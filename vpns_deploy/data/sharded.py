@@ -18,6 +18,7 @@ from torch.utils.data import DistributedSampler
 from vpns_deploy.data.batches import SEED_RANGE, AugmentDraw, apply_augment, draw_augment, to_unit_float
 from vpns_deploy.data.dataset import AnySet, AugmentPolicy, ImageSet
 from vpns_deploy.data.geometry import centre_crop
+from vpns_deploy.data.heap import steady_heap
 
 
 def rank_positions(n: int, world: int, rank: int) -> list[int]:
@@ -35,6 +36,7 @@ def sharded_train_batches(
     workers: int | None, world: int, rank: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Rank `rank`'s batches (batch_size // world images each) of one epoch of global batch batch_size."""
+    steady_heap()  # as train_batches (data/heap.py)
     local = batch_size // world
     n = len(data)
     perm = torch.randperm(n, generator=gen)
