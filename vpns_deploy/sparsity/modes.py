@@ -26,7 +26,6 @@ class ModeSpec:
     granularity: str  # "module:Class", a vpns_deploy.sparsity.granularity.Granularity
     help: str  # how --mode spells it, for help and errors
     example: str  # one --mode value that selects it (tests run every granularity through it)
-    prunable: str  # what it prunes, in words (manifests)
 
     def parse(self, mode: str) -> tuple[bool, Pattern | None]:
         """(whether `mode` names this granularity, its N:M pattern or None)."""
@@ -54,13 +53,9 @@ class NMSpec(ModeSpec):
 
 MODES: Registry[ModeSpec] = Registry("mode")
 for _spec in (
-    ModeSpec("unstructured", "vpns_deploy.masks:MaskSet", "unstructured", "unstructured",
-             "every Conv2d and Linear weight (stem and classifier included); BN and biases never"),
-    ModeSpec("channel", "vpns_deploy.channels:ChannelMaskSet", "channel", "channel",
-             "output channels of every coupled channel group found by torch-pruning (residual streams "
-             "included); the classifier's outputs never"),
-    NMSpec("nm", "vpns_deploy.masks:MaskSet", "N:M such as 2:4", "2:4",
-           "every Conv2d and Linear weight whose layer's input channels divide by M; others stay dense"),
+    ModeSpec("unstructured", "vpns_deploy.masks:MaskSet", "unstructured", "unstructured"),
+    ModeSpec("channel", "vpns_deploy.channels:ChannelMaskSet", "channel", "channel"),
+    NMSpec("nm", "vpns_deploy.masks:MaskSet", "N:M such as 2:4", "2:4"),
 ):
     MODES.register(_spec.name)(_spec)
 
