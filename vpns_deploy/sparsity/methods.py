@@ -7,6 +7,7 @@ unless `modes` says otherwise.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -30,7 +31,7 @@ class PlanBuilder(Protocol):
         ...
 
 
-class Method:
+class Method(ABC):
     """One compression method; subclasses set the class attributes and `start`."""
 
     name: ClassVar[str]
@@ -57,9 +58,9 @@ class Method:
             raise UserError(f"{self.name} needs at least one mask-finding epoch",
                             "pass --epochs-mask >= 1 (or --method magnitude, which needs none)")
 
+    @abstractmethod
     def start(self, masks: Granularity) -> None:
         """The first mask (and scores): lifecycle step 2 of sparsity.granularity."""
-        raise NotImplementedError
 
     def stage_plans(self, plans: PlanBuilder, epochs_mask: int, epochs_tune: int) -> list[Callable[[], StagePlan]]:
         """The stages in order, each made when it starts (making one sets what trains in it)."""
