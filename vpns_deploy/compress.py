@@ -30,13 +30,10 @@ from vpns_deploy.stage_plans import trainable_weights as _weights  # noqa: F401
 from vpns_deploy.stage_plans import tune_stage as _tune_stage  # noqa: F401
 from vpns_deploy.trainer import PLAIN, EpochRecord, StagePlan, StepOptions, run_stage, stream_generators
 
-Masks = Granularity  # any registered granularity's mask set
-
-
 @dataclass
 class CompressResult:
     model: PromptedNet  # masked network (+ prompt), still with scores
-    masks: Masks
+    masks: Granularity  # any registered granularity's mask set
     prompt_spec: PromptSpec | None
     history: list[EpochRecord] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -50,7 +47,7 @@ def build_prompt_spec(cfg: CompressConfig, image_shape: tuple[int, int, int]) ->
     return PromptSpec(cfg.prompt, c, (h, w), cfg.pad if cfg.pad is not None else default_pad(min(h, w)))
 
 
-def attach_masks(net: nn.Module, cfg: CompressConfig, example: torch.Tensor) -> Masks:
+def attach_masks(net: nn.Module, cfg: CompressConfig, example: torch.Tensor) -> Granularity:
     """Make net maskable for cfg.mode, in place (net must already sit on its device)."""
     return granularity_for(cfg.mode).from_config(net, cfg, example)
 
