@@ -27,6 +27,19 @@ def _time_to_reach(curve: list[dict], target: float, key: str) -> float | None:
     return None
 
 
+def shipped_top1(cell: dict) -> float:
+    """Test top-1 of the model the product would ship: prompted only where the last epoch's validation
+    top-1 says the prompt helps or ties (the product's rule, prompts.prompt_decision); never the better
+    of the two on the test split, which would select on test."""
+    from vpns_deploy.prompts import prompt_decision
+
+    if cell.get("top1_prompted") is None:
+        return cell["top1_plain"]
+    last = cell["curve"][-1]
+    decision = prompt_decision(last.get("val_top1_plain"), last.get("val_top1_prompted"), has_prompt=True)
+    return cell["top1_prompted"] if decision["fold"] else cell["top1_plain"]
+
+
 def summarise(results: dict) -> dict:
     groups = _groups(results)
     rows = []
@@ -36,6 +49,7 @@ def summarise(results: dict) -> dict:
                "optimizer_steps": cells[0]["optimizer_steps"]}
         if method == "vpns":
             row["top1_prompted"] = _stats([c["top1_prompted"] for c in cells])
+            row["top1_shipped"] = _stats([shipped_top1(c) for c in cells])
         rows.append(row)
     out: dict = {"rows": rows, "targets": {}}
     by = {(r["method"], r["sparsity"]): r for r in rows}
@@ -43,7 +57,7 @@ def summarise(results: dict) -> dict:
     d = by.get(("dense", None))
     t = out["targets"]
     if v and h:
-        best_v = max(v["top1_prompted"]["mean"], v["top1_plain"]["mean"])
+        best_v = v["top1_shipped"]["mean"]  # prompt or not as validation decided, never the better on test
         t["vpns_minus_hydra_at_0.9"] = {
             "with_prompt": v["top1_prompted"]["mean"] - h["top1_plain"]["mean"],
             "without_prompt": v["top1_plain"]["mean"] - h["top1_plain"]["mean"],
@@ -59,7 +73,7 @@ def summarise(results: dict) -> dict:
         t["vpns_time_to_hydra_final"] = {"fraction_per_seed": fractions, "target": 0.5,
                                          "met": bool(fractions) and all(f is not None and f <= 0.5 for f in fractions)}
     if v and d:
-        best_v = max(v["top1_prompted"]["mean"], v["top1_plain"]["mean"])
+        best_v = v["top1_shipped"]["mean"]
         t["vpns_vs_dense_at_0.9"] = {"gap": d["top1_plain"]["mean"] - best_v, "target": 0.01,
                                      "met": d["top1_plain"]["mean"] - best_v <= 0.01}
     mask_steps = [c["seconds_per_step"]["mask"] for c in results["cells"].values()

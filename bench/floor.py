@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.accuracy_summary import shipped_top1
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT.parent / "shared/models/cifar10/resnet20-12fca82f.th"
 DATA = f"tar:{ROOT.parent / 'shared/data/cifar10-jpeg.tar.gz'}"
@@ -42,8 +44,7 @@ def summary(out: Path) -> dict:
         cells = json.loads(path.read_text())["cells"].values()
         row: dict = {}
         for m in METHODS:
-            accs = [c["top1_plain"] if m != "vpns" else max(c["top1_plain"], c["top1_prompted"] or 0)
-                    for c in cells if c["method"] == m]
+            accs = [shipped_top1(c) for c in cells if c["method"] == m]
             steps = [c["optimizer_steps"] for c in cells if c["method"] == m]
             row[m] = {"top1": sum(accs) / len(accs), "n": len(accs), "steps": steps[0]} if accs else None
         if row["vpns"] and row["magnitude"] and row["hydra"]:

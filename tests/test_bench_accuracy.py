@@ -46,3 +46,16 @@ def test_step_time_bench_measures_every_step_kind(tmp_path, digits_model):
     assert set(saved["steps"]) == {"finetune", "vpns_stage1_prompted", "vpns_stage1_unprompted", "hydra_stage1"}
     assert all(v["steps"] == 3 and v["median_s"] > 0 for v in saved["steps"].values())
     assert report["ratio_vpns_stage1_over_finetune"] > 0
+
+
+def test_shipped_top1_follows_the_validation_decision_not_the_test_split():
+    """A VPNs cell ships prompted or plain as its last validation epoch decided, even where the other
+    variant happens to score higher on test: taking the better of the two on test would select on it."""
+    from bench.accuracy_summary import shipped_top1
+
+    cell = {"top1_plain": 0.70, "top1_prompted": 0.72,
+            "curve": [{"val_top1_plain": 0.66, "val_top1_prompted": 0.65}]}
+    assert shipped_top1(cell) == 0.70
+    cell["curve"][-1]["val_top1_prompted"] = 0.66  # a tie keeps the prompt (prompts.prompt_decision)
+    assert shipped_top1(cell) == 0.72
+    assert shipped_top1({"top1_plain": 0.5, "top1_prompted": None, "curve": []}) == 0.5

@@ -107,3 +107,86 @@ def test_augment_crops_and_flips_in_bounds():
     # Every output value is either an input value or zero padding.
     allowed = set(x.flatten().tolist()) | {0.0}
     assert all(set(o.flatten().tolist()) <= allowed for o in outs)
+
+
+def _reference_augment(x: torch.Tensor, policy: AugmentPolicy, draw) -> torch.Tensor:
+    """The float-batch augmentation as it was written before the uint8 path (pad, fancy-index crop,
+    permute + copy, then flip by where): the uint8 path must reproduce it bit for bit."""
+    n, _, h, w = x.shape
+    p = policy.crop_pad
+    oh, ow = (policy.crop_size, policy.crop_size) if policy.crop_size else (h, w)
+    if draw.oy is not None and draw.ox is not None:
+        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p > 0 else x
+        rows = (draw.oy[:, None] + torch.arange(oh))[:, :, None]
+        cols = (draw.ox[:, None] + torch.arange(ow))[:, None, :]
+        x = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2).contiguous()
+    if draw.flip is not None:
+        x = torch.where(draw.flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@pytest.mark.parametrize("policy, side", [
+    (AugmentPolicy(crop_pad=4, hflip=True), 32),  # small inputs: pad-crop + flip (CIFAR)
+    (AugmentPolicy(crop_pad=1, hflip=False), 8),  # digits: pad-crop only
+    (AugmentPolicy(crop_pad=0, hflip=True, crop_size=32, resize_side=36), 36),  # large: crop of 9/8 + flip
+    (AugmentPolicy(crop_pad=0, hflip=True), 16),  # flip only
+    (AugmentPolicy(crop_pad=0, hflip=False), 16),  # nothing to do
+])
+def test_uint8_augment_is_bit_identical_to_augmenting_floats(policy, side):
+    from vpns_deploy.data.batches import apply_augment, draw_augment, to_unit_float
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (37, 3, side, side + (0 if policy.crop_size else 3)), dtype=torch.uint8, generator=gen)
+    for seed in range(4):
+        draw = draw_augment(len(x), tuple(x.shape[-2:]), policy, torch.Generator().manual_seed(seed))
+        got = to_unit_float(apply_augment(x, policy, draw))
+        want = _reference_augment(to_unit_float(x), policy, draw)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.is_contiguous()
+        assert torch.equal(got, want)
+
+
+def test_train_batches_keep_their_draws_and_images(digits_splits):
+    """train_batches (uint8 augmented, then converted) gives the batches and leaves the generator where
+    the float path did: same permutation, same draws in the same order."""
+    from vpns_deploy.data.batches import draw_augment, to_unit_float, train_batches
+
+    train, policy = digits_splits.train, AugmentPolicy(crop_pad=1, hflip=True)
+    gen, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    got = list(train_batches(train, 64, gen, torch.device("cpu"), policy))
+    perm = torch.randperm(len(train), generator=ref)
+    for k, (x, y) in enumerate(got):
+        idx = perm[k * 64 : (k + 1) * 64]
+        draw = draw_augment(len(idx), tuple(train.images.shape[-2:]), policy, ref)
+        assert torch.equal(x, _reference_augment(to_unit_float(train.images[idx]), policy, draw))
+        assert torch.equal(y, train.labels[idx])
+    assert torch.equal(gen.get_state(), ref.get_state())
+
+
+def test_steady_heap_keeps_a_steps_memory_mapped():
+    """After steady_heap(), allocating and freeing the same large tensors step after step (what a CPU
+    training step does) faults no page back in: glibc neither trims the freed heap nor mmaps them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import resource, torch\n"
+        "from vpns_deploy.data.heap import steady_heap\n"
+        "assert steady_heap() and steady_heap()\n"
+        "per = []\n"
+        "for i in range(8):\n"
+        "    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    ts = [torch.empty(4 * 2**20).fill_(1.0) for _ in range(3)]\n"  # three 16 MiB tensors
+        "    del ts\n"
+        "    per.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
+        "print(per)\n"
+        "assert sum(per[4:]) < 64, per\n"
+    )
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc malloc thresholds: Linux only")
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's vpns_deploy, in a fresh heap
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import nn
 
-from vpns_deploy.channels import _heads, dependency_graph, traceable
+from vpns_deploy.channel_groups import dependency_graph, graph_heads, traceable
 
 
 def without_hooks(net: nn.Module) -> nn.Module:
@@ -37,7 +37,7 @@ def compact(net: nn.Module, group_masks: dict[str, torch.Tensor], example: torch
 
 def _prune(out: nn.Module, group_masks: dict[str, torch.Tensor], example: torch.Tensor) -> None:
     dg = dependency_graph(out, example.cpu())
-    heads = set(_heads(dg))
+    heads = set(graph_heads(dg))
     for root_name, keep in group_masks.items():
         module = out.get_submodule(root_name)
         if module in heads:

@@ -1,20 +1,26 @@
-"""Every default of a compression run, in one place (CLI, recipes and tests read them from here)."""
+"""Every default of a compression run, in one place (CLI, recipes and tests read them from here).
+
+Over 300 lines on purpose: each default sits beside the measurement that chose it, and one file is the
+one source the CLI, recipes and manifests read; CompressConfig.__post_init__ (~60 lines) is one check
+per field, in the order the errors should be met.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Method = Literal["vpns", "hydra", "magnitude", "tp-groupnorm"]
-PromptKind = Literal["pad", "expand", "fix", "random"]
+from vpns_deploy.sparsity.methods import METHOD_REGISTRY, get_method
+from vpns_deploy.sparsity.modes import parse_mode  # noqa: F401 - read from here by pipelines/
 
-METHODS: tuple[str, ...] = ("vpns", "hydra", "magnitude", "tp-groupnorm")
+# The methods are sparsity/methods.py's registry (one source); the Literal lets recipes name the choices.
+METHODS: tuple[str, ...] = METHOD_REGISTRY.names()
+Method = Literal[METHODS]  # type: ignore[valid-type]
 # Methods whose mask is fixed before training (no mask-finding stage): their whole epoch budget goes to
-# fine-tuning. tp-groupnorm (channel mode only): Torch-Pruning's iterative group-norm pruner
-# (BasePruner + GroupMagnitudeImportance(p=2), global) run to the budget, then fine-tuning.
-FIXED_MASK_METHODS: tuple[str, ...] = ("magnitude", "tp-groupnorm")
-# unstructured: global top-k over weights; channel: whole coupled channel groups (then compacted);
-# N:M (e.g. 2:4): N of every M consecutive weights along input channels (sparse tensor cores).
-MODES_HELP = "unstructured, channel, or N:M such as 2:4"
+# fine-tuning.
+FIXED_MASK_METHODS: tuple[str, ...] = tuple(m.name for m in METHOD_REGISTRY if m.fixed_mask)
+PromptKind = Literal["pad", "expand", "fix", "random"]
+# Modes (sparsity/modes.py): unstructured: global top-k over weights; channel: whole coupled channel
+# groups (then compacted); N:M (e.g. 2:4): N of every M consecutive weights along input channels.
 PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
 HEADS: tuple[str, ...] = ("keep", "map", "new")  # see vpns_deploy/heads.py
 LABEL_MAP_ON: tuple[str, ...] = ("dense", "masked")  # --head map: the network the label map is computed on
@@ -263,7 +269,7 @@ class CompressConfig:
                 f"sparsity must lie strictly between 0 and 1, got {self.sparsity}",
                 "pass e.g. --sparsity 0.9 (90 % of prunable weights removed)",
             )
-        parse_mode(self.mode)
+        kind = parse_mode(self.mode)[0]
         if self.speedup is not None and (self.mode != "channel" or self.speedup <= 1.0):
             raise UserError(
                 f"--speedup {self.speedup} needs --mode channel and a value > 1",
@@ -278,20 +284,12 @@ class CompressConfig:
                             f"use one of {', '.join(CHANNEL_WIDTHS)}")
         if self.channel_round_to < 1:
             raise UserError(f"channel_round_to must be >= 1, got {self.channel_round_to}", "e.g. 8")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}", f"choose one of {', '.join(METHODS)}")
+        method = get_method(self.method)
         if self.prompt not in PROMPT_KINDS:
             raise UserError(f"unknown prompt {self.prompt!r}", f"choose one of {', '.join(PROMPT_KINDS)}")
         if self.epochs_mask < 0 or self.epochs_tune < 0:
             raise UserError("epoch counts must be >= 0", "pass --epochs-mask/--epochs-tune >= 0")
-        if self.method == "tp-groupnorm" and self.mode != "channel":
-            raise UserError("--method tp-groupnorm prunes whole channels (Torch-Pruning's group-norm pruner)",
-                            "pass --mode channel, or --method magnitude for unstructured/N:M")
-        if self.method not in FIXED_MASK_METHODS and self.epochs_mask == 0:
-            raise UserError(
-                f"{self.method} needs at least one mask-finding epoch",
-                "pass --epochs-mask >= 1 (or --method magnitude, which needs none)",
-            )
+        method.check(kind, self.epochs_mask)
         if self.batch_size < 1:
             raise UserError("batch size must be >= 1", "pass --batch-size 256 or similar")
         if self.head not in HEADS:
@@ -339,17 +337,17 @@ class CompressConfig:
 
     @property
     def uses_prompt(self) -> bool:
-        return self.method == "vpns"
+        return get_method(self.method).uses_prompt
 
     @property
     def passes_per_batch(self) -> int:
         """VPNs steps twice per batch (prompted + un-prompted pass), the baselines once."""
-        return 2 if self.method == "vpns" else 1
+        return get_method(self.method).passes_per_batch
 
     @property
     def tune_epochs_effective(self) -> int:
-        """Magnitude has no mask search, so its whole epoch budget goes to fine-tuning."""
-        return self.epochs_mask + self.epochs_tune if self.method in FIXED_MASK_METHODS else self.epochs_tune
+        """A fixed-mask method has no mask search, so its whole epoch budget goes to fine-tuning."""
+        return get_method(self.method).tune_epochs(self.epochs_mask, self.epochs_tune)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -365,23 +363,6 @@ def config_from_dict(raw: dict) -> CompressConfig:
     except TypeError as exc:  # a key this version does not know (or lacks)
         raise UserError(f"recorded settings do not fit this vpns-deploy's CompressConfig ({exc})",
                         "re-run compress with this version") from None
-
-
-def parse_mode(mode: str) -> tuple[str, tuple[int, int] | None]:
-    """('unstructured'|'channel'|'nm', (N, M) or None); a one-line error for anything else."""
-    from vpns_deploy.errors import UserError
-
-    if mode in ("unstructured", "channel"):
-        return mode, None
-    n_text, sep, m_text = mode.partition(":")
-    if sep and n_text.isdigit() and m_text.isdigit():
-        n, m = int(n_text), int(m_text)
-        if 0 < n < m:
-            return "nm", (n, m)
-        raise UserError(f"unknown mode {mode!r}: N:M keeps N of every M consecutive weights, so N must be at least 1 "
-                        f"and below M ({'N = 0 would keep nothing' if n == 0 else 'N >= M would prune nothing'})",
-                        "pass e.g. --mode 2:4")
-    raise UserError(f"unknown mode {mode!r}", f"pass --mode {MODES_HELP} (N < M)")
 
 
 def default_pad(image_size: int) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from vpns_deploy.data.dataset import AnySet, AugmentPolicy, ImageSet
 from vpns_deploy.data.geometry import centre_crop
+from vpns_deploy.data.heap import steady_heap
 
 SEED_RANGE = 2**62  # per-image augmentation seeds of streamed sets
 
@@ -53,21 +54,27 @@ def draw_augment(n: int, hw: tuple[int, int], policy: AugmentPolicy, gen: torch.
 
 def apply_augment(x: torch.Tensor, policy: AugmentPolicy, draw: AugmentDraw) -> torch.Tensor:
     """Random crop (from a zero-padded copy, or a crop_size window of a larger image) plus optional
-    horizontal flip, per sample, with the given draws."""
-    n, _, h, w = x.shape
+    horizontal flip, per sample, with the given draws. Any dtype: training runs it on the uint8 batch,
+    before the float conversion (a pure rearrangement of pixels plus zero padding, so the result is
+    bit-identical to augmenting the float batch, with a quarter of the bytes to move). The crop and
+    the flip are two gathers (rows, then columns with the flip folded into the column order), each
+    writing its output in place of a pad + fancy-index + permute + copy + flip + where chain."""
+    n, c, h, w = x.shape
     p = policy.crop_pad
     oh, ow = (policy.crop_size, policy.crop_size) if policy.crop_size else (h, w)
-    if draw.oy is not None and draw.ox is not None:
+    crop = draw.oy is not None and draw.ox is not None
+    if not crop and draw.flip is None:
+        return x
+    if crop:
         padded = torch.nn.functional.pad(x, (p, p, p, p)) if p > 0 else x
-        oy, ox = draw.oy.to(x.device), draw.ox.to(x.device)
-        rows = (oy[:, None] + torch.arange(oh, device=x.device))[:, :, None]  # n x oh x 1
-        cols = (ox[:, None] + torch.arange(ow, device=x.device))[:, None, :]  # n x 1 x ow
-        idx = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2).contiguous()
-    if draw.flip is not None:
-        flip = draw.flip.to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
+        rows = draw.oy.to(x.device)[:, None] + torch.arange(oh, device=x.device)  # n x oh
+        x = padded.gather(2, rows[:, None, :, None].expand(n, c, oh, padded.shape[3]))
+        left = draw.ox.to(x.device)[:, None]
+    else:
+        left = torch.zeros((n, 1), dtype=torch.int64, device=x.device)
+    j = torch.arange(ow, device=x.device)
+    cols = left + (torch.where(draw.flip.to(x.device)[:, None], ow - 1 - j, j) if draw.flip is not None else j)
+    return x.gather(3, cols[:, None, None, :].expand(n, c, oh, ow))
 
 
 def augment(x: torch.Tensor, policy: AugmentPolicy, gen: torch.Generator) -> torch.Tensor:
@@ -86,14 +93,15 @@ def train_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled epoch of float [0,1] batches; augmented when a policy is given (else the
     un-augmented view: a larger stored image's centre crop)."""
+    steady_heap()  # the steps that consume these batches keep their memory mapped (data/heap.py)
     perm = torch.randperm(len(data), generator=gen)
     if isinstance(data, ImageSet):
         cuda = device.type == "cuda"
         for start in range(0, len(data), batch_size):
             idx = perm[start : start + batch_size]
-            x = to_unit_float(data.images[idx].to(device, non_blocking=cuda))
+            x = data.images[idx].to(device, non_blocking=cuda)  # uint8: augmented before the float conversion
             x = augment(x, policy, gen) if policy is not None else centre_crop(x, data.crop_to).contiguous()
-            yield x, data.labels[idx].to(device, non_blocking=cuda)
+            yield to_unit_float(x), data.labels[idx].to(device, non_blocking=cuda)
         return
     from vpns_deploy.data.loader import NO_AUGMENT, stream_batches
 

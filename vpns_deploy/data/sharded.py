@@ -18,6 +18,7 @@ from torch.utils.data import DistributedSampler
 from vpns_deploy.data.batches import SEED_RANGE, AugmentDraw, apply_augment, draw_augment, to_unit_float
 from vpns_deploy.data.dataset import AnySet, AugmentPolicy, ImageSet
 from vpns_deploy.data.geometry import centre_crop
+from vpns_deploy.data.heap import steady_heap
 
 
 def rank_positions(n: int, world: int, rank: int) -> list[int]:
@@ -35,6 +36,7 @@ def sharded_train_batches(
     workers: int | None, world: int, rank: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Rank `rank`'s batches (batch_size // world images each) of one epoch of global batch batch_size."""
+    steady_heap()  # as train_batches (data/heap.py)
     local = batch_size // world
     n = len(data)
     perm = torch.randperm(n, generator=gen)
@@ -49,10 +51,10 @@ def sharded_train_batches(
         for pos in _chunks(mine, local):
             where = torch.tensor(pos)
             idx = perm[where]
-            x = to_unit_float(data.images[idx].to(device, non_blocking=cuda))
+            x = data.images[idx].to(device, non_blocking=cuda)  # uint8: augmented before the float conversion
             x = (apply_augment(x, policy, draws.take(where)) if draws is not None and policy is not None
                  else centre_crop(x, data.crop_to).contiguous())
-            yield x, data.labels[idx].to(device, non_blocking=cuda)
+            yield to_unit_float(x), data.labels[idx].to(device, non_blocking=cuda)
         return
     from vpns_deploy.data.loader import NO_AUGMENT, stream_batches
 

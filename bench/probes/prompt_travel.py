@@ -1,0 +1,64 @@
+"""How far did the learned prompt move? (issue 14: does the prompt have room to matter at this budget?)
+
+Reads finished runs (a transfer cell's run directory, or any `compress` run), no training: the prompt's
+size over its frame (mean and max |delta| on the [0, 1] pixel scale, and the share of frame values that
+moved by at least one 8-bit level, 1/255), next to the most stage 1's Adam could have moved any value
+(optimiser steps x learning rate: Adam's step is about lr whatever the gradient's scale) and the
+reference's own budget (30 epochs of 782 steps at 1e-4). A prompt that cannot move one grey level
+cannot change a prediction, so a VPNs-vs-zero-prompt comparison at that budget measures nothing.
+
+    python -m bench.probes.prompt_travel bench/runs/transfer/vpns-s0.9-seed7 [more runs]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REFERENCE_STAGE1_STEPS = 30 * 782  # VPNS.md §1: 30 epochs, CIFAR-10's 50,000 images at batch 64
+REFERENCE_LR_PROMPT_MASK = 1e-4
+
+
+def travel(run: Path) -> dict:
+    """The prompt's measured size and stage 1's bound for one run directory (read-only, no unpickling)."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    delta = torch.load(run / "prompt.pt", map_location="cpu", weights_only=True)["delta"]
+    region = delta.abs().sum(0) > 0  # the frame: zero-initialised values that moved at all
+    frame = delta[:, region] if region.any() else delta.flatten()[:0]
+    epochs = manifest["metrics"]["epochs"]
+    steps = {s: sum(e["optimizer_steps"] for e in epochs if e["stage"] == s) for s in {e["stage"] for e in epochs}}
+    lr1 = manifest["config"]["optim"]["lr_prompt_mask"]
+    return {
+        "run": str(run), "method": manifest["config"]["method"], "sparsity": manifest["config"]["sparsity"],
+        "prompt_shape": list(delta.shape), "frame_values": int(frame.numel()),
+        "mean_abs": float(frame.abs().mean()) if frame.numel() else 0.0,
+        "max_abs": float(frame.abs().max()) if frame.numel() else 0.0,
+        "share_at_least_one_level": float((frame.abs() >= 1 / 255).float().mean()) if frame.numel() else 0.0,
+        "optimizer_steps": steps, "lr_prompt_mask": lr1,
+        "stage1_adam_bound": steps.get("mask", 0) * lr1,
+        "reference_stage1_adam_bound": REFERENCE_STAGE1_STEPS * REFERENCE_LR_PROMPT_MASK,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("bench/results/probes/prompt_travel.json"))
+    args = p.parse_args(argv)
+    from vpns_deploy.atomic import atomic_write_json
+
+    rows = [travel(r) for r in args.runs if (r / "prompt.pt").is_file()]
+    for r in rows:
+        print(f"{r['run']}: mean |delta| {r['mean_abs']:.5f}, max {r['max_abs']:.4f}, "
+              f"{r['share_at_least_one_level']:.1%} of frame values moved >= 1/255; stage-1 Adam bound "
+              f"{r['stage1_adam_bound']:.4f} ({r['optimizer_steps'].get('mask', 0)} steps x {r['lr_prompt_mask']:g}) "
+              f"vs the reference's {r['reference_stage1_adam_bound']:.2f}")
+    atomic_write_json(args.out, {"command": "python -m bench.probes.prompt_travel " + " ".join(sys.argv[1:]),
+                                 "runs": rows})
+
+
+if __name__ == "__main__":
+    main()
