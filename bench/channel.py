@@ -4,9 +4,10 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
   vpns       vpns-deploy channel mode, --speedup X: E mask epochs + E tune epochs (two passes each)
   hydra      the same without the prompt (one pass): 2E + 2E epochs (equal optimiser steps)
   magnitude  our L1 channel baseline: 4E tune epochs (equal optimiser steps)
-  tp         Torch-Pruning's recipe: BasePruner + GroupMagnitudeImportance(p=2) (group norm), global,
-             iterative steps until MACs <= dense / X, round_to as ours; then 2E fine-tune epochs
-             (the same fine-tune optimiser steps as VPNs' stage 2)
+  tp         the product's --method tp-groupnorm: Torch-Pruning's iterative pruner (BasePruner +
+             GroupMagnitudeImportance(p=2), group norm, global, round_to as ours) until MACs <= dense / X,
+             then 2E fine-tune epochs (the same fine-tune optimiser steps as VPNs' stage 2). Until
+             2026-12-02 this cell ran its own copy of that recipe (git show 7e38d10:bench/channel.py)
   tp_steps   the same with 4E fine-tune epochs (the same total optimiser steps as VPNs)
   vpns_slow  vpns with channel scores on Adam 1e-3 instead of 1e-2 (stage 1 refines the initial
              mask instead of reshuffling it)
@@ -15,8 +16,9 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
   vpns_l1init  vpns with scores starting at the one-shot L1 ranking (channel_init "l1", the default
              before Torch-Pruning's group-norm mask)
 
-Phase `train` (resumable: finished cells are kept in the JSON) writes each cell's ONNX with ORT
-parity checked; phase `latency` times every ONNX with ONNX Runtime on the CPU. Run `latency` on an
+Every cell is one run of the product (compress + export: ONNX with ORT parity checked), so the
+benchmark measures exactly what `vpns-deploy compress` ships. Phase `train` (resumable: finished
+cells are kept in the JSON) makes the runs; phase `latency` times every ONNX with ONNX Runtime on the CPU. Run `latency` on an
 idle machine: it is the only timed part.
 
     python -m bench.channel --model ../shared/models/cifar10/resnet56-4bfd9763.th --arch cifar_resnet56 \\
@@ -33,31 +35,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch_pruning as tp
-from torch.optim import SGD
 
 from calibration.feeds import nhwc_uint8
 from calibration.latency import latency_by_batch
 from calibration.runtime import OrtRuntime
-from calibration.parity import check_parity, require_parity
 from calibration.session import cpu_session, cpu_threads
-from export.deploy_graph import DeployGraph
-from export.onnx_export import export_onnx
-from pipelines.compress_stage import prepare_inputs, run_compress
+from pipelines.compress_stage import run_compress
 from pipelines.export_stage import run_export
 from pipelines.run_dir import RunDir, now, versions
 from vpns_deploy.atomic import atomic_write_json
-from vpns_deploy.channels import head_layers
-from vpns_deploy.compress import _weights
 from vpns_deploy.config import CompressConfig
-from vpns_deploy.device import resolve_device
-from vpns_deploy.evaluate import top1
-from vpns_deploy.macs import count_macs, count_params
-from vpns_deploy.models.cifar_resnet import shortcuts_as_convs
 from vpns_deploy.progress import Reporter
-from vpns_deploy.prompts import PromptedNet
-from vpns_deploy.schedules import SCHEDULE_STEP, cosine
-from vpns_deploy.trainer import PLAIN, StagePlan, run_stage
+from vpns_deploy.schedules import SCHEDULE_STEP
 
 CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths")
 
@@ -92,15 +81,22 @@ def budget(args: argparse.Namespace) -> dict:
         "arch", "speedup", "epochs", "round_to", "batch_size", "seed", "train_subset", "test_subset")}}
 
 
-def _ours(args: argparse.Namespace, cell: str) -> dict:
+def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
+    """Each cell's product configuration (equal optimiser steps: VPNs takes two per batch)."""
     e = args.epochs
     vpns = _cfg(args, "vpns", e, e)
-    cfg = {"vpns": vpns, "hydra": _cfg(args, "hydra", 2 * e, 2 * e), "magnitude": _cfg(args, "magnitude", 0, 4 * e),
-           "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
-           "vpns_l1init": replace(vpns, channel_init="l1"),
-           "vpns_widths": replace(vpns, channel_widths="init")}[cell]
+    return {"vpns": vpns, "hydra": _cfg(args, "hydra", 2 * e, 2 * e), "magnitude": _cfg(args, "magnitude", 0, 4 * e),
+            "tp": _cfg(args, "tp-groupnorm", 0, 2 * e), "tp_steps": _cfg(args, "tp-groupnorm", 0, 4 * e),
+            "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
+            "vpns_l1init": replace(vpns, channel_init="l1"),
+            "vpns_widths": replace(vpns, channel_widths="init")}[cell]
+
+
+def run_cell(args: argparse.Namespace, cell: str) -> dict:
+    """One product run (compress + export) and the fields of its cell in the JSON."""
+    t0 = time.perf_counter()
     out = args.runs / cell
-    run_compress(args.model, args.arch, args.data, cfg, out, overwrite=True, reporter=Reporter())
+    run_compress(args.model, args.arch, args.data, _cell_config(args, cell), out, overwrite=True, reporter=Reporter())
     run_export(out, reporter=Reporter())
     m = RunDir.open(out).manifest
     s = m.metrics["structure"]
@@ -110,56 +106,8 @@ def _ours(args: argparse.Namespace, cell: str) -> dict:
             "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
             "optimizer_steps": sum(h["optimizer_steps"] for h in hist),
             "train_seconds": sum(h["train_seconds"] for h in hist),
-            "onnx": str(out / "model.onnx"), "dense_onnx": str(out / "dense.onnx")}
-
-
-def _tp(args: argparse.Namespace, epochs: int) -> dict:
-    """Torch-Pruning's documented one-shot recipe, then plain fine-tuning with our loop and optimiser."""
-    cfg = _cfg(args, "magnitude")  # only its data subset, seed and optimiser settings are used
-    device = resolve_device("auto")
-    loaded, splits = prepare_inputs(args.model, args.arch, args.data, cfg)
-    example = torch.zeros(1, *splits.train.image_shape)
-    net = loaded.net.eval()
-    dense_macs, dense_params = count_macs(net, example), count_params(net)
-    shortcuts_as_convs(net)  # the same fix as ours: option-A shortcuts as 0/1 convs
-    pruner = tp.pruner.BasePruner(
-        net, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
-        pruning_ratio=1.0, max_pruning_ratio=0.9, iterative_steps=400, ignored_layers=head_layers(net, example),
-        round_to=args.round_to,
-    )
-    t0 = time.perf_counter()
-    steps = 0
-    while count_macs(net, example) > dense_macs / args.speedup and steps < 400:
-        pruner.step()
-        steps += 1
-    prune_seconds = time.perf_counter() - t0
-    torch.manual_seed(args.seed)
-    net = net.to(device, memory_format=torch.channels_last)
-    model = PromptedNet(net, loaded.inputs, None).to(device)
-    o = cfg.optim
-    opt = SGD(_weights(net), lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
-    plan = StagePlan("finetune", epochs, [(opt, cosine(opt, epochs))], (PLAIN,))
-    hist = run_stage(model, plan, splits, args.batch_size, device, args.seed, Reporter())
-    net = net.cpu().eval()
-    out = args.runs / f"tp-{epochs}ep"
-    out.mkdir(parents=True, exist_ok=True)
-    reference = PromptedNet(net, loaded.inputs, None)
-    verify = lambda tmp: require_parity(check_parity(tmp, reference, splits.test, prompted=False), "tp")  # noqa: E731
-    sample = torch.from_numpy(nhwc_uint8(splits.test, 0, 2))
-    export_onnx(DeployGraph(net, loaded.inputs, None), sample, out / "model.onnx", verify=verify)
-    return {"top1": top1(reference, splits.test, torch.device("cpu"), prompted=False),
-            "macs": count_macs(net, example), "dense_macs": dense_macs, "params": count_params(net),
-            "dense_params": dense_params, "pruner_steps": steps, "prune_seconds": prune_seconds,
-            "optimizer_steps": sum(h.optimizer_steps for h in hist),
-            "train_seconds": sum(h.train_seconds for h in hist), "onnx": str(out / "model.onnx")}
-
-
-def run_cell(args: argparse.Namespace, cell: str) -> dict:
-    t0 = time.perf_counter()
-    result = _tp(args, {"tp": 2, "tp_steps": 4}[cell] * args.epochs) if cell.startswith("tp") else _ours(args, cell)
-    result["wall_seconds"] = time.perf_counter() - t0
-    result["macs_reduction"] = result["dense_macs"] / result["macs"]
-    return result
+            "onnx": str(out / "model.onnx"), "dense_onnx": str(out / "dense.onnx"),
+            "wall_seconds": time.perf_counter() - t0, "macs_reduction": s["macs"]["dense"] / s["macs"]["compressed"]}
 
 
 def measure(results: dict, data: str) -> None:

@@ -4,12 +4,13 @@ TensorRT 10.1 deprecated and TensorRT 11 removed the FP16/INT8 builder flags and
 calibration: a strongly typed network takes its precision from the ONNX itself. So:
   fp16  every float tensor and initialiser cast to float16 (ONNX Runtime's converter); the uint8
         input and the float32 logits stay as they are, so callers do not change.
-  int8  static Q/DQ quantisation by ONNX Runtime's quantiser, scales calibrated by running the whole
-        graph (its own preprocessing included) on raw uint8 training images. Symmetric int8 for
-        activations and weights, per output channel for weights: what TensorRT requires; the same
-        graph runs on the ONNX Runtime CPU. Only Conv, Gemm and MatMul are quantised: the folded
-        preprocessing (prompt add, clip, normalise) stays fp32, so the prompt is not rounded away.
-Zero weights quantise to exactly zero (symmetric, zero point 0), so an N:M pattern survives.
+  int8  static quantisation by ONNX Runtime's quantiser, scales calibrated by running the whole
+        graph (its own preprocessing included) on raw uint8 training images. Q/DQ: symmetric int8 for
+        activations and weights, per output channel for weights: what TensorRT requires. QOperator
+        (uint8 activations): where ONNX Runtime's CPU runs it faster, measured (int8_format.py).
+        Only Conv, Gemm and MatMul are quantised: the folded preprocessing (prompt add, clip,
+        normalise) stays fp32, so the prompt is not rounded away.
+Zero weights quantise to exactly zero (symmetric weights, zero point 0), so an N:M pattern survives.
 """
 from __future__ import annotations
 
@@ -38,9 +39,23 @@ def to_fp16(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: onnx.save(model, tmp))
 
 
-def to_int8(src: Path, dst: Path, reader: ImageCalibrationReader) -> None:
+INT8_FORMATS = ("qdq", "qoperator")  # ONNX Runtime's two int8 graph formats (int8_format.py picks one)
+
+
+def to_int8(src: Path, dst: Path, reader: ImageCalibrationReader, int8_format: str = "qdq",
+            per_channel: bool = True) -> None:
+    """`int8_format` qdq: QuantizeLinear/DequantizeLinear around float ops, int8 activations (what TensorRT
+    reads; ONNX Runtime fuses it into integer kernels). qoperator: fused integer ops (QLinearConv,
+    QLinearMatMul) with uint8 activations (asymmetric), the QOperator form ONNX Runtime recommends on
+    x86-64: it warns that int8 activations in QOperator form run badly there. Weights are symmetric int8
+    either way, so zero weights stay exactly zero. `per_channel` False: one scale per weight tensor
+    (TensorRT and the accuracy checks expect per channel; for measurement)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    qdq = int8_format == "qdq"
+    quant_format = QuantFormat.QDQ if qdq else QuantFormat.QOperator
+    activations = QuantType.QInt8 if qdq else QuantType.QUInt8
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -49,10 +64,10 @@ def to_int8(src: Path, dst: Path, reader: ImageCalibrationReader) -> None:
 
         def write(path: str) -> None:
             quantize_static(
-                str(prepared), path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTISED_OPS,
-                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                str(prepared), path, reader, quant_format=quant_format, op_types_to_quantize=QUANTISED_OPS,
+                per_channel=per_channel, activation_type=activations, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": qdq, "WeightSymmetric": True},
             )
             onnx.checker.check_model(path)
 

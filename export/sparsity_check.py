@@ -2,7 +2,8 @@
 
 Conv weights are (out, in, kh, kw) and Gemm/MatMul weights (out, in) or (in, out); the pattern runs
 along input channels (what sparse tensor cores read). In a Q/DQ graph the weight is the int8
-initialiser feeding a DequantizeLinear, so the check sees the quantised values themselves.
+initialiser feeding a DequantizeLinear, in a QOperator graph the int8 weight input of QLinearConv /
+QLinearMatMul / QGemm, so the check sees the quantised values themselves.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def _producer_weight(graph: onnx.GraphProto, name: str, inits: dict) -> tuple[st
     return None
 
 
+# op -> the input that holds its weight: float/Q-DQ graphs, and QOperator graphs' fused integer ops
+WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1, "QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}
+
+
 def has_nm(weight: np.ndarray, n: int, m: int, input_axis: int = 1) -> bool:
     w = np.moveaxis(weight, input_axis, -1)
     if w.shape[-1] % m:
@@ -47,15 +52,16 @@ def weight_patterns(path: Path, n: int, m: int) -> list[WeightPattern]:
     inits = {i.name: i for i in graph.initializer}
     out = []
     for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+        at = WEIGHT_INPUT.get(node.op_type)
+        if at is None or len(node.input) <= at:
             continue
-        found = _producer_weight(graph, node.input[1], inits)
+        found = _producer_weight(graph, node.input[at], inits)
         if found is None:
             continue
         _, w = found
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "QLinearConv"):
             axis = 1
-        elif node.op_type == "Gemm":
+        elif node.op_type in ("Gemm", "QGemm"):
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             axis = 1 if trans_b else 0
         else:

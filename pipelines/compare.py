@@ -18,8 +18,8 @@ from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REP
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
 from pipelines.report_render import render_table, speedup_text, table_rows
-from pipelines.report_stage import report_is_current, run_report
 from pipelines.run_dir import RunDir, now
+from pipelines.stages import Plan, ReportRequest, run_plan
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter, out_console
@@ -34,12 +34,12 @@ def _labels(run_dirs: list[Path]) -> list[str]:
 
 
 def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: Reporter,
-              latency_budget: float) -> tuple[Manifest, Report]:
+              latency_budget: float, trust_pickle: bool) -> tuple[Manifest, Report]:
+    """The run's report: the report stage of the one graph, which measures only what is not done yet."""
     if not (Path(run_dir) / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})", "pass the --out of a compress run")
-    if remeasure or not report_is_current(run_dir):
-        reporter.line(f"measuring {run_dir}")
-        run_report(run_dir, data_spec, reporter, print_table=False, latency_budget=latency_budget)
+    run_plan(Plan(Path(run_dir), "report", report=ReportRequest(latency_budget, data_spec, remeasure),
+                  trust_pickle=trust_pickle), reporter=reporter)
     run = RunDir.open(run_dir)
     return run.manifest, Report.read(run.verified(REPORT_JSON))
 
@@ -48,6 +48,17 @@ def _draw(runs: list[plots.Run], out: Path) -> list[tuple[str, Path]]:
     drawn = [plots.training_curves(runs, out / PLOTS[0][0]), plots.layer_sparsity(runs, out / PLOTS[1][0]),
              plots.latency_bars(runs, out / PLOTS[2][0])]
     return [(caption, path) for (_, caption), path in zip(PLOTS, drawn)]
+
+
+def _drawn(run: RunDir) -> bool:
+    """report.html and the plots verify and were drawn from the report.json the run holds now."""
+    try:
+        for name in (REPORT_JSON, REPORT_HTML, *PLOT_PNGS):
+            run.verified(name)
+        source = run.artifacts[REPORT_JSON]["sha256"]
+    except UserError:
+        return False
+    return all(run.artifacts[name].get("drawn_from") == source for name in (REPORT_HTML, *PLOT_PNGS))
 
 
 def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
@@ -89,7 +100,8 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
 
 def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | None = None,
                 remeasure: bool = False, reporter: Reporter | None = None, print_table: bool = True,
-                extra_images: list[tuple[str, Path]] | None = None, latency_budget: float = DEFAULT_BUDGET_S) -> Path:
+                extra_images: list[tuple[str, Path]] | None = None, latency_budget: float = DEFAULT_BUDGET_S,
+                trust_pickle: bool = False) -> Path:
     """Returns the directory that holds report.md, the PNGs and report.html.
 
     One run and no `out`: everything goes into the run directory. Otherwise a comparison in `out`.
@@ -97,10 +109,14 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
     reporter = reporter or Reporter()
     check_budget(latency_budget)  # before the first run is measured
     run_dirs = [Path(p) for p in run_dirs]
-    measured = [_measured(p, data_spec, remeasure, reporter, latency_budget) for p in run_dirs]
+    measured = [_measured(p, data_spec, remeasure, reporter, latency_budget, trust_pickle) for p in run_dirs]
     runs = [(label, m, r) for label, (m, r) in zip(_labels(run_dirs), measured)]
     if len(runs) == 1 and out is None:
         run = RunDir.open(run_dirs[0])
+        if _drawn(run):  # the pages of the report it holds are drawn and verify: nothing to do
+            if print_table:
+                out_console.print(render_table(runs[0][2]))
+            return run.path
         images = _draw(runs, run.path)
         report = runs[0][2]
         header, rows = ["measure", "dense", "compressed"], table_rows(report)
@@ -110,7 +126,7 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
                  f"{report.machine['threads']} CPU threads."]
         atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images))
         for name in [p.name for _, p in images] + [REPORT_HTML]:
-            run.record(name)
+            run.record(name, drawn_from=run.artifacts[REPORT_JSON]["sha256"])
         run.save()
         if print_table:
             out_console.print(render_table(report))

@@ -2,6 +2,7 @@
 optionally a Resize in front) plus the dense reference, both parity-checked against PyTorch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,13 +13,15 @@ from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
 from export.resize_front import caller_contract, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
+from export.int8_format import Int8Format, choose_int8_format
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
 from export.sparsity_check import weight_patterns
 from export.tensorrt_engine import build_engine, probe
 from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX, TIMING_CACHE
-from pipelines.load_run import load_run
+from pipelines.load_run import LoadedRun, load_run
 from pipelines.manifest import ExportRecord, Manifest
 from pipelines.run_dir import now
+from pipelines.stage_keys import ExportSettings, export_record
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
@@ -39,6 +42,15 @@ def prompt_choice(manifest: Manifest, with_prompt: bool | None, has_prompt: bool
     return {"fold": True, "by": "run has no prompt decision (made before it existed): folded in", "decision": None}
 
 
+def check_export_options(precisions: tuple[str, ...], calib_images: int) -> None:
+    """One-line errors for --precision and --calib-images, before any graph is made."""
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise UserError(f"unknown precision {bad[0]!r}", f"pass --precision as a list of {', '.join(PRECISIONS)}")
+    if calib_images < 1:
+        raise UserError(f"--calib-images must be >= 1, got {calib_images}", "e.g. --calib-images 512")
+
+
 def input_size(loaded, test) -> int:
     """The side the graph takes: the model's InputSpec.size, else the data's (square) size."""
     _, h, w = test.image_shape
@@ -55,100 +67,125 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
                graph_resize: bool = False) -> dict:
     """with_prompt None: the run's validation decision; graph_resize: accept any H x W (Resize folded in)."""
     reporter = reporter or Reporter()
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise UserError(f"unknown precision {bad[0]!r}", f"pass --precision as a list of {', '.join(PRECISIONS)}")
-    if calib_images < 1:
-        raise UserError(f"--calib-images must be >= 1, got {calib_images}", "e.g. --calib-images 512")
+    check_export_options(precisions, calib_images)
     loaded = load_run(run_dir)
     run = loaded.run
     test = loaded.test_split(data_spec)
     size = input_size(loaded, test)
-    example = torch.from_numpy(nhwc_uint8(test, 0, 2))
     choice = prompt_choice(run.manifest, with_prompt, loaded.prompt is not None)
     ships_prompt = choice["fold"]
-    inputs = loaded.inputs
-    contract = caller_contract(size, inputs.channels, inputs.crop_pct, inputs.interpolation, graph_resize)
-    edit = (lambda m: prepend_resize(m, size, inputs.crop_pct, inputs.interpolation)) if graph_resize else None
-    results = {}
-    calib = None
-    jobs = [
-        (MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None, loaded.label_map),
-        (DENSE_ONNX, loaded.dense, None, loaded.dense_label_map),
-    ]
+    settings = ExportSettings(ships_prompt, tuple(precisions), graph_resize, calib_images, data_spec, trt)
+    job = ExportJob(loaded, test, size, torch.from_numpy(nhwc_uint8(test, 0, 2)), graph_resize, tuple(precisions),
+                    data_spec, calib_images, reporter, trt)
+    graphs = [(MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None, loaded.label_map),
+              (DENSE_ONNX, loaded.dense, None, loaded.dense_label_map)]
     # All graphs (and engines) appear with the manifest that records them, or none do: a failed check
     # or Ctrl-C half way leaves the run exactly as it was (RunDir.staged()).
     with run.staged() as stage:
-        for name, net, prompt, label_map in jobs:
-            reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
-            parity = {}
-
-            def verify(tmp: Path, reference=reference, parity=parity, name=name, prompt=prompt) -> None:
-                parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
-                require_parity(parity["result"], name)
-                if graph_resize:
-                    parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
-
-            info = export_onnx(DeployGraph(net, inputs, prompt, label_map), example, stage.file(name), verify=verify,
-                               edit=edit)
-            stage.record(name)
-            p = parity["result"]
-            results[name] = {
-                "prompt_folded": prompt is not None,
-                "label_map_folded": label_map is not None,
-                "opset": info.opset, "ir_version": info.ir_version,
-                "input": {"name": info.input_name, "type": info.input_type, "shape": info.input_shape, "layout": "NHWC"},
-                "output_shape": info.output_shape, "ops": info.ops,
-                "parity": p.to_dict(),
-                **({"resize_parity": parity["resize"]} if graph_resize else {}),
-            }
-            reporter.line(
-                f"{name}: uint8 NHWC {info.input_shape} -> {info.output_shape}, "
-                f"{'prompt folded in' if prompt is not None else 'no prompt'}"
-                f"{', label map folded in' if label_map is not None else ''}; ORT vs PyTorch on {p.images} test "
-                f"images: max |diff| {p.max_abs_diff:.1e}, top-1 agreement {p.top1_agreement:.2%}"
-            )
-            if graph_resize:
-                r = parity["resize"]
-                reporter.line(f"{name}: Resize in the graph, {r['images']} test images at {r['height']}x{r['width']} vs "
-                              f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
-                              f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
-            if "int8" in precisions and calib is None:  # one calibration set for both graphs
-                calib = calibration_images(loaded.train_split(data_spec), calib_images, run.manifest.run_seed)
-            results[name]["precisions"] = _derive(stage, stage.file(name), precisions, test, calib, reporter)
-        if with_prompt and loaded.prompt is None:
-            reporter.line(f"note: this run ({run.manifest.method_name}) learned no prompt; none to fold in")
-        elif loaded.prompt is not None:
-            d = choice["decision"] or {}
-            numbers = (f" (validation top-1 {d['val_top1_prompted']:.2%} with, {d['val_top1_plain']:.2%} without)"
-                       if d.get("val_top1_plain") is not None and d.get("val_top1_prompted") is not None else "")
-            reporter.line(f"prompt {'folded in' if ships_prompt else 'left out'}: {choice['by']}{numbers}")
+        results = {name: _export_graph(stage, job, name, net, prompt, label_map)
+                   for name, net, prompt, label_map in graphs}
+        _say_prompt(choice, with_prompt, loaded, reporter)
         pattern = run.manifest.pattern
         if pattern:
             results[MODEL_ONNX]["nm_pattern"] = _check_pattern(stage.file(MODEL_ONNX), precisions, pattern, reporter)
         engines = _engines(stage, precisions, pattern is not None, require_trt, reporter) if trt else None
         run.manifest.export = ExportRecord(
             created=now(), ships_prompt=ships_prompt, prompt_choice=choice, graph_resize=graph_resize,
-            caller_must_feed=contract, graphs=results, precisions=list(precisions), calib_images=calib_images,
-            tensorrt=engines)
+            caller_must_feed=caller_contract(size, loaded.inputs.channels, loaded.inputs.crop_pct,
+                                             loaded.inputs.interpolation, graph_resize),
+            graphs=results, precisions=list(precisions), calib_images=calib_images, tensorrt=engines,
+            int8_format=job.int8.to_dict() if job.int8 is not None else None)
+        run.manifest.stages["export"] = export_record(run.manifest, settings, stage.names)
     return run.manifest.export.to_dict()
 
 
-def _derive(run, fp32: Path, precisions: tuple[str, ...], test, calib, reporter: Reporter) -> dict:
-    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime.
+@dataclass
+class ExportJob:
+    """What every graph of one export shares: the run, its test images, the settings."""
 
-    `calib`: the INT8 calibration images (None when int8 is not asked for).
-    """
+    loaded: LoadedRun
+    test: object  # the test split (parity, precision agreement)
+    size: int
+    example: torch.Tensor
+    graph_resize: bool
+    precisions: tuple[str, ...]
+    data_spec: str | None
+    calib_images: int
+    reporter: Reporter
+    tensorrt: bool = False  # engines asked for: int8 must be Q/DQ
+    calib: object = None  # the INT8 calibration images, drawn once for both graphs
+    int8: Int8Format | None = None  # decided on the first graph, kept for the second
+
+    def calibration(self):
+        if "int8" in self.precisions and self.calib is None:
+            self.calib = calibration_images(self.loaded.train_split(self.data_spec), self.calib_images,
+                                            self.loaded.run.manifest.run_seed)
+        return self.calib
+
+
+def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> dict:
+    """One deployed graph, verified against its PyTorch reference, with its fp16/int8 siblings."""
+    inputs, size, test = job.loaded.inputs, job.size, job.test
+    reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
+    parity = {}
+
+    def verify(tmp: Path) -> None:
+        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
+        require_parity(parity["result"], name)
+        if job.graph_resize:
+            parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
+
+    edit = (lambda m: prepend_resize(m, size, inputs.crop_pct, inputs.interpolation)) if job.graph_resize else None
+    info = export_onnx(DeployGraph(net, inputs, prompt, label_map), job.example, stage.file(name), verify=verify,
+                       edit=edit)
+    stage.record(name)
+    p = parity["result"]
+    result = {"prompt_folded": prompt is not None, "label_map_folded": label_map is not None,
+              "opset": info.opset, "ir_version": info.ir_version,
+              "input": {"name": info.input_name, "type": info.input_type, "shape": info.input_shape, "layout": "NHWC"},
+              "output_shape": info.output_shape, "ops": info.ops, "parity": p.to_dict(),
+              **({"resize_parity": parity["resize"]} if job.graph_resize else {})}
+    job.reporter.line(
+        f"{name}: uint8 NHWC {info.input_shape} -> {info.output_shape}, "
+        f"{'prompt folded in' if prompt is not None else 'no prompt'}"
+        f"{', label map folded in' if label_map is not None else ''}; ORT vs PyTorch on {p.images} test "
+        f"images: max |diff| {p.max_abs_diff:.1e}, top-1 agreement {p.top1_agreement:.2%}")
+    if job.graph_resize:
+        r = parity["resize"]
+        job.reporter.line(f"{name}: Resize in the graph, {r['images']} test images at {r['height']}x{r['width']} vs "
+                          f"torchvision resize + PyTorch: max |logit diff| {r['max_abs_diff']:.1e}, top-1 agreement "
+                          f"{r['top1_agreement']:.2%}, pixels off by > 1 level {r['pixels_off_by_more_than_1']:.2%}")
+    result["precisions"] = _derive(stage, stage.file(name), job)
+    return result
+
+
+def _say_prompt(choice: dict, with_prompt: bool | None, loaded: LoadedRun, reporter: Reporter) -> None:
+    if with_prompt and loaded.prompt is None:
+        reporter.line(f"note: this run ({loaded.run.manifest.method_name}) learned no prompt; none to fold in")
+    elif loaded.prompt is not None:
+        d = choice["decision"] or {}
+        numbers = (f" (validation top-1 {d['val_top1_prompted']:.2%} with, {d['val_top1_plain']:.2%} without)"
+                   if d.get("val_top1_plain") is not None and d.get("val_top1_prompted") is not None else "")
+        reporter.line(f"prompt {'folded in' if choice['fold'] else 'left out'}: {choice['by']}{numbers}")
+
+
+def _derive(run, fp32: Path, job: "ExportJob") -> dict:
+    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime. The int8
+    format is measured on the first graph (the compressed one) and kept for the second (the dense one)."""
     out = {"fp32": {"file": fp32.name}}
-    for precision in precisions:
+    for precision in job.precisions:
         if precision == "fp32":
             continue
         path = precision_path(fp32, precision)
         if precision == "fp16":
             to_fp16(fp32, path)
+        elif job.int8 is None:
+            sample = nhwc_uint8(job.test, 0, min(64, len(job.test)))
+            job.int8 = choose_int8_format(fp32, path, job.calibration(), sample, job.tensorrt)
+            job.reporter.line(f"int8 format: {job.int8.format} ({job.int8.reason})")
         else:
-            to_int8(fp32, path, ImageCalibrationReader(calib))
-        agreement = compare_graphs(fp32, path, test)
+            to_int8(fp32, path, ImageCalibrationReader(job.calibration()), job.int8.format)
+        agreement = compare_graphs(fp32, path, job.test)
         if precision == "fp16" and agreement.top1_agreement < FP16_MIN_AGREEMENT:
             path.unlink()
             raise UserError(
@@ -158,9 +195,9 @@ def _derive(run, fp32: Path, precisions: tuple[str, ...], test, calib, reporter:
             )
         run.record(path.name, precision=precision)
         out[precision] = {"file": path.name, "vs_fp32": agreement.to_dict(),
-                          **({"calib_images": len(calib)} if precision == "int8" else {})}
-        reporter.line(f"{path.name}: top-1 agreement with fp32 {agreement.top1_agreement:.2%} on "
-                      f"{agreement.images} test images, max |logit diff| {agreement.max_abs_diff:.2e}")
+                          **({"calib_images": len(job.calib), "format": job.int8.format} if precision == "int8" else {})}
+        job.reporter.line(f"{path.name}: top-1 agreement with fp32 {agreement.top1_agreement:.2%} on "
+                          f"{agreement.images} test images, max |logit diff| {agreement.max_abs_diff:.2e}")
     return out
 
 

@@ -5,9 +5,12 @@ once (a wrong or missing key is one `error:` line naming it) and then read throu
 never through string keys scattered over the pipeline. The JSON layout is unchanged from schema 1;
 schema 2 adds `fingerprint`: one digest of the settings a run was made with, used both to tell a
 finished run apart from one a recipe now asks for (stages) and to decide whether a checkpoint may be
-resumed (compress).
+resumed (compress). Schema 3 adds `stages`: each finished stage's fingerprint (pipelines/stage_keys.py:
+its settings and its inputs' digests) with the artifacts it read and wrote, so every stage is "done"
+the same way.
 
-Schema 1 manifests load through `upgrade()` (their fingerprint is computed from what they record).
+Schema 1 and 2 manifests load through `upgrade()`: the fingerprint is computed from what they record;
+their compress stage is recorded from it, their export/report had no fingerprint and are made again once.
 Manifests with no schema version at all are refused: they come from before the run layout was fixed,
 nothing says which keys they hold, and re-creating them is one command.
 """
@@ -18,9 +21,10 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from pipelines.artifacts import COMPRESS_OUTPUTS, PROMPT_PT
 from vpns_deploy.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TOOL = "vpns-deploy"  # only a directory whose manifest says this may be replaced by --overwrite
 
 # What a manifest must hold before anything in it is used (key -> type; dotted keys are nested).
@@ -83,9 +87,20 @@ class ExportRecord:
     prompt_choice: dict | None = None
     caller_must_feed: dict | None = None
     tensorrt: dict | None = None
+    int8_format: dict | None = None  # export.int8_format.Int8Format.to_dict(): the format shipped and why
 
     def to_dict(self) -> dict:
         return _plain(self)
+
+
+@dataclass
+class StageRecord:
+    """A finished stage: its fingerprint, the artifacts it read (verified again before it counts as
+    done) and the artifacts it wrote."""
+
+    fingerprint: str
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
 
 
 @dataclass
@@ -99,6 +114,7 @@ class Manifest:
     metrics: dict = field(default_factory=dict)
     prompt: dict | None = None
     export: ExportRecord | None = None
+    stages: dict = field(default_factory=dict)  # stage name -> StageRecord
     seed: int | None = None
     schema: int = SCHEMA_VERSION
     tool: str = TOOL
@@ -139,7 +155,7 @@ class Manifest:
         out = {"schema": self.schema, "tool": self.tool, "fingerprint": self.fingerprint, **self.other,
                "config": self.config, "model": _plain(self.model), "data": _data_dict(self.data),
                "prompt": self.prompt, "method": self.method, "seed": self.seed, "metrics": self.metrics,
-               "artifacts": self.artifacts}
+               "artifacts": self.artifacts, "stages": {k: _plain(v) for k, v in self.stages.items()}}
         if self.export is not None:
             out["export"] = _plain(self.export)
         return out
@@ -149,13 +165,14 @@ class Manifest:
         """Validate (one-line UserError naming the first bad key) and type a manifest read from JSON."""
         m = upgrade(check(raw, where), where)
         known = {"schema", "tool", "fingerprint", "config", "model", "data", "prompt", "method", "seed",
-                 "metrics", "artifacts", "export"}
+                 "metrics", "artifacts", "export", "stages"}
         data = dict(m["data"])
         head = {k: data.pop(k) for k in ("spec", "image_shape", "classes", "fingerprint") if k in data}
         return cls(model=_build(ModelRecord, m["model"]), data=DataRecord(**head, details=data),
                    config=m["config"], fingerprint=m["fingerprint"], artifacts=m["artifacts"],
                    method=_section(m, "method", where), metrics=_section(m, "metrics", where),
                    prompt=m.get("prompt") or None, export=_export(m.get("export"), where), seed=m.get("seed"),
+                   stages=_stages(m.get("stages"), where),
                    schema=m["schema"], tool=m.get("tool", TOOL), other={k: v for k, v in m.items() if k not in known})
 
 
@@ -194,9 +211,12 @@ def upgrade(m: dict, where: Path) -> dict:
         model, data = m["model"], m["data"]
         m["fingerprint"] = run_fingerprint(m["config"], model.get("sha256"), model["arch"], data.get("fingerprint"),
                                            model.get("input_overrides") or ModelRecord(0, {}).input_overrides)
-        m["schema"] = SCHEMA_VERSION
     if not isinstance(m.get("fingerprint"), str):
         raise UserError(f"{where} lacks the key 'fingerprint': not a complete vpns-deploy manifest", RECREATE)
+    if schema < 3:  # schema 3 added the stage records; compress's is its fingerprint and its files
+        made = [n for n in (*COMPRESS_OUTPUTS, PROMPT_PT) if n in m["artifacts"]]
+        m["stages"] = {"compress": {"fingerprint": m["fingerprint"], "inputs": [], "outputs": made}}
+    m["schema"] = SCHEMA_VERSION
     return m
 
 
@@ -217,6 +237,14 @@ def _export(raw: object, where: Path) -> ExportRecord | None:
             or not isinstance(raw.get("created"), str):
         raise UserError(f"{where}: 'export' lacks created/ships_prompt", "run vpns-deploy export on the run again")
     return _build(ExportRecord, raw)
+
+
+def _stages(raw: object, where: Path) -> dict:
+    if not isinstance(raw, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("fingerprint"), str) for r in raw.values()):
+        raise UserError(f"{where}: 'stages' is not a map of stage records with fingerprints",
+                        "re-run the stages into a fresh directory")
+    return {name: _build(StageRecord, r) for name, r in raw.items()}
 
 
 def _build(cls, raw: dict):

@@ -129,5 +129,7 @@ def speedup_text(sp: dict) -> str:
 
 def cpu_text(cpu: dict) -> str:
     sets = ", ".join(cpu["instruction_sets"]) or "none of AVX2, AVX-512, VNNI, AMX"
+    fmt = cpu.get("int8_format")
+    shipped = f" int8 format shipped: {fmt['format']} ({fmt['reason']})." if fmt else ""
     return (f"CPU: {cpu['model']}; instruction sets: {sets}; PyTorch CPU kernels: {cpu['torch_capability']}. "
-            + cpu["int8_note"])
+            + cpu["int8_note"] + shipped)

@@ -1,7 +1,8 @@
 """Stage `report`: measured accuracy, size and ONNX Runtime CPU latency, dense vs compressed.
 
 The measuring itself is report_measure.py over calibration/ (the one measurement layer); this
-module assembles the Report, writes report.json/report.md and says whether a report is current.
+module assembles the Report, writes report.json/report.md and records the report stage's fingerprint
+(stage_keys.report_record: the graphs it measured and its settings), which tells stages.py it is done.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from calibration.latency import DEFAULT_BUDGET_S, LATENCY_BATCHES, check_budget
 from calibration.runtime import OrtRuntime
 from calibration.session import cpu_session, cpu_threads
 from pipelines import report_measure as measure
-from pipelines.artifacts import DENSE_ONNX, DENSE_PT, MANIFEST, MODEL_ONNX, MODEL_PT, REPORT_JSON, REPORT_MD
+from pipelines.artifacts import DENSE_ONNX, DENSE_PT, MODEL_ONNX, MODEL_PT, REPORT_JSON, REPORT_MD
 from pipelines.load_run import load_run
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
 from pipelines.report_render import render_markdown, render_table
-from pipelines.run_dir import RunDir, now, versions
+from pipelines.run_dir import now, versions
+from pipelines.stage_keys import report_record
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
 from vpns_deploy.device import resolve_device
 from vpns_deploy.errors import UserError
@@ -80,7 +82,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         prompt_choice=m.export.prompt_choice,  # why: the validation decision or a flag
         head=_head_summary(m), caller_must_feed=m.export.caller_must_feed, test_images=len(test),
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
-        precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency),
+        precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()
                    if k in ("mode", "pattern", "exempt", "speedup_target", "macs_reduction")},
         machine={"threads": threads, "provider": "CPUExecutionProvider", "latency_budget_s": latency_budget,
@@ -90,35 +92,24 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
     atomic_write_text(run.file(REPORT_MD), render_markdown(report))
     run.record(REPORT_JSON)
     run.record(REPORT_MD)
+    run.manifest.stages["report"] = report_record(m, latency_budget, data_spec, [REPORT_JSON, REPORT_MD])
     run.save()
     if print_table:
         out_console.print(render_table(report))
     return report.to_dict()
 
 
-def _cpu(precision: dict, latency: dict) -> dict:
-    """The CPU's instruction sets and what they mean for int8, with this report's int8 numbers."""
+def _cpu(precision: dict, latency: dict, int8_format: dict | None) -> dict:
+    """The CPU's instruction sets and what they mean for int8, with this report's int8 numbers and the
+    int8 format export measured and shipped (export/int8_format.py)."""
     facts = cpu_facts()
     measured = ""
     if "int8" in precision:
         b = str(LATENCY_BATCHES[-1])
         int8, fp32 = precision["int8"]["compressed"]["latency_ms"][b], latency["compressed"][b]
         measured = f"compressed graph at batch {b}, int8 {int8['median_ms']:.2f} ms vs fp32 {fp32['median_ms']:.2f} ms"
-    return facts.to_dict() | {"int8_note": facts.int8_note(measured)}
-
-
-def report_is_current(run_dir: Path) -> bool:
-    """report.json exists, verifies, is of this schema, and was measured after the latest export."""
-    if not (Path(run_dir) / MANIFEST).is_file():
-        return False
-    run = RunDir.open(run_dir)
-    if run.manifest.export is None:
-        return False
-    try:
-        report = Report.read(run.verified(REPORT_JSON))
-    except UserError:
-        return False
-    return report.created >= run.manifest.export.created
+    shipped = {"int8_format": {k: int8_format[k] for k in ("format", "reason")}} if int8_format else {}
+    return facts.to_dict() | {"int8_note": facts.int8_note(measured)} | shipped
 
 
 def _head_summary(manifest: Manifest) -> dict | None:

@@ -1,28 +1,34 @@
 """`sweep`: one complete run (compress -> export -> report) per target, then the trade-off plots.
 
-Each point is a recipe run into `<out>/<target>`: a finished point is verified and skipped, an
-interrupted one resumes from its last epoch, so a sweep can be stopped and restarted at will.
+Each point is a plan through the stage graph (compress, export, report) into `<out>/<target>`: a
+finished point is verified and skipped, an interrupted one resumes from its last epoch, so a sweep can
+be stopped and restarted at will. The sweep's own files are skipped the same way: sweep.json records
+their fingerprint (stage_keys.stage_fingerprint over the points' report digests) and sha256s.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 from pipelines import plots
 from pipelines.compare import report_runs
-from pipelines.load_run import pickles_trusted
-from pipelines.artifacts import REPORT_JSON
-from pipelines.recipe import DataSection, ExportSection, ModelSection, Recipe, ReportSection, RunSection
+from pipelines.artifacts import PLOT_PNGS, REPORT_HTML, REPORT_JSON, REPORT_MD
+from pipelines.recipe import ExportSection
 from pipelines.report_record import Report
 from pipelines.run_dir import now
-from pipelines.stages import run_recipe
+from pipelines.stage_keys import stage_fingerprint
+from pipelines.stages import ExportRequest, Plan, ReportRequest, compress_request, run_plan
 from vpns_deploy.distributed import env_rank
 from vpns_deploy.atomic import atomic_write_json
 from vpns_deploy.config import CompressConfig
+from vpns_deploy.data.cache import sha256_file
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.input_overrides import InputOverrides
 from vpns_deploy.progress import Reporter
 
+SWEEP_JSON = "sweep.json"
+SWEEP_OUTPUTS = ("accuracy_vs_sparsity.png", "pareto.png", REPORT_MD, REPORT_HTML, "comparison.json", *PLOT_PNGS)
 
 def point_configs(base: CompressConfig, sparsities: list[float] | None,
                   speedups: list[float] | None) -> list[tuple[str, CompressConfig]]:
@@ -43,11 +49,6 @@ def point_configs(base: CompressConfig, sparsities: list[float] | None,
     return [(f"s{v:g}", replace(base, sparsity=v)) for v in sparsities or []]
 
 
-def _input_fields(inputs: InputOverrides | None) -> dict:
-    """InputOverrides as ModelSection's input_size/mean/std/interpolation fields."""
-    return (inputs or InputOverrides()).to_dict()  # the same four names
-
-
 def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, out: Path,
               sparsities: list[float] | None = None, speedups: list[float] | None = None,
               precisions: tuple[str, ...] = ("fp32",), num_classes: int | None = None,
@@ -58,14 +59,35 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
     run_dirs = []
     for i, (name, cfg) in enumerate(points, 1):
         reporter.line(f"sweep point {i}/{len(points)}: {name}")
-        recipe = Recipe(source=Path("<sweep>"), run=RunSection(str(out / name)),
-                        model=ModelSection(str(model), arch, trust_pickle, num_classes, **_input_fields(inputs)), data=DataSection(data),
-                        compress=cfg, export=ExportSection(precisions=list(precisions)), report=ReportSection())
-        run_recipe(recipe, overwrite=overwrite, reporter=reporter)
+        plan = Plan(out / name, "sweep", compress_request(model, arch, data, cfg, num_classes, trust_pickle, inputs),
+                    ExportRequest(ExportSection(precisions=list(precisions))), ReportRequest(), trust_pickle, cfg.device)
+        run_plan(plan, overwrite=overwrite, reporter=reporter)
         run_dirs.append(out / name)
     if env_rank() != 0:  # under torchrun the other ranks only trained; rank 0 writes the sweep's files
         return out
-    reports = [Report.read(d / REPORT_JSON) for d in run_dirs]
+    key = stage_fingerprint("sweep", {"mode": base.mode, "method": base.method},
+                            {name: sha256_file(d / REPORT_JSON) for (name, _), d in zip(points, run_dirs)})
+    if _sweep_done(out, key):
+        reporter.line("[sweep] done earlier, outputs verified: skipped")
+        return out
+    summary, dense = _summary(points, [Report.read(d / REPORT_JSON) for d in run_dirs])
+    extra = [("Accuracy vs sparsity (ONNX Runtime, the graph that ships)",
+              plots.accuracy_vs_sparsity(summary, dense["top1"], out / "accuracy_vs_sparsity.png")),
+             ("Accuracy vs latency, batch 64, with the Pareto front",
+              plots.pareto(summary, dense, out / "pareto.png"))]
+    report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra, trust_pickle=trust_pickle)
+    # sweep.json last, recording the fingerprint and what it drew: the record that the sweep is done
+    atomic_write_json(out / SWEEP_JSON, {"created": now(), "mode": base.mode, "method": base.method,
+                                         "points": summary, "dense": dense,
+                                         "pareto_front": plots.pareto_front(
+                                             [(p["latency_ms"]["64"], p["top1"]) for p in [dense, *summary]]),
+                                         "fingerprint": key,
+                                         "outputs": {n: sha256_file(out / n) for n in SWEEP_OUTPUTS}})
+    return out
+
+
+def _summary(points: list, reports: list[Report]) -> tuple[list[dict], dict]:
+    """Each point's top-1, sparsity, MACs and latency, and the dense network's (from the first run)."""
     summary = [{"label": name, "sparsity": r.sparsity_prunable, "top1": r.accuracy["compressed"]["onnxruntime"],
                 "macs": r.counts["compressed"]["macs"],
                 "latency_ms": {b: v["median_ms"] for b, v in r.latency_ms["compressed"].items()}}
@@ -73,14 +95,14 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
     first = reports[0]
     dense = {"top1": first.accuracy["dense"]["onnxruntime"], "sparsity": 0.0, "macs": first.counts["dense"]["macs"],
              "latency_ms": {b: v["median_ms"] for b, v in first.latency_ms["dense"].items()}}
-    extra = [("Accuracy vs sparsity (ONNX Runtime, the graph that ships)",
-              plots.accuracy_vs_sparsity(summary, dense["top1"], out / "accuracy_vs_sparsity.png")),
-             ("Accuracy vs latency, batch 64, with the Pareto front",
-              plots.pareto(summary, dense, out / "pareto.png"))]
-    atomic_write_json(out / "sweep.json", {"created": now(), "mode": base.mode, "method": base.method,
-                                           "points": summary, "dense": dense,
-                                           "pareto_front": plots.pareto_front(
-                                               [(p["latency_ms"]["64"], p["top1"]) for p in [dense, *summary]])})
-    with pickles_trusted(trust_pickle):
-        report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra)
-    return out
+    return summary, dense
+
+
+def _sweep_done(out: Path, key: str) -> bool:
+    """sweep.json records this fingerprint (the points' report digests) and every file it drew verifies."""
+    try:
+        record = json.loads((out / SWEEP_JSON).read_text())
+        return record.get("fingerprint") == key and all(
+            sha256_file(out / n) == record["outputs"][n] for n in SWEEP_OUTPUTS)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

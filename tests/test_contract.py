@@ -58,14 +58,14 @@ def test_one_fingerprint_for_done_and_resume(tmp_path, digits_run, digits_model)
     from dataclasses import replace
 
     from pipelines.recipe import DataSection, ModelSection, Recipe, RunSection
-    from pipelines.stages import _compress_done
+    from pipelines.stages import _compress_done, plan_from_recipe
     from vpns_deploy.config import CompressConfig
 
     cfg = CompressConfig(sparsity=0.9, epochs_mask=1, epochs_tune=1, batch_size=64)  # as conftest's digits_run
 
-    def recipe(c: CompressConfig) -> Recipe:
-        return Recipe(Path("<test>"), RunSection(str(digits_run)), ModelSection(str(digits_model), "digits_cnn"),
-                      DataSection("digits"), c)
+    def recipe(c: CompressConfig):
+        return plan_from_recipe(Recipe(Path("<test>"), RunSection(str(digits_run)),
+                                       ModelSection(str(digits_model), "digits_cnn"), DataSection("digits"), c))
 
     assert _compress_done(recipe(cfg))
     assert _compress_done(recipe(replace(cfg, workers=3)))

@@ -159,7 +159,7 @@ def test_second_compress_on_the_same_out_is_refused_naming_the_first(tmp_path, d
 
 
 def test_a_run_that_appears_during_training_is_not_replaced(tmp_path):
-    from pipelines.run_dir import staged_directory
+    from pipelines.run_create import staged_directory
     from vpns_deploy.errors import UserError
 
     final = tmp_path / "run"

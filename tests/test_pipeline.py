@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.report_stage import run_report
-from pipelines.run_dir import latest_run, staged_directory
+from pipelines.run_create import staged_directory
+from pipelines.run_dir import latest_run
 from vpns_deploy.atomic import atomic_write_text
 from pipelines.cli import app
 from vpns_deploy.progress import Reporter

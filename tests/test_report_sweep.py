@@ -100,9 +100,11 @@ def test_sweep_runs_every_point_draws_its_plots_and_resumes_as_a_no_op(tmp_path,
         assert (out / name).is_file(), name
     assert (out / "pareto.png").read_bytes().startswith(PNG)
     before = (out / "s0.5" / "manifest.json").read_text()
+    sweep_before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 0 and again.stderr.count("done earlier") >= 6  # 3 stages x 2 points skipped
+    assert again.exit_code == 0 and again.stderr.count("done earlier") >= 7  # 3 stages x 2 points, the sweep
     assert (out / "s0.5" / "manifest.json").read_text() == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == sweep_before  # nothing redrawn
 
 
 def test_sweep_rejects_bad_targets_before_running(tmp_path, digits_model):

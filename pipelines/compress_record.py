@@ -1,0 +1,162 @@
+"""What a finished compress leaves in its run directory: the networks, masks, prompt and the manifest
+that records them (with the compress stage's fingerprint), plus the lines that summarise it.
+
+Split from compress_stage.py, which orchestrates (inputs, checkpoints, training, the staged directory);
+this module only turns a CompressResult into files and records."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipelines.artifacts import DENSE_PT, MASKS_PT, MODEL_PT, PROMPT_PT
+from pipelines.manifest import DataRecord, Manifest, ModelRecord, StageRecord
+from pipelines.run_dir import RunDir, now, versions
+from vpns_deploy.atomic import atomic_torch_save
+from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
+from vpns_deploy.data import Splits, absolute_spec
+from vpns_deploy.evaluate import top1_pair
+from vpns_deploy.heads import head_record
+from vpns_deploy.macs import count_macs, count_params
+from vpns_deploy.models import InputOverrides, LoadedModel
+from vpns_deploy.progress import Reporter
+from vpns_deploy.prompts import PromptedNet, prompt_decision
+
+PRUNABLE_TEXT = {
+    "unstructured": "every Conv2d and Linear weight (stem and classifier included); BN and biases never",
+    "channel": "output channels of every coupled channel group found by torch-pruning (residual streams "
+               "included); the classifier's outputs never",
+    "nm": "every Conv2d and Linear weight whose layer's input channels divide by M; others stay dense",
+}
+
+
+@dataclass
+class DenseReference:
+    """The dense network the run starts from, as measured before any mask: what the run is compared with."""
+
+    net: torch.nn.Module
+    top1: float
+    label_map: torch.Tensor | None = None  # --head map: the dense network's own frequency label map
+    label_map_record: dict | None = None
+    warmup: list = field(default_factory=list)  # --head new: the head warm-up's epoch records
+
+
+@dataclass
+class RunInputs:
+    """What the run was made from and how: recorded in the manifest as given."""
+
+    model_path: Path
+    loaded: LoadedModel
+    splits: Splits
+    cfg: CompressConfig
+    overrides: InputOverrides
+    fingerprint: str
+    device: torch.device
+    other: dict  # precision, distributed record, timings
+
+
+def structure(cfg: CompressConfig, masks, dense: torch.nn.Module, baked: torch.nn.Module,
+              example: torch.Tensor) -> dict:
+    """Mode-specific facts: MACs and parameters before/after, groups or exempt layers."""
+    kind, pattern = parse_mode(cfg.mode)
+    info: dict = {
+        "mode": cfg.mode,
+        "macs": {"dense": count_macs(dense, example), "compressed": count_macs(baked, example)},
+        "params": {"dense": count_params(dense), "compressed": count_params(baked)},
+    }
+    if kind == "channel":
+        info["groups"] = [{"root": g.root, "channels": g.size, "kept": int(masks.group_mask(i).sum())}
+                          for i, g in enumerate(masks.groups)]
+        info["speedup_target"] = cfg.speedup
+        info["macs_reduction"] = info["macs"]["dense"] / max(1, info["macs"]["compressed"])
+        info["speedup_reached"] = info["macs_reduction"] if cfg.speedup else None
+        info["kept_whole"] = [{"reason": r, "roots": roots} for r, roots in masks.plan.refused.items()]
+        info["notes"] = masks.notes()
+    if pattern is not None:
+        info["pattern"] = list(pattern)
+        info["exempt"] = [vars(e) for e in masks.exempt]
+    return info
+
+
+def _save_network(run: RunDir, name: str, net: torch.nn.Module, arch: str | None) -> None:
+    # Built-in/torchvision archs: a plain state dict (safe to load). A user's pickled module stays a
+    # pickle; the loader verifies its sha256 against the manifest before unpickling it.
+    obj = {k: v.detach().cpu() for k, v in net.state_dict().items()} if arch else net.cpu()
+    atomic_torch_save(run.file(name), obj)
+    run.record(name, format="state_dict" if arch else "pickled_module")
+
+
+def shipped_metrics(result, loaded: LoadedModel, splits: Splits, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The baked (masks applied) network and its final test/validation top-1 with and without the prompt."""
+    baked = result.masks.baked(result.model.net).to(device).eval()
+    shipped = PromptedNet(baked, loaded.inputs, result.model.prompt, result.model.label_map).to(device).eval()
+    prompted = result.prompt_spec is not None
+    test_plain, test_prompted = top1_pair(shipped, splits.test, device, prompted)
+    val_plain, val_prompted = (top1_pair(shipped, splits.val, device, prompted) if splits.val is not None
+                               else (None, None))
+    return baked, {"top1_plain": test_plain, "top1_prompted": test_prompted,
+                   "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
+
+
+def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> Manifest:
+    """Save the networks, masks and prompt into `run` and record them in its manifest (saved)."""
+    loaded, splits, cfg = given.loaded, given.splits, given.cfg
+    baked, final = shipped_metrics(result, loaded, splits, given.device)
+    decision = prompt_decision(final["val_top1_plain"], final["val_top1_prompted"], result.prompt_spec is not None)
+    _save_network(run, MODEL_PT, baked, loaded.arch)
+    _save_network(run, DENSE_PT, dense.net, loaded.arch)
+    atomic_torch_save(run.file(MASKS_PT), result.masks.masks())
+    run.record(MASKS_PT)
+    if result.model.prompt is not None:
+        atomic_torch_save(run.file(PROMPT_PT), {k: v.cpu() for k, v in result.model.prompt.state_dict().items()})
+        run.record(PROMPT_PT)
+    example = torch.zeros(1, *splits.train.image_shape, device=given.device)
+    run.manifest = Manifest(
+        fingerprint=given.fingerprint, config=cfg.to_dict(), artifacts=run.artifacts, seed=cfg.seed,
+        stages={"compress": StageRecord(given.fingerprint, [], list(run.artifacts))},
+        model=ModelRecord(source=str(Path(given.model_path).resolve()), sha256=loaded.sha256, arch=loaded.arch,
+                          num_classes=loaded.num_classes, inputs=loaded.inputs.to_dict(),
+                          inputs_from=loaded.inputs_from, input_overrides=given.overrides.to_dict()),
+        data=DataRecord(spec=absolute_spec(splits.spec), fingerprint=splits.fingerprint,
+                        classes=splits.train.classes, image_shape=list(splits.train.image_shape),
+                        details={"train_images": len(splits.train),
+                                 "val_images": len(splits.val) if splits.val is not None else 0,
+                                 "test_images": len(splits.test), "augment": vars(splits.augment),
+                                 **splits.details}),
+        prompt=result.prompt_spec.to_dict() if result.prompt_spec else None,
+        method={"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]],
+                "stages": result.stage_plans, "label_mapping": result.label_map or "identity",
+                "dense_label_mapping": dense.label_map_record,
+                "head": head_record(cfg, baked, splits.num_classes, dense.warmup), "deviations": list(DEVIATIONS)},
+        other={"created": now(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "device": str(given.device),
+               "versions": versions(), **given.other},
+        metrics={"dense_top1": dense.top1, "prompt_decision": decision, **final,
+                 "sparsity": result.masks.sparsity(),
+                 "structure": structure(cfg, result.masks, dense.net, baked, example),
+                 "prunable_weights": result.masks.total,
+                 "per_layer": [vars(s) | {"sparsity": s.sparsity} for s in result.masks.stats()],
+                 "epochs": [r.to_dict() for r in [*dense.warmup, *result.history]]},  # the head warm-up counts too
+    )
+    run.save()
+    return run.manifest
+
+
+def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
+    """The lines a finished compress prints: sparsity, MACs (channel mode), top-1, the prompt decision."""
+    metrics = m.metrics
+    macs = metrics["structure"]["macs"]
+    shrink = (f", MACs {macs['dense'] / 1e6:.1f}M -> {macs['compressed'] / 1e6:.1f}M "
+              f"({macs['dense'] / max(1, macs['compressed']):.2f}x)" if m.mode == "channel" else "")
+    reporter.line(
+        f"done: sparsity {metrics['sparsity']:.2%}{shrink}, top-1 {metrics['top1_plain']:.2%} without prompt"
+        + (f", {metrics['top1_prompted']:.2%} with" if metrics["top1_prompted"] is not None else "")
+        + f" (dense {metrics['dense_top1']:.2%}) -> {out}"
+    )
+    decision = metrics["prompt_decision"]
+    if m.prompt is not None:
+        numbers = (f": validation top-1 {decision['val_top1_prompted']:.2%} with, {decision['val_top1_plain']:.2%} "
+                   "without" if decision["split"] else "")
+        reporter.line(f"prompt decision: {'fold it into' if decision['fold'] else 'leave it out of'} the exported "
+                      f"graph{numbers} ({decision['rule']})")
