@@ -154,67 +154,24 @@ def run_stage(
     """
     opts = opts or StepOptions()
     runner, sync = _runner(model, plan, opts)
-    train, val, test = splits.train, splits.val, splits.test
-    has_prompt = model.prompt is not None
     gens = gens if gens is not None else stream_generators(seed)
     history: list[EpochRecord] = []
-    steps_per_epoch = num_batches(len(train), batch_size)
     for epoch in range(start_epoch, plan.epochs + 1):
-        model.train()
-        # Streamed sets: the passes' loaders share the decoding workers.
-        workers = max(1, getattr(train, "workers", 0) // len(plan.passes)) if getattr(train, "workers", 0) else 0
-        streams = {p: _batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment,
-                               workers, opts.dist) for p in plan.passes}
-        loss_sum = correct = seen = steps = 0
-        t0 = time.perf_counter()
         label = f"{plan.name} {epoch}/{plan.epochs}"
         lrs = {f"{i}": opt.param_groups[0]["lr"] for i, (opt, _) in enumerate(plan.optimizers)}
-        with reporter.task(label, steps_per_epoch) as bar:
-            for _ in range(steps_per_epoch):
-                for p in plan.passes:
-                    x, y = next(streams[p])
-                    loss, logits = train_step(runner, plan, x, y, p == PROMPTED, opts.amp, sync)
-                    steps += 1
-                    if not torch.isfinite(loss):  # stop before a NaN reaches the epoch's checkpoint
-                        raise UserError(
-                            f"training diverged: the loss became {loss.item()} in {label} (step {steps}); the "
-                            "checkpoint of the last finished epoch, if any, is kept",
-                            "lower the learning rates, or check the model's weights for NaN/inf",
-                        )
-                    if p == plan.passes[-1]:  # the logged train metrics come from the last pass
-                        loss_sum += loss.item() * len(y)
-                        correct += int((logits.argmax(1) == y).sum())
-                        seen += len(y)
-                bar.advance(_status(loss_sum / max(seen, 1), correct / max(seen, 1)))
-        for stream in streams.values():
-            stream.close()  # stops a streamed set's workers
-        train_seconds = time.perf_counter() - t0
+        loss_sum, correct, seen, steps, train_seconds = _train_epoch(
+            model, runner, sync, plan, splits, batch_size, device, gens, reporter, label, opts)
         for _, sched in plan.optimizers:
             if sched is not None:
                 sched.step()
         t1 = time.perf_counter()
-        recalibrate_bn(model, train, plan.bn_images, batch_size, device, seed + epoch,
-                       tuple(p == PROMPTED for p in plan.passes))
-        if opts.dist is not None:
-            average_bn_stats(model, opts.dist.world)  # identical on every rank before evaluation and checkpoint
-        top1 = top1_pair if opts.dist is None else functools.partial(sharded_top1_pair, ctx=opts.dist)
-        val_plain, val_prompted = top1(model, val, device, has_prompt) if val is not None else (None, None)
-        test_plain, test_prompted = top1(model, test, device, has_prompt) if epoch == plan.epochs else (None, None)
+        evals = _evaluate_epoch(model, plan, splits, batch_size, device, seed + epoch, epoch == plan.epochs, opts)
         record = EpochRecord(
-            stage=plan.name,
-            epoch=epoch,
-            train_loss=loss_sum / max(seen, 1),
-            train_acc=correct / max(seen, 1),
-            val_acc_plain=val_plain,
-            val_acc_prompted=val_prompted,
-            test_acc_plain=test_plain,
-            test_acc_prompted=test_prompted,
-            train_seconds=train_seconds,
-            eval_seconds=time.perf_counter() - t1,
-            optimizer_steps=steps,
-            images_seen=seen * len(plan.passes),
-            lr=lrs,
-            prompt_mean_abs=model.prompt.mean_abs() if has_prompt else None,
+            stage=plan.name, epoch=epoch, train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
+            val_acc_plain=evals[0], val_acc_prompted=evals[1], test_acc_plain=evals[2], test_acc_prompted=evals[3],
+            train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1, optimizer_steps=steps,
+            images_seen=seen * len(plan.passes), lr=lrs,
+            prompt_mean_abs=model.prompt.mean_abs() if model.prompt is not None else None,
         )
         history.append(record)
         reporter.line(f"{label:>10}  {_status(record.train_loss, record.train_acc)}{_eval_text(record)}"
@@ -224,6 +181,57 @@ def run_stage(
     if opts.sync_bn:
         set_sync_bn(model, False)
     return history
+
+
+def _train_epoch(model: PromptedNet, runner: nn.Module, sync: Callable[[], None] | None, plan: StagePlan,
+                 splits: Splits, batch_size: int, device: torch.device, gens: dict[str, torch.Generator],
+                 reporter: Reporter, label: str, opts: StepOptions) -> tuple[float, int, int, int, float]:
+    """One epoch of optimiser steps (every pass per batch): (loss sum, correct, seen) of the last pass,
+    whose metrics are the ones logged, the optimiser steps and the seconds spent stepping."""
+    model.train()
+    train = splits.train
+    steps_per_epoch = num_batches(len(train), batch_size)
+    # Streamed sets: the passes' loaders share the decoding workers.
+    workers = max(1, getattr(train, "workers", 0) // len(plan.passes)) if getattr(train, "workers", 0) else 0
+    streams = {p: _batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment,
+                           workers, opts.dist) for p in plan.passes}
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    t0 = time.perf_counter()
+    with reporter.task(label, steps_per_epoch) as bar:
+        for _ in range(steps_per_epoch):
+            for p in plan.passes:
+                x, y = next(streams[p])
+                loss, logits = train_step(runner, plan, x, y, p == PROMPTED, opts.amp, sync)
+                steps += 1
+                if not torch.isfinite(loss):  # stop before a NaN reaches the epoch's checkpoint
+                    raise UserError(
+                        f"training diverged: the loss became {loss.item()} in {label} (step {steps}); the "
+                        "checkpoint of the last finished epoch, if any, is kept",
+                        "lower the learning rates, or check the model's weights for NaN/inf",
+                    )
+                if p == plan.passes[-1]:  # the logged train metrics come from the last pass
+                    loss_sum += loss.item() * len(y)
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += len(y)
+            bar.advance(_status(loss_sum / max(seen, 1), correct / max(seen, 1)))
+    for stream in streams.values():
+        stream.close()  # stops a streamed set's workers
+    return loss_sum, correct, seen, steps, time.perf_counter() - t0
+
+
+def _evaluate_epoch(model: PromptedNet, plan: StagePlan, splits: Splits, batch_size: int, device: torch.device,
+                    bn_seed: int, last: bool, opts: StepOptions) -> tuple[float | None, ...]:
+    """Re-estimate BN statistics, then (val plain, val prompted, test plain, test prompted); the test
+    split only after a stage's last epoch, so it never steers anything."""
+    has_prompt = model.prompt is not None
+    recalibrate_bn(model, splits.train, plan.bn_images, batch_size, device, bn_seed,
+                   tuple(p == PROMPTED for p in plan.passes))
+    if opts.dist is not None:
+        average_bn_stats(model, opts.dist.world)  # identical on every rank before evaluation and checkpoint
+    top1 = top1_pair if opts.dist is None else functools.partial(sharded_top1_pair, ctx=opts.dist)
+    val = top1(model, splits.val, device, has_prompt) if splits.val is not None else (None, None)
+    test = top1(model, splits.test, device, has_prompt) if last else (None, None)
+    return (*val, *test)
 
 
 def _runner(model: PromptedNet, plan: StagePlan, opts: StepOptions) -> tuple[nn.Module, Callable[[], None] | None]:
