@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,7 @@ def rss(folder: Path, work: Path, images: int, side: int, size: int, workers: in
                "--batch-size", str(batch), "--memory-budget", "0", "--workers", str(workers), "--device", "cpu",
                "--quiet", "--out", str(work / "run-stream"), "--overwrite"]
     print(f"  new: {shlex.join(new_cmd)}", flush=True)
+    _fresh(work / "run-stream")
     result = {"new_stream": {"command": new_cmd, **peak_memory(new_cmd, ROOT, env)}}
     result["old_tensor_bytes"] = (images + max(CLASSES, int(images * 0.1))) * 3 * side * side
     if old is not None:
@@ -173,6 +175,12 @@ def rss(folder: Path, work: Path, images: int, side: int, size: int, workers: in
         result["old_loader"] = {"command": old_cmd, "cwd": str(old), "commit": OLD_DATA_COMMIT,
                                 **peak_memory(old_cmd, old, env)}
     return result
+
+
+def _fresh(run: Path) -> None:
+    """Remove the bench's own earlier run: `compress` skips a finished run with the same settings (even
+    with --overwrite), so without this a timed run would report the earlier run's seconds."""
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def epoch_time(cifar_tar: Path, model: Path, work: Path, old: Path | None, batch: int, repeats: int = 1) -> dict:
@@ -200,6 +208,7 @@ def epoch_time(cifar_tar: Path, model: Path, work: Path, old: Path | None, batch
         if name in out:  # failed before
             continue
         print(f"  {name} ({attempt}): {shlex.join(cmd)}", flush=True)
+        _fresh(Path(cmd[cmd.index("--out") + 1]))
         res = peak_memory(cmd, cwd, env)
         if res["returncode"] != 0:
             out[name] = res

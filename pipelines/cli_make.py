@@ -98,7 +98,7 @@ def compress(
 
     request = compress_request(model, arch, data, cfg, options["num_classes"], options["trust_pickle"],
                                input_overrides(options))
-    run_plan(Plan(out, "compress", request, trust_pickle=options["trust_pickle"], device=cfg.device), overwrite,
+    run_plan(Plan(out, "compress", request, trust_pickle=options["trust_pickle"], device=cfg.device, announce=False), overwrite,
              reporter(quiet))
     say(str(out))
 

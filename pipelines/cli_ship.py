@@ -43,7 +43,7 @@ def export(
     wanted = precisions(precision)
     check_export_options(wanted, calib_images)  # --precision/--calib-images named as typed, before any work
     section = ExportSection(prompt, graph_resize, list(wanted), calib_images, trt)
-    run_plan(Plan(run_dir_or_latest(run_dir), "export", export=ExportRequest(section, data, require_trt),
+    run_plan(Plan(run_dir_or_latest(run_dir), "export", announce=False, export=ExportRequest(section, data, require_trt),
                   trust_pickle=trust_pickle))
 
 

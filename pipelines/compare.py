@@ -38,7 +38,7 @@ def _measured(run_dir: Path, data_spec: str | None, remeasure: bool, reporter: R
     """The run's report: the report stage of the one graph, which measures only what is not done yet."""
     if not (Path(run_dir) / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})", "pass the --out of a compress run")
-    run_plan(Plan(Path(run_dir), "report", report=ReportRequest(latency_budget, data_spec, remeasure),
+    run_plan(Plan(Path(run_dir), "report", announce=False, report=ReportRequest(latency_budget, data_spec, remeasure),
                   trust_pickle=trust_pickle), reporter=reporter)
     run = RunDir.open(run_dir)
     return run.manifest, Report.read(run.verified(REPORT_JSON))

@@ -24,7 +24,7 @@ from pipelines.run_dir import RunDir
 from pipelines.stage_keys import ExportSettings, export_record, is_done, report_record
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.data.cache import sha256_file
-from vpns_deploy.distributed import env_rank, rank0_verdict
+from vpns_deploy.distributed import check_batch, env_rank, rank0_verdict, world_from_env
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.input_overrides import InputOverrides
 from vpns_deploy.pretrain import PretrainConfig
@@ -78,6 +78,7 @@ class Plan:
     report: ReportRequest | None = None
     trust_pickle: bool = False  # the run's networks may be pickled modules (the user vouched for them)
     device: str = "auto"  # where torchrun ranks exchange the "done?" verdict
+    announce: bool = True  # "[stage] running" lines; off for a one-stage command that says what it does itself
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,8 @@ def run_plan(plan: Plan, overwrite: bool = False, reporter: Reporter | None = No
     Under torchrun rank 0 decides what is done and alone pretrains, exports and reports; the other
     ranks join each compress (they wait for rank 0 at its start, so a pretrained model exists by then)."""
     reporter = reporter or Reporter()
+    if plan.compress is not None:  # before any rank joins the job, so no rank waits for another
+        check_batch(plan.compress.config.batch_size, world_from_env())
     main = env_rank() == 0  # under torchrun: every rank compresses, rank 0 alone does the rest
     ran = []
     asked = [stage for stage in STAGES if stage.enabled(plan)]
@@ -229,7 +232,7 @@ def run_plan(plan: Plan, overwrite: bool = False, reporter: Reporter | None = No
             continue
         if not main and stage.name != "compress":
             continue
-        if len(asked) > 1:  # a command of one stage (export RUN_DIR) says what it does itself
+        if plan.announce:
             reporter.line(f"[{stage.name}] running")
         stage.run(plan, reporter, overwrite)
         ran.append(stage.name)
