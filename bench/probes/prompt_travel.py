@@ -25,9 +25,9 @@ REFERENCE_LR_PROMPT_MASK = 1e-4
 def travel(run: Path) -> dict:
     """The prompt's measured size and stage 1's bound for one run directory (read-only, no unpickling)."""
     manifest = json.loads((run / "manifest.json").read_text())
-    delta = torch.load(run / "prompt.pt", map_location="cpu", weights_only=True)["delta"]
-    region = delta.abs().sum(0) > 0  # the frame: zero-initialised values that moved at all
-    frame = delta[:, region] if region.any() else delta.flatten()[:0]
+    state = torch.load(run / "prompt.pt", map_location="cpu", weights_only=True)
+    delta, region = state["delta"], state["region"][0] > 0  # region: the learnable frame (prompts._region)
+    frame = delta[:, region]
     epochs = manifest["metrics"]["epochs"]
     steps = {s: sum(e["optimizer_steps"] for e in epochs if e["stage"] == s) for s in {e["stage"] for e in epochs}}
     lr1 = manifest["config"]["optim"]["lr_prompt_mask"]
