@@ -1,5 +1,7 @@
 """The streaming data pipeline, measured: decode + augment throughput, and peak memory of one compress
 epoch against the old decode-everything-into-RAM design.
+Over 300 lines on purpose: its three measurements (throughput, memory, epoch time) share the generated
+folder, the old tree and the peak-memory runner, which belong together.
 
     python -m bench.data_pipeline                       # the full benchmark (run it on quiet cores)
     python -m bench.data_pipeline --cifar-tar ../shared/data/cifar10-jpeg.tar.gz \\
@@ -231,7 +233,7 @@ def epoch_time(cifar_tar: Path, model: Path, work: Path, old: Path | None, batch
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=20_000, help="training JPEGs to generate")
     p.add_argument("--side", type=int, default=256, help="side of the generated JPEGs (px)")
@@ -259,7 +261,32 @@ def main(argv: list[str] | None = None) -> dict:
                                                  else "data_pipeline.json")
     if args.epoch_time_only and (args.cifar_tar is None or args.model is None):
         p.error("--epoch-time-only needs --cifar-tar and --model")
+    return args
 
+
+def _throughput_and_memory(args: argparse.Namespace, old: Path | None) -> dict:
+    """Decode + augment images/s over sizes x workers, then one compress epoch's peak memory."""
+    result: dict = {}
+    t0 = time.perf_counter()
+    folder = write_jpeg_folder(args.work / f"jpeg-{args.images}-{args.side}", args.images, args.side)
+    print(f"folder: {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    throughput(folder, [int(args.sizes.split(",")[0])], [0], args.batch_size, args.batch_size, log=False)  # imports
+    print("throughput (decode + resize + augment):", flush=True)
+    result["throughput"] = throughput(folder, [int(s) for s in args.sizes.split(",")],
+                                      [int(w) for w in args.workers.split(",")], args.throughput_images, args.batch_size)
+    if not args.skip_rss:
+        print("peak memory of one compress epoch:", flush=True)
+        r = result["rss"] = rss(folder, args.work, args.images, args.side, args.rss_size, args.rss_workers, old,
+                                args.batch_size)
+        print(f"  new (streamed): peak PSS {r['new_stream']['peak_pss_mib']:.0f} MiB "
+              f"(exit {r['new_stream']['returncode']}); old design holds {r['old_tensor_bytes'] / 2**20:.0f} MiB "
+              "of images" + (f", its loader peaked at {r['old_loader']['peak_pss_mib']:.0f} MiB"
+                             if "old_loader" in r else ""), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     from pipelines.run_dir import now, versions
     from vpns_deploy.atomic import atomic_write_json
 
@@ -270,23 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "images": args.images, "side": args.side}
     old = old_tree(OLD_DATA_COMMIT, args.work / f"old-{OLD_DATA_COMMIT[:10]}")
     if not args.epoch_time_only:
-        t0 = time.perf_counter()
-        folder = write_jpeg_folder(args.work / f"jpeg-{args.images}-{args.side}", args.images, args.side)
-        print(f"folder: {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        throughput(folder, [int(args.sizes.split(",")[0])], [0], args.batch_size, args.batch_size, log=False)  # imports
-        print("throughput (decode + resize + augment):", flush=True)
-        result["throughput"] = throughput(folder, [int(s) for s in args.sizes.split(",")],
-                                          [int(w) for w in args.workers.split(",")],
-                                          args.throughput_images, args.batch_size)
-        if not args.skip_rss:
-            print("peak memory of one compress epoch:", flush=True)
-            result["rss"] = rss(folder, args.work, args.images, args.side, args.rss_size, args.rss_workers, old,
-                                args.batch_size)
-            r = result["rss"]
-            print(f"  new (streamed): peak PSS {r['new_stream']['peak_pss_mib']:.0f} MiB "
-                  f"(exit {r['new_stream']['returncode']}); old design holds {r['old_tensor_bytes'] / 2**20:.0f} MiB "
-                  "of images" + (f", its loader peaked at {r['old_loader']['peak_pss_mib']:.0f} MiB"
-                                 if "old_loader" in r else ""), flush=True)
+        result.update(_throughput_and_memory(args, old))
     if args.cifar_tar is not None and args.model is not None:
         print("ResNet-20 on CIFAR-10-JPEG, one epoch, before and after:", flush=True)
         result["epoch"] = epoch_time(args.cifar_tar, args.model, args.work, old, 256, args.epoch_repeats)
