@@ -392,8 +392,11 @@ def test_ctrl_c_in_export_says_what_export_left(tmp_path, digits_run):
     manifest = (run / "manifest.json").read_bytes()
     files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     # --graph-resize adds resize-parity work after each graph, so the interrupt lands mid-export even on idle cores
+    # A background shell (`nohup make test &`) starts its jobs with SIGINT ignored, and Python keeps an ignored
+    # SIGINT, so the child would never see the Ctrl-C: give it the default disposition, as a terminal would.
     proc = subprocess.Popen([EXE, "export", str(run), "--precision", "fp32,fp16,int8", "--graph-resize"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+                            stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:  # interrupt once the first graph is written, mid-way through the command
         seen.append(line)
