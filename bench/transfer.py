@@ -13,6 +13,10 @@ get twice its epochs and the dense fine-tune four times):
 - dense: every weight fine-tuned (magnitude at sparsity 1e-6: the same code path, label mapping
   included, with floor(1e-6 * N) weights removed, 4 of EfficientNet-Lite0's 4.7 M).
 
+Probe cells (not in the default grid; name them with --cells): `vpns-plr<LR>-s0.9-seed7` is VPNs with the
+stage-1 prompt's Adam lr set to LR (e.g. vpns-plr8e-3: the reference's prompt travel, 30 x 782 steps x
+1e-4 = 2.35, spread over this stage's ~300 steps), the issue's "prompt lr" probe.
+
 Every accuracy is on the full test split at the last epoch (nothing is selected on test). Each cell is
 one child process writing its own JSON (atomic), and `compress` checkpoints every epoch, so killing the
 grid loses at most one epoch: run the same command again.
@@ -63,6 +67,18 @@ def grid() -> list[tuple[str, float, int]]:
     return cells
 
 
+PROBE_LRS = (8e-3, 1e-3)  # stage-1 prompt Adam lr: the scaled-travel value and one between it and 1e-4
+
+
+def probe_cells() -> list[tuple[str, float, int]]:
+    return [(f"vpns-plr{lr:g}", 0.9, 7) for lr in PROBE_LRS]
+
+
+def probe_lr(method: str) -> float | None:
+    """The stage-1 prompt lr a probe cell's method name carries (vpns-plr8e-3 -> 0.008), else None."""
+    return float(method.removeprefix("vpns-plr")) if method.startswith("vpns-plr") else None
+
+
 def cell_key(method: str, sparsity: float, seed: int) -> str:
     return f"{method}-seed{seed}" if method == "dense" else f"{method}-s{sparsity:g}-seed{seed}"
 
@@ -73,12 +89,17 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float, seed: int
     from vpns_deploy.config import CompressConfig
 
     e = args.epochs
+    lr_prompt = probe_lr(method)
+    if lr_prompt is not None:
+        method = "vpns"
     epochs = {"vpns": (e, e), "vpns-zero": (e, e), "hydra": (2 * e, 2 * e), "hydra-paper": (2 * e, 2 * e),
               "magnitude": (2 * e, 2 * e), "dense": (2 * e, 2 * e)}[method]
     base = CompressConfig()
     optim = base.optim
     if method == "hydra-paper":
         optim = replace(optim, score_optimizer="sgd", lr_scores=PAPER_HYDRA_LR)
+    if lr_prompt is not None:
+        optim = replace(optim, lr_prompt_mask=lr_prompt)
     product_method = {"vpns-zero": "vpns", "hydra-paper": "hydra", "dense": "magnitude"}.get(method, method)
     return CompressConfig(
         method=product_method, sparsity=sparsity, epochs_mask=epochs[0], epochs_tune=epochs[1],
@@ -100,7 +121,7 @@ def run_one(args: argparse.Namespace, key: str) -> dict:
     from vpns_deploy.models.input_overrides import InputOverrides
     from vpns_deploy.progress import Reporter
 
-    method, sparsity, seed = next(c for c in grid() if cell_key(*c) == key)
+    method, sparsity, seed = next(c for c in grid() + probe_cells() if cell_key(*c) == key)
     cfg = config_for(args, method, sparsity, seed)
     out = args.runs / key
     t0 = time.perf_counter()
@@ -138,7 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     command = "python -m bench.transfer " + shlex.join(sys.argv[1:] if argv is None else argv)
     wanted = [k for k in args.cells.split(",") if k]
-    keys = [cell_key(*c) for c in grid() if not wanted or cell_key(*c) in wanted]
+    known = [cell_key(*c) for c in grid() + probe_cells()]
+    unknown = [k for k in wanted if k not in known]
+    if unknown:
+        sys.exit(f"error: unknown cell {', '.join(unknown)}; choose from {', '.join(known)}")
+    keys = [k for k in known if k in wanted] if wanted else [cell_key(*c) for c in grid()]
     for i, key in enumerate(keys, 1):
         if cell_path(args, key).is_file():
             print(f"[{i}/{len(keys)}] {key}: done earlier, skipped", file=sys.stderr, flush=True)

@@ -12,6 +12,12 @@ TARGETS = {"vpns_minus_hydra_at_0.9": 2.0, "vpns_minus_zero_prompt_at_0.9": 1.0,
            "dense_minus_vpns_at_0.7": -2.0}
 
 
+def label(method: str) -> str:
+    if method.startswith("vpns-plr"):
+        return f"VPNs, stage-1 prompt lr {method.removeprefix('vpns-plr')} (probe)"
+    return LABELS[method]
+
+
 def load_cells(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
@@ -29,7 +35,7 @@ def rows(cells: dict[str, dict]) -> list[dict]:
     for (method, sp), group in sorted(groups.items(), key=lambda kv: (-(kv[0][1] or 0), kv[0][0])):
         plain = [c["top1_plain"] for c in group]
         out.append({
-            "method": method, "label": LABELS[method], "sparsity": sp, "seeds": [c["seed"] for c in group],
+            "method": method, "label": label(method), "sparsity": sp, "seeds": [c["seed"] for c in group],
             "top1_plain_mean": statistics.fmean(plain),
             "top1_plain_std": statistics.pstdev(plain) if len(plain) > 1 else 0.0,
             "top1_prompted_mean": _mean(group, "top1_prompted"),
