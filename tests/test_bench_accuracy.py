@@ -59,3 +59,20 @@ def test_shipped_top1_follows_the_validation_decision_not_the_test_split():
     cell["curve"][-1]["val_top1_prompted"] = 0.66  # a tie keeps the prompt (prompts.prompt_decision)
     assert shipped_top1(cell) == 0.72
     assert shipped_top1({"top1_plain": 0.5, "top1_prompted": None, "curve": []}) == 0.5
+
+
+def test_time_to_hydra_follows_the_shipped_curve_not_the_faster_one():
+    """'Time for VPNs to reach HYDRA's final top-1' is read off the curve of the model that ships (here the
+    plain one, as validation decided), not whichever of prompted/plain gets there first on test."""
+    from bench.accuracy_summary import summarise
+
+    curve = [{"train_seconds_cum": 10.0, "top1_plain": 0.50, "top1_prompted": 0.61,
+              "val_top1_plain": 0.5, "val_top1_prompted": 0.6},
+             {"train_seconds_cum": 30.0, "top1_plain": 0.62, "top1_prompted": 0.63,
+              "val_top1_plain": 0.66, "val_top1_prompted": 0.65}]
+    cells = {"v": {"method": "vpns", "sparsity": 0.9, "seed": 7, "top1_plain": 0.62, "top1_prompted": 0.63,
+                   "train_seconds": 30.0, "optimizer_steps": 8, "seconds_per_step": {}, "curve": curve},
+             "h": {"method": "hydra", "sparsity": 0.9, "seed": 7, "top1_plain": 0.60, "top1_prompted": None,
+                   "train_seconds": 40.0, "optimizer_steps": 8, "seconds_per_step": {}, "curve": []}}
+    target = summarise({"cells": cells})["targets"]["vpns_time_to_hydra_final"]
+    assert target["fraction_per_seed"] == [30.0 / 40.0] and target["met"] is False
