@@ -13,9 +13,10 @@ get twice its epochs and the dense fine-tune four times):
 - dense: every weight fine-tuned (magnitude at sparsity 1e-6: the same code path, label mapping
   included, with floor(1e-6 * N) weights removed, 4 of EfficientNet-Lite0's 4.7 M).
 
-Probe cells (not in the default grid; name them with --cells): `vpns-plr<LR>-s0.9-seed7` is VPNs with the
-stage-1 prompt's Adam lr set to LR (e.g. vpns-plr8e-3: the reference's prompt travel, 30 x 782 steps x
-1e-4 = 2.35, spread over this stage's ~300 steps), the issue's "prompt lr" probe.
+Probe cells (not in the default grid; name them with --cells, which runs cells in the order given):
+`vpns-plr<LR>-s0.9-seed7` is VPNs with the stage-1 prompt's Adam lr set to LR (vpns-plr0.008: the
+reference's prompt travel, 30 x 782 steps x 1e-4 = 2.35, spread over this stage's ~300 steps; and
+vpns-plr0.001), the issue's "prompt lr" probe.
 
 Every accuracy is on the full test split at the last epoch (nothing is selected on test). Each cell is
 one child process writing its own JSON (atomic), and `compress` checkpoints every epoch, so killing the
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [k for k in wanted if k not in known]
     if unknown:
         sys.exit(f"error: unknown cell {', '.join(unknown)}; choose from {', '.join(known)}")
-    keys = [k for k in known if k in wanted] if wanted else [cell_key(*c) for c in grid()]
+    keys = list(dict.fromkeys(wanted)) if wanted else [cell_key(*c) for c in grid()]  # in the order given
     for i, key in enumerate(keys, 1):
         if cell_path(args, key).is_file():
             print(f"[{i}/{len(keys)}] {key}: done earlier, skipped", file=sys.stderr, flush=True)
