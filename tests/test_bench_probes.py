@@ -36,3 +36,21 @@ def test_transfer_probe_cells_change_only_the_stage1_prompt_lr(tmp_path):
     with pytest.raises(SystemExit, match="unknown cell vpns-s0.3-seed1"):
         main(["--out", str(tmp_path / "t.json"), "--cells", "vpns-s0.3-seed1"])
     assert not (tmp_path / "t").exists()
+
+
+def test_transfer_targets_compare_the_shipped_models():
+    """The transfer table's margins use the model each cell ships (prompt or not as its validation
+    decided), never the better of prompted/plain on test."""
+    from bench.transfer_summary import markdown, rows, targets
+
+    def cell(method, plain, prompted, fold):
+        return {"method": method, "sparsity": 0.9, "seed": 7, "top1_plain": plain, "top1_prompted": prompted,
+                "prompt_decision": {"fold": fold}, "optimizer_steps": 10, "train_seconds": 1.0}
+
+    table = rows({"a": cell("vpns", 0.70, 0.75, False), "b": cell("vpns-zero", 0.68, 0.68, True),
+                  "c": cell("hydra", 0.60, None, False)})
+    t = targets(table)
+    assert round(t["vpns_minus_zero_prompt_at_0.9"]["margin_points"], 6) == 2.0  # 70 (plain ships) - 68
+    assert round(t["vpns_minus_hydra_at_0.9"]["margin_points"], 6) == 10.0
+    assert t["dense_minus_vpns_at_0.7"]["met"] is None  # not measured yet
+    assert "| 70.00 | 75.00 | 70.00 |" in markdown(table)
