@@ -66,3 +66,19 @@ def _torch_capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - an old torch without it: the flags still say enough
         return "unknown"
+
+
+def measuring_machine() -> dict:
+    """What a latency measurement depends on besides the graphs: the CPU, the cores this process may use,
+    the GPUs and the ONNX Runtime build. Part of the report's fingerprint, so a run copied to another
+    machine (or given other cores) is measured again instead of showing the first machine's numbers."""
+    import os
+
+    import onnxruntime as ort
+    import torch
+
+    facts = cpu_facts()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": facts.model, "instruction_sets": list(facts.instruction_sets), "cores": cores, "gpus": gpus,
+            "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}

@@ -6,7 +6,8 @@
     export    consumes compress: compress's fingerprint, the sha256 of every file compress wrote, and
               its own settings (prompt folded or not, precisions, resize, calibration images, data, TensorRT).
     report    consumes export: export's fingerprint, the sha256 of every file export read and wrote,
-              and its own settings (latency budget, data).
+              its own settings (latency budget, data) and the machine that measures (CPU, instruction sets,
+              cores, GPUs, ONNX Runtime): a run copied elsewhere is measured again.
 
 A stage is done when the manifest's record of it (StageRecord) holds the fingerprint asked for now and
 every artifact it read and wrote still verifies against its sha256: a changed setting, a re-made
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from calibration.cpu import measuring_machine
 from pipelines.manifest import Manifest, StageRecord, fingerprint
 from pipelines.run_dir import RunDir
 from vpns_deploy.errors import UserError
@@ -62,10 +64,12 @@ def export_record(m: Manifest, settings: ExportSettings, outputs: list[str] | No
 
 
 def report_record(m: Manifest, latency_budget: float, data_spec: str | None,
-                  outputs: list[str] | None = None) -> StageRecord:
-    """Report's record for these settings: a measurement of exactly the graphs and networks export left."""
+                  outputs: list[str] | None = None, machine: dict | None = None) -> StageRecord:
+    """Report's record for these settings: a measurement of exactly the graphs and networks export left,
+    on this machine (machine: calibration.cpu.measuring_machine() unless given)."""
     digests, names = consumed(m, "export")
-    settings = {"latency_budget": float(latency_budget), "data": data_spec}
+    settings = {"latency_budget": float(latency_budget), "data": data_spec,
+                "machine": machine if machine is not None else measuring_machine()}
     return StageRecord(stage_fingerprint("report", settings, digests), names, outputs or [])
 
 

@@ -121,3 +121,18 @@ def test_latency_budget_must_be_positive(tmp_path, digits_run):
     result = CliRunner().invoke(app, ["report", str(digits_run), "--remeasure", "--latency-budget", "0"])
     err = result.stderr.strip()
     assert result.exit_code == 2 and len(err.splitlines()) == 1 and "--latency-budget" in err and "> 0" in err
+
+
+def test_report_fingerprint_names_the_measuring_machine(digits_run):
+    """A report measured on one machine is not 'done' on another: the fingerprint holds the CPU, cores,
+    GPUs and ONNX Runtime build, and is stable on the same machine."""
+    from calibration.cpu import measuring_machine
+    from pipelines.run_dir import RunDir
+    from pipelines.stage_keys import report_record
+
+    m = RunDir.open(digits_run).manifest
+    here = measuring_machine()
+    assert here["cores"] >= 1 and here["onnxruntime"] and here["cpu"]
+    assert report_record(m, 2.0, None).fingerprint == report_record(m, 2.0, None, machine=here).fingerprint
+    for change in ({"cores": here["cores"] + 1}, {"cpu": "another CPU"}, {"gpus": ["NVIDIA H200"]}):
+        assert report_record(m, 2.0, None, machine=here | change).fingerprint != report_record(m, 2.0, None).fingerprint
