@@ -23,7 +23,8 @@ from torch.optim import SGD
 from pipelines.compress_stage import prepare_inputs
 from pipelines.run_dir import now, versions
 from vpns_deploy.atomic import atomic_write_json
-from vpns_deploy.compress import _mask_stage, build_prompt_spec
+from vpns_deploy.compress import build_prompt_spec
+from vpns_deploy.stage_plans import mask_stage
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.data.batches import augment, num_batches, to_unit_float
 from vpns_deploy.masks import MaskSet
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         masks.update_from_scores(cfg.sparsity)
         prompt = VisualPrompt(build_prompt_spec(cfg, splits.train.image_shape)) if with_prompt else None
         model = PromptedNet(net, loaded.inputs, prompt)
-        plan = _mask_stage(model, masks, cfg, num_batches(len(splits.train), n))
+        plan = mask_stage(model, masks, cfg, num_batches(len(splits.train), n))
         results[kind] = _time(model, plan, batches, prompted, args.warmup)
     summary = {k: {"median_s": statistics.median(v), "p90_s": sorted(v)[int(0.9 * (len(v) - 1))], "steps": len(v)}
                for k, v in results.items()}

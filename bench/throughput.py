@@ -28,7 +28,8 @@ from torch.optim import SGD
 from pipelines.run_dir import now, versions
 from vpns_deploy.amp import Amp, resolve_amp, setup_cuda_speed
 from vpns_deploy.atomic import atomic_write_json
-from vpns_deploy.compress import _mask_stage, _tune_stage, build_prompt_spec
+from vpns_deploy.compress import build_prompt_spec
+from vpns_deploy.stage_plans import mask_stage, tune_stage
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.distributed import session, stage_runner
 from vpns_deploy.masks import MaskSet
@@ -57,7 +58,7 @@ def _model_and_plan(kind: str, arch: str, cfg: CompressConfig, size: int, classe
     masks.update_from_scores()
     prompt = VisualPrompt(build_prompt_spec(cfg, (spec.inputs.channels, size, size))).to(device)
     model = PromptedNet(net, spec.inputs, prompt).to(device)
-    plan = _mask_stage(model, masks, cfg, 100) if "stage1" in kind else _tune_stage(model, masks, cfg, 1)
+    plan = mask_stage(model, masks, cfg, 100) if "stage1" in kind else tune_stage(model, masks, cfg, 1)
     return model, plan
 
 

@@ -15,7 +15,7 @@ from pipelines.artifacts import DENSE_PT, MASKS_PT, MODEL_PT, PROMPT_PT
 from pipelines.manifest import DataRecord, Manifest, ModelRecord, StageRecord
 from pipelines.run_dir import RunDir, now, versions
 from vpns_deploy.atomic import atomic_torch_save
-from vpns_deploy.config import DEVIATIONS, CompressConfig, parse_mode
+from vpns_deploy.config import DEVIATIONS, CompressConfig
 from vpns_deploy.data import Splits, absolute_spec
 from vpns_deploy.evaluate import top1_pair
 from vpns_deploy.heads import head_record
@@ -23,14 +23,7 @@ from vpns_deploy.macs import count_macs, count_params
 from vpns_deploy.models import InputOverrides, LoadedModel
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet, prompt_decision
-
-PRUNABLE_TEXT = {
-    "unstructured": "every Conv2d and Linear weight (stem and classifier included); BN and biases never",
-    "channel": "output channels of every coupled channel group found by torch-pruning (residual streams "
-               "included); the classifier's outputs never",
-    "nm": "every Conv2d and Linear weight whose layer's input channels divide by M; others stay dense",
-}
-
+from vpns_deploy.sparsity.granularity import Granularity
 
 @dataclass
 class DenseReference:
@@ -57,27 +50,19 @@ class RunInputs:
     other: dict  # precision, distributed record, timings
 
 
-def structure(cfg: CompressConfig, masks, dense: torch.nn.Module, baked: torch.nn.Module,
+def structure(cfg: CompressConfig, masks: Granularity, dense: torch.nn.Module, baked: torch.nn.Module,
               example: torch.Tensor) -> dict:
-    """Mode-specific facts: MACs and parameters before/after, groups or exempt layers."""
-    kind, pattern = parse_mode(cfg.mode)
+    """MACs and parameters before/after, then the granularity's own facts (groups, pattern, exempt layers)."""
     info: dict = {
         "mode": cfg.mode,
         "macs": {"dense": count_macs(dense, example), "compressed": count_macs(baked, example)},
         "params": {"dense": count_params(dense), "compressed": count_params(baked)},
     }
-    if kind == "channel":
-        info["groups"] = [{"root": g.root, "channels": g.size, "kept": int(masks.group_mask(i).sum())}
-                          for i, g in enumerate(masks.groups)]
+    info["macs_reduction"] = info["macs"]["dense"] / max(1, info["macs"]["compressed"])
+    if cfg.speedup is not None:  # --speedup (channel mode): the target and what was reached
         info["speedup_target"] = cfg.speedup
-        info["macs_reduction"] = info["macs"]["dense"] / max(1, info["macs"]["compressed"])
-        info["speedup_reached"] = info["macs_reduction"] if cfg.speedup else None
-        info["kept_whole"] = [{"reason": r, "roots": roots} for r, roots in masks.plan.refused.items()]
-        info["notes"] = masks.notes()
-    if pattern is not None:
-        info["pattern"] = list(pattern)
-        info["exempt"] = [vars(e) for e in masks.exempt]
-    return info
+        info["speedup_reached"] = info["macs_reduction"]
+    return info | masks.structure_facts()
 
 
 def _save_network(run: RunDir, name: str, net: torch.nn.Module, arch: str | None) -> None:
@@ -126,7 +111,7 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
                                  "test_images": len(splits.test), "augment": vars(splits.augment),
                                  **splits.details}),
         prompt=result.prompt_spec.to_dict() if result.prompt_spec else None,
-        method={"name": cfg.method, "mode": cfg.mode, "prunable": PRUNABLE_TEXT[parse_mode(cfg.mode)[0]],
+        method={"name": cfg.method, "mode": cfg.mode, "prunable": result.masks.prunable(),
                 "stages": result.stage_plans, "label_mapping": result.label_map or "identity",
                 "dense_label_mapping": dense.label_map_record,
                 "head": head_record(cfg, baked, splits.num_classes, dense.warmup), "deviations": list(DEVIATIONS)},

@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from vpns_deploy.compress import _mask_stage, _tune_stage, build_prompt_spec, compress, score_lr
+from vpns_deploy.compress import build_prompt_spec, compress
+from vpns_deploy.stage_plans import mask_stage, score_lr, tune_stage
 from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig, OptimConfig, auto_lr_scores
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.masks import MaskSet
@@ -36,7 +37,7 @@ def _snapshot(model):
 def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
     before = _snapshot(model)
-    plan = _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), cfg.batch_size))
+    plan = mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), cfg.batch_size))
     hist = run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
     after = _snapshot(model)
     weights = [k for k in before if k.endswith(("weight", "bias")) and "prompt" not in k]
@@ -55,11 +56,11 @@ def test_stage1_trains_scores_and_prompt_with_weights_frozen(digits_model, digit
 
 def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
-    run_stage(model, _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     mask_before = masks.masks()
     scores_before = [s.detach().clone() for s in masks.scores()]
     kept_before = [m.weight[m.mask.bool()].clone() for _, m in masks.layers]
-    run_stage(model, _tune_stage(model, masks, cfg, 2), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, tune_stage(model, masks, cfg, 2), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     mask_after = masks.masks()
     assert all(torch.equal(mask_before[k], mask_after[k]) for k in mask_before)
     assert all(torch.equal(a, b) for a, b in zip(scores_before, masks.scores()))
@@ -70,7 +71,7 @@ def test_stage2_keeps_mask_fixed_and_pruned_weights_exactly_zero(digits_model, d
 
 def test_pad_prompt_changes_only_the_frame(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits)
-    run_stage(model, _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)), digits_splits, 64, CPU, 0, Reporter(quiet=True))
+    run_stage(model, mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)), digits_splits, 64, CPU, 0, Reporter(quiet=True))
     p = model.prompt
     pad = p.spec.pad
     add = p.additive()
@@ -140,7 +141,7 @@ def test_paper_hydra_score_optimizer_is_sgd(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
     cfg = CompressConfig(method="hydra", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64,
                          optim=OptimConfig(score_optimizer="sgd", lr_scores=0.01))
-    plan = _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), cfg.batch_size))
+    plan = mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), cfg.batch_size))
     assert type(plan.optimizers[0][0]).__name__ == "SGD" and plan.describe["score_optimizer"] == "sgd"
     before = [s.detach().clone() for s in masks.scores()]
     run_stage(model, plan, digits_splits, cfg.batch_size, CPU, cfg.seed, Reporter(quiet=True))
@@ -179,7 +180,7 @@ def test_every_epoch_is_evaluated_with_recalibrated_statistics(digits_model, dig
     from vpns_deploy.batchnorm import recalibrate_bn
 
     cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
-    plan = _mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64))
+    plan = mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64))
     plan.bn_images = 300
     run_stage(model, plan, digits_splits, 64, CPU, cfg.seed, Reporter(quiet=True))
     after = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_mean")}

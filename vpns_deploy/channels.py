@@ -104,6 +104,16 @@ class ChannelMaskSet(nn.Module, Granularity):
 
         return module.register_forward_hook(fn)
 
+    def prunable(self) -> str:
+        return ("output channels of every coupled channel group found by torch-pruning (residual streams "
+                "included); the classifier's outputs never")
+
+    def structure_facts(self) -> dict:
+        return {"groups": [{"root": g.root, "channels": g.size, "kept": int(self.group_mask(i).sum())}
+                           for i, g in enumerate(self.groups)],
+                "kept_whole": [{"reason": r, "roots": roots} for r, roots in self.plan.refused.items()],
+                "notes": self.notes()}
+
     def notes(self) -> list[str]:
         """What the user should hear before training: groups kept whole, and a --speedup out of reach."""
         lines, b = self.plan.refusal_lines(), self.budget

@@ -24,10 +24,7 @@ from vpns_deploy.schedules import cosine
 from vpns_deploy.sparsity.granularity import Granularity
 from vpns_deploy.sparsity.methods import get_method
 from vpns_deploy.sparsity.modes import granularity_for
-from vpns_deploy.stage_plans import StagePlans, score_lr  # noqa: F401 - score_lr: imported from here by tests
-from vpns_deploy.stage_plans import mask_stage as _mask_stage  # noqa: F401 - the names bench/ and tests use
-from vpns_deploy.stage_plans import trainable_weights as _weights  # noqa: F401
-from vpns_deploy.stage_plans import tune_stage as _tune_stage  # noqa: F401
+from vpns_deploy.stage_plans import StagePlans
 from vpns_deploy.trainer import PLAIN, EpochRecord, StagePlan, StepOptions, run_stage, stream_generators
 
 @dataclass

@@ -152,6 +152,16 @@ class MaskSet(Granularity):
         if pattern is None:
             self._check_budget(sparsity)
 
+    def prunable(self) -> str:
+        if self.pattern is None:
+            return "every Conv2d and Linear weight (stem and classifier included); BN and biases never"
+        return "every Conv2d and Linear weight whose layer's input channels divide by M; others stay dense"
+
+    def structure_facts(self) -> dict:
+        if self.pattern is None:
+            return {}
+        return {"pattern": list(self.pattern), "exempt": [vars(e) for e in self.exempt]}
+
     @classmethod
     def attach(cls, net: nn.Module, sparsity: float = 0.5, pattern: tuple[int, int] | None = None,
                allow_empty: bool = False) -> "MaskSet":

@@ -117,6 +117,16 @@ class Granularity(ABC):
         """What the user should hear before training (refused groups, an unreachable target)."""
         return []
 
+    # -- the manifest's record ------------------------------------------------------------------
+    @abstractmethod
+    def prunable(self) -> str:
+        """What this granularity may remove, in words (the manifest's method.prunable)."""
+
+    def structure_facts(self) -> dict:
+        """This granularity's own facts for the manifest's structure record (groups, pattern, exempt
+        layers); none by default."""
+        return {}
+
     # -- resume ---------------------------------------------------------------------------------
     def mask_state(self) -> dict[str, torch.Tensor]:
         """State a checkpoint needs beyond the network's own state_dict (which already holds
