@@ -25,6 +25,7 @@ from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet, prompt_decision
 from vpns_deploy.sparsity.granularity import Granularity
 
+
 @dataclass
 class DenseReference:
     """The dense network the run starts from, as measured before any mask: what the run is compared with."""
@@ -53,16 +54,9 @@ class RunInputs:
 def structure(cfg: CompressConfig, masks: Granularity, dense: torch.nn.Module, baked: torch.nn.Module,
               example: torch.Tensor) -> dict:
     """MACs and parameters before/after, then the granularity's own facts (groups, pattern, exempt layers)."""
-    info: dict = {
-        "mode": cfg.mode,
-        "macs": {"dense": count_macs(dense, example), "compressed": count_macs(baked, example)},
-        "params": {"dense": count_params(dense), "compressed": count_params(baked)},
-    }
-    info["macs_reduction"] = info["macs"]["dense"] / max(1, info["macs"]["compressed"])
-    if cfg.speedup is not None:  # --speedup (channel mode): the target and what was reached
-        info["speedup_target"] = cfg.speedup
-        info["speedup_reached"] = info["macs_reduction"]
-    return info | masks.structure_facts()
+    macs = {"dense": count_macs(dense, example), "compressed": count_macs(baked, example)}
+    info = {"mode": cfg.mode, "macs": macs, "params": {"dense": count_params(dense), "compressed": count_params(baked)}}
+    return info | masks.structure_facts(macs["dense"] / max(1, macs["compressed"]))
 
 
 def _save_network(run: RunDir, name: str, net: torch.nn.Module, arch: str | None) -> None:

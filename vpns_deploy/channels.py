@@ -108,9 +108,12 @@ class ChannelMaskSet(nn.Module, Granularity):
         return ("output channels of every coupled channel group found by torch-pruning (residual streams "
                 "included); the classifier's outputs never")
 
-    def structure_facts(self) -> dict:
+    def structure_facts(self, macs_reduction: float) -> dict:
+        target = self.budget.speedup_target
         return {"groups": [{"root": g.root, "channels": g.size, "kept": int(self.group_mask(i).sum())}
                            for i, g in enumerate(self.groups)],
+                "speedup_target": target, "macs_reduction": macs_reduction,
+                "speedup_reached": macs_reduction if target else None,
                 "kept_whole": [{"reason": r, "roots": roots} for r, roots in self.plan.refused.items()],
                 "notes": self.notes()}
 

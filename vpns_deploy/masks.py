@@ -157,7 +157,7 @@ class MaskSet(Granularity):
             return "every Conv2d and Linear weight (stem and classifier included); BN and biases never"
         return "every Conv2d and Linear weight whose layer's input channels divide by M; others stay dense"
 
-    def structure_facts(self) -> dict:
+    def structure_facts(self, macs_reduction: float) -> dict:  # noqa: ARG002 - masking leaves MACs unchanged
         if self.pattern is None:
             return {}
         return {"pattern": list(self.pattern), "exempt": [vars(e) for e in self.exempt]}

@@ -122,9 +122,9 @@ class Granularity(ABC):
     def prunable(self) -> str:
         """What this granularity may remove, in words (the manifest's method.prunable)."""
 
-    def structure_facts(self) -> dict:
+    def structure_facts(self, macs_reduction: float) -> dict:  # noqa: ARG002 - used by granularities that shrink MACs
         """This granularity's own facts for the manifest's structure record (groups, pattern, exempt
-        layers); none by default."""
+        layers, the measured MACs reduction where it is a goal); none by default."""
         return {}
 
     # -- resume ---------------------------------------------------------------------------------
