@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=CompressConfig().val_fraction,
+                   help="held-out validation share of the training split (0: the 50k cells of 2026-11-24)")
     p.add_argument("--phase", choices=("train", "latency", "all"), default="all")
     p.add_argument("--out", type=Path, default=Path("bench/results/channel.json"))
     p.add_argument("--runs", type=Path, default=Path("bench/runs/channel"))
@@ -73,12 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _cfg(args: argparse.Namespace, method: str = "vpns", mask: int = 0, tune: int = 0) -> CompressConfig:
     return CompressConfig(method=method, mode="channel", speedup=args.speedup, epochs_mask=mask, epochs_tune=tune,
                           batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset,
-                          test_subset=args.test_subset, channel_round_to=args.round_to)
+                          test_subset=args.test_subset, val_fraction=args.val_fraction,
+                          channel_round_to=args.round_to)
 
 
 def budget(args: argparse.Namespace) -> dict:
-    return {"schedule": SCHEDULE_STEP, **{k: getattr(args, k) for k in (
-        "arch", "speedup", "epochs", "round_to", "batch_size", "seed", "train_subset", "test_subset")}}
+    """What makes cells comparable; a JSON with another budget is started afresh. A validation split is
+    named only when there is one: the cells of 2026-11-24 (no split) keep their budget."""
+    keys = ("arch", "speedup", "epochs", "round_to", "batch_size", "seed", "train_subset", "test_subset")
+    val = {"val_fraction": args.val_fraction} if args.val_fraction else {}
+    return {"schedule": SCHEDULE_STEP, **{k: getattr(args, k) for k in keys}, **val}
 
 
 def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
@@ -101,7 +107,8 @@ def run_cell(args: argparse.Namespace, cell: str) -> dict:
     m = RunDir.open(out).manifest
     s = m.metrics["structure"]
     hist = m.metrics["epochs"]
-    return {"top1": m.metrics["top1_prompted"] if cell.startswith("vpns") else m.metrics["top1_plain"],
+    fold = bool((m.prompt_decision or {}).get("fold")) and m.metrics.get("top1_prompted") is not None
+    return {"top1": m.metrics["top1_prompted"] if fold else m.metrics["top1_plain"],  # the model it ships
             "top1_plain": m.metrics["top1_plain"], "macs": s["macs"]["compressed"],
             "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
             "optimizer_steps": sum(h["optimizer_steps"] for h in hist),

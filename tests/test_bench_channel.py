@@ -11,8 +11,10 @@ def test_tp_cell_is_a_product_run_with_the_benchmark_schema(tmp_path, digits_mod
     out, runs = tmp_path / "channel.json", tmp_path / "runs"
     channel.main(["--model", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--cells", "tp",
                   "--epochs", "1", "--round-to", "4", "--batch-size", "64", "--train-subset", "300",
-                  "--test-subset", "100", "--phase", "train", "--out", str(out), "--runs", str(runs)])
-    cell = json.loads(out.read_text())["cells"]["tp"]
+                  "--test-subset", "100", "--val-fraction", "0", "--phase", "train", "--out", str(out),
+                  "--runs", str(runs)])
+    saved = json.loads(out.read_text())
+    cell = saved["cells"]["tp"]
     for key in ("top1", "macs", "dense_macs", "params", "dense_params", "optimizer_steps", "train_seconds", "onnx",
                 "wall_seconds", "macs_reduction"):  # the keys docs/benchmarks.md's tables read
         assert key in cell, key
@@ -21,3 +23,10 @@ def test_tp_cell_is_a_product_run_with_the_benchmark_schema(tmp_path, digits_mod
     assert [e["stage"] for e in m.metrics["epochs"]] and all(e["stage"] != "mask" for e in m.metrics["epochs"])
     assert cell["macs"] == m.metrics["structure"]["macs"]["compressed"] and cell["macs_reduction"] > 1.5
     assert 0 < cell["top1"] <= 1 and (runs / "tp" / "model.onnx").is_file()
+    assert cell["top1"] == m.metrics["top1_plain"]  # no prompt: the plain network is what ships
+    # --val-fraction 0 is the budget of the committed 2026-11-24 cells (no validation split): not named
+    assert m.config["val_fraction"] == 0 and "val_fraction" not in saved["budget"]
+    assert channel.budget(channel.parse_args([*BASE, "--val-fraction", "0.05"]))["val_fraction"] == 0.05
+
+
+BASE = ["--model", "m.pt", "--arch", "digits_cnn", "--data", "digits"]
