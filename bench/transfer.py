@@ -13,10 +13,12 @@ get twice its epochs and the dense fine-tune four times):
 - dense: every weight fine-tuned (magnitude at sparsity 1e-6: the same code path, label mapping
   included, with floor(1e-6 * N) weights removed, 4 of EfficientNet-Lite0's 4.7 M).
 
-Probe cells (not in the default grid; name them with --cells, which runs cells in the order given):
-`vpns-plr<LR>-s0.9-seed7` is VPNs with the stage-1 prompt's Adam lr set to LR (vpns-plr0.008: the
-reference's prompt travel, 30 x 782 steps x 1e-4 = 2.35, spread over this stage's ~300 steps; and
-vpns-plr0.001), the issue's "prompt lr" probe.
+Probe cells (not in the default grid; name them with --cells, which runs cells in the order given),
+each the VPNs cell at 0.9, seed 7 with one setting changed (PROBES), for the issue's controlled probes:
+- prompt lr: vpns-plr0.008 (the reference's prompt travel, 30 x 782 steps x 1e-4 = 2.35, spread over
+  this stage's ~300 steps) and vpns-plr0.001, the stage-1 prompt's Adam lr;
+- which stage the prompt trains in: vpns-pmask (stage 1 only), vpns-ptune (stage 2 only);
+- prompt size: vpns-pad18, a frame twice the default width (9 px at 128 px).
 
 Every accuracy is on the full test split at the last epoch (nothing is selected on test). Each cell is
 one child process writing its own JSON (atomic), and `compress` checkpoints every epoch, so killing the
@@ -68,16 +70,18 @@ def grid() -> list[tuple[str, float, int]]:
     return cells
 
 
-PROBE_LRS = (8e-3, 1e-3)  # stage-1 prompt Adam lr: the scaled-travel value and one between it and 1e-4
+# probe method -> the settings it changes (CompressConfig fields; OptimConfig's by their own names)
+PROBES: dict[str, dict] = {
+    "vpns-plr0.008": {"lr_prompt_mask": 8e-3},
+    "vpns-plr0.001": {"lr_prompt_mask": 1e-3},
+    "vpns-pmask": {"prompt_trains_in": "mask"},
+    "vpns-ptune": {"prompt_trains_in": "tune"},
+    "vpns-pad18": {"pad": 18},
+}
 
 
 def probe_cells() -> list[tuple[str, float, int]]:
-    return [(f"vpns-plr{lr:g}", 0.9, 7) for lr in PROBE_LRS]
-
-
-def probe_lr(method: str) -> float | None:
-    """The stage-1 prompt lr a probe cell's method name carries (vpns-plr8e-3 -> 0.008), else None."""
-    return float(method.removeprefix("vpns-plr")) if method.startswith("vpns-plr") else None
+    return [(name, 0.9, 7) for name in PROBES]
 
 
 def cell_key(method: str, sparsity: float, seed: int) -> str:
@@ -90,8 +94,8 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float, seed: int
     from vpns_deploy.config import CompressConfig
 
     e = args.epochs
-    lr_prompt = probe_lr(method)
-    if lr_prompt is not None:
+    changes = PROBES.get(method, {})
+    if changes:
         method = "vpns"
     epochs = {"vpns": (e, e), "vpns-zero": (e, e), "hydra": (2 * e, 2 * e), "hydra-paper": (2 * e, 2 * e),
               "magnitude": (2 * e, 2 * e), "dense": (2 * e, 2 * e)}[method]
@@ -99,13 +103,13 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float, seed: int
     optim = base.optim
     if method == "hydra-paper":
         optim = replace(optim, score_optimizer="sgd", lr_scores=PAPER_HYDRA_LR)
-    if lr_prompt is not None:
-        optim = replace(optim, lr_prompt_mask=lr_prompt)
+    optim = replace(optim, **{k: v for k, v in changes.items() if hasattr(optim, k)})
     product_method = {"vpns-zero": "vpns", "hydra-paper": "hydra", "dense": "magnitude"}.get(method, method)
     return CompressConfig(
         method=product_method, sparsity=sparsity, epochs_mask=epochs[0], epochs_tune=epochs[1],
         batch_size=args.batch_size, seed=seed, train_subset=args.train_subset, test_subset=args.test_subset,
         val_fraction=args.val_fraction, prompt_trainable=method != "vpns-zero", optim=optim, head="map",
+        **{k: v for k, v in changes.items() if not hasattr(optim, k)},
     )
 
 

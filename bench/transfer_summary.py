@@ -13,9 +13,13 @@ TARGETS = {"vpns_minus_hydra_at_0.9": 2.0, "vpns_minus_zero_prompt_at_0.9": 1.0,
 
 
 def label(method: str) -> str:
-    if method.startswith("vpns-plr"):
-        return f"VPNs, stage-1 prompt lr {method.removeprefix('vpns-plr')} (probe)"
-    return LABELS[method]
+    """A grid method's name, or a probe's changed settings (VPNs, lr_prompt_mask=0.008 (probe))."""
+    if method in LABELS:
+        return LABELS[method]
+    from bench.transfer import PROBES
+
+    return "VPNs, " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in PROBES[method].items()) + " (probe)"
 
 
 def load_cells(folder: Path) -> dict[str, dict]:

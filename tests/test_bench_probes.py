@@ -21,18 +21,22 @@ def test_prompt_travel_reads_a_real_run_and_states_stage_ones_bound(digits_run, 
     assert [r["run"] for r in saved["runs"]] == [str(digits_run)]  # a folder without prompt.pt is left out
 
 
-def test_transfer_probe_cells_change_only_the_stage1_prompt_lr(tmp_path):
-    """A prompt-lr probe cell is the VPNs cell with one number changed; an unknown cell is refused up front."""
+def test_transfer_probe_cells_change_only_their_settings(tmp_path):
+    """A probe cell is the VPNs cell with only its own settings changed; an unknown cell is refused up front."""
     import pytest
 
-    from bench.transfer import config_for, main, parse_args, probe_cells
+    from bench.transfer import PROBES, config_for, main, parse_args, probe_cells
+    from bench.transfer_summary import label
 
     args = parse_args(["--out", str(tmp_path / "t.json")])
-    method, sparsity, seed = probe_cells()[0]
-    probe, vpns = config_for(args, method, sparsity, seed), config_for(args, "vpns", sparsity, seed)
-    assert probe.method == "vpns" and probe.optim.lr_prompt_mask == float(method.removeprefix("vpns-plr"))
-    assert probe.optim.lr_prompt_mask != vpns.optim.lr_prompt_mask
-    assert probe.to_dict() | {"optim": None} == vpns.to_dict() | {"optim": None}
+    vpns = config_for(args, "vpns", 0.9, 7).to_dict()
+    for method, sparsity, seed in probe_cells():
+        probe = config_for(args, method, sparsity, seed).to_dict()
+        changed = {k: v for k, v in probe.items() if k != "optim" and vpns[k] != v}
+        changed |= {k: v for k, v in probe["optim"].items() if vpns["optim"][k] != v}
+        assert (sparsity, seed, probe["method"]) == (0.9, 7, "vpns")
+        assert changed == PROBES[method], method
+        assert "(probe)" in label(method) and next(iter(PROBES[method])) in label(method)
     with pytest.raises(SystemExit, match="unknown cell vpns-s0.3-seed1"):
         main(["--out", str(tmp_path / "t.json"), "--cells", "vpns-s0.3-seed1"])
     assert not (tmp_path / "t").exists()

@@ -137,6 +137,28 @@ def test_zero_prompt_control_keeps_the_prompt_exactly_zero_but_runs_both_passes(
     assert "prompt" not in result.stage_plans["mask"]["trains"]
 
 
+@pytest.mark.parametrize("trains_in", ["mask", "tune"])
+def test_prompt_moves_only_in_the_stage_prompt_trains_in_names(digits_model, digits_splits, trains_in):
+    """The "which stage the prompt trains in" probe: the other stage still runs both passes, but no
+    optimiser holds the prompt and it gets no gradient, so it ends that stage exactly as it began it."""
+    from dataclasses import replace
+
+    cfg, model, masks = _setup(digits_model, digits_splits)
+    cfg = replace(cfg, prompt_trains_in=trains_in)
+    moved = {}
+    for stage in ("mask", "tune"):
+        before = model.prompt.delta.detach().clone()
+        plan = (mask_stage(model, masks, cfg, num_batches(len(digits_splits.train), 64)) if stage == "mask"
+                else tune_stage(model, masks, cfg, 1))
+        hist = run_stage(model, plan, digits_splits, 64, CPU, 0, Reporter(quiet=True))
+        moved[stage] = not torch.equal(before, model.prompt.delta)
+        assert ("prompt" in plan.describe["trains"]) == (stage == trains_in)
+        assert hist[0].optimizer_steps == 2 * num_batches(len(digits_splits.train), 64)  # both passes
+    assert moved == {"mask": trains_in == "mask", "tune": trains_in == "tune"}
+    with pytest.raises(Exception, match="unknown prompt_trains_in"):
+        replace(cfg, prompt_trains_in="never")
+
+
 def test_paper_hydra_score_optimizer_is_sgd(digits_model, digits_splits):
     cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
     cfg = CompressConfig(method="hydra", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64,

@@ -24,6 +24,7 @@ PromptKind = Literal["pad", "expand", "fix", "random"]
 PROMPT_KINDS: tuple[str, ...] = ("pad", "expand", "fix", "random")
 HEADS: tuple[str, ...] = ("keep", "map", "new")  # see vpns_deploy/heads.py
 LABEL_MAP_ON: tuple[str, ...] = ("dense", "masked")  # --head map: the network the label map is computed on
+PROMPT_TRAINS_IN: tuple[str, ...] = ("both", "mask", "tune")  # the stages whose optimisers move the prompt
 
 
 
@@ -227,6 +228,10 @@ class CompressConfig:
     # False: the zero-prompt control. The prompt stays exactly zero (nothing optimises it) while both
     # passes still run, so a comparison with VPNs isolates what the learned prompt itself adds.
     prompt_trainable: bool = True
+    # Which stages move the prompt: both (VPNS.md §1-2), mask (stage 1 only) or tune (stage 2 only). The
+    # issue-14 probe "which stage the prompt trains in" (bench/transfer.py vpns-p<stage>); the other stage
+    # still runs both passes with the prompt as it stands.
+    prompt_trains_in: str = "both"
     seed: int = cli(DEFAULT_SEED, "Seed of scores, data order and augmentation.")
     device: str = cli("auto", "auto (CUDA if present), cpu or cuda.")
     train_subset: int | None = cli(None, "Use N class-balanced training images (quick runs).")
@@ -294,6 +299,9 @@ class CompressConfig:
             raise UserError("batch size must be >= 1", "pass --batch-size 256 or similar")
         if self.head not in HEADS:
             raise UserError(f"unknown --head {self.head!r}", f"choose one of {', '.join(HEADS)}")
+        if self.prompt_trains_in not in PROMPT_TRAINS_IN:
+            raise UserError(f"unknown prompt_trains_in {self.prompt_trains_in!r}",
+                            f"choose one of {', '.join(PROMPT_TRAINS_IN)}")
         if self.label_map_on not in LABEL_MAP_ON:
             raise UserError(f"unknown label_map_on {self.label_map_on!r}", f"choose one of {', '.join(LABEL_MAP_ON)}")
         if self.head_warmup_epochs < (1 if self.head == "new" else 0):

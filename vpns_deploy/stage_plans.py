@@ -33,12 +33,14 @@ def _passes(model: PromptedNet) -> tuple[str, ...]:
     return (PROMPTED, PLAIN) if model.prompt is not None else (PLAIN,)
 
 
-def _trains_prompt(model: PromptedNet, cfg: CompressConfig) -> bool:
-    """Whether the prompt learns in this run (False: the zero-prompt control keeps it at zero)."""
-    if model.prompt is None or not cfg.prompt_trainable:
+def _trains_prompt(model: PromptedNet, cfg: CompressConfig, stage: str) -> bool:
+    """Whether the prompt learns in this stage ("mask" or "tune"): never in the zero-prompt control
+    (prompt_trainable False), else where cfg.prompt_trains_in says."""
+    if model.prompt is None:
         return False
-    model.prompt.delta.requires_grad_(True)
-    return True
+    trains = cfg.prompt_trainable and cfg.prompt_trains_in in ("both", stage)
+    model.prompt.delta.requires_grad_(trains)  # a prompt frozen in this stage gets no gradient either
+    return trains
 
 
 def mask_stage(model: PromptedNet, masks: Granularity, cfg: CompressConfig, batches_per_epoch: int) -> StagePlan:
@@ -52,7 +54,7 @@ def mask_stage(model: PromptedNet, masks: Granularity, cfg: CompressConfig, batc
                       else SGD(masks.scores(), lr=lr, momentum=o.momentum, weight_decay=o.wd_scores))
     optimizers = [(opt, cosine(opt, e))]
     passes = _passes(model)
-    if _trains_prompt(model, cfg):
+    if _trains_prompt(model, cfg, "mask"):
         popt = Adam([model.prompt.delta], lr=o.lr_prompt_mask, weight_decay=o.wd_prompt_mask)
         optimizers.append((popt, multistep(popt, e)))
     return StagePlan(
@@ -75,7 +77,7 @@ def tune_stage(model: PromptedNet, masks: Granularity, cfg: CompressConfig, epoc
     opt = SGD(weights, lr=o.lr_weights, momentum=o.momentum, weight_decay=o.wd_tune)
     optimizers = [(opt, cosine(opt, epochs))]
     passes = _passes(model)
-    if _trains_prompt(model, cfg):
+    if _trains_prompt(model, cfg, "tune"):
         popt = SGD([model.prompt.delta], lr=o.lr_prompt_tune, momentum=o.momentum, weight_decay=o.wd_tune)
         optimizers.append((popt, cosine(popt, epochs)))
     distiller = None
