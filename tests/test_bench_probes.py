@@ -58,3 +58,25 @@ def test_transfer_targets_compare_the_shipped_models():
     assert round(t["vpns_minus_hydra_at_0.9"]["margin_points"], 6) == 10.0
     assert t["dense_minus_vpns_at_0.7"]["met"] is None  # not measured yet
     assert "| 70.00 | 75.00 | 70.00 |" in markdown(table)
+
+
+def test_ort_spinning_probe_times_alone_and_interleaved_both_ways(tmp_path):
+    """bench/probes/ort_spinning.py on two real (tiny) graphs: one row per batch and spinning setting."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bench.probes.ort_spinning import main
+
+    for name in ("a", "b"):
+        graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], name,
+                                  [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", 4, 4, 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 4, 3])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    out = main([str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "--batches", "1:3,2:3",
+                "--out", str(tmp_path / "spin.json")])
+    saved = json.loads((tmp_path / "spin.json").read_text())
+    assert saved == out and [(r["batch"], r["spinning"]) for r in out["rows"]] == [
+        (1, True), (1, False), (2, True), (2, False)]
+    assert all(r["alone_ms"] > 0 and r["interleaved_ms"] > 0 for r in out["rows"])
