@@ -80,3 +80,15 @@ def test_ort_spinning_probe_times_alone_and_interleaved_both_ways(tmp_path):
     assert saved == out and [(r["batch"], r["spinning"]) for r in out["rows"]] == [
         (1, True), (1, False), (2, True), (2, False)]
     assert all(r["alone_ms"] > 0 and r["interleaved_ms"] > 0 for r in out["rows"])
+
+
+def test_stream_memory_probe_refuses_a_missing_work_folder(tmp_path, capsys):
+    """bench/probes/stream_memory.py needs bench.data_pipeline's generated folder: a one-line error without it."""
+    import pytest
+
+    from bench.probes.stream_memory import command, main
+
+    with pytest.raises(SystemExit, match=r"^error: .* run `python -m bench.data_pipeline` first$"):
+        main(["--work", str(tmp_path)])
+    cmd = command(tmp_path, tmp_path / "run")
+    assert cmd[cmd.index("--memory-budget") + 1] == "0" and cmd[cmd.index("--workers") + 1] == "1"
