@@ -198,7 +198,8 @@ def test_bn_recalibration_matches_the_exact_statistics_of_the_images(digits_mode
 
 
 def test_every_epoch_is_evaluated_with_recalibrated_statistics(digits_model, digits_splits):
-    """bn_images > 0: the stage ends with statistics re-estimated on the final network, not momentum's."""
+    """bn_images > 0: the stage ends with statistics re-estimated on the final network, not momentum's,
+    from training images augmented as in training (un-augmented ones give other statistics)."""
     from vpns_deploy.batchnorm import recalibrate_bn
 
     cfg, model, masks = _setup(digits_model, digits_splits, method="hydra")
@@ -206,9 +207,12 @@ def test_every_epoch_is_evaluated_with_recalibrated_statistics(digits_model, dig
     plan.bn_images = 300
     run_stage(model, plan, digits_splits, 64, CPU, cfg.seed, Reporter(quiet=True))
     after = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_mean")}
-    recalibrate_bn(model, digits_splits.train, 300, 64, CPU, cfg.seed + plan.epochs)
+    recalibrate_bn(model, digits_splits.train, 300, 64, CPU, cfg.seed + plan.epochs, policy=digits_splits.augment)
     again = {k: v for k, v in model.state_dict().items() if k.endswith("running_mean")}
     assert all(torch.allclose(after[k], again[k], atol=1e-6) for k in after)
+    recalibrate_bn(model, digits_splits.train, 300, 64, CPU, cfg.seed + plan.epochs)  # un-augmented
+    clean = {k: v for k, v in model.state_dict().items() if k.endswith("running_mean")}
+    assert not all(torch.allclose(after[k], clean[k], atol=1e-6) for k in after)
 
 
 def test_distillation_loss_known_answers(digits_model, digits_splits):

@@ -58,9 +58,9 @@ DEFAULT_MEMORY_BUDGET = 0.25
 # epochs of mask learning on frozen pretrained weights; it also keeps the in-memory batch-level crop.
 SMALL_INPUT_MAX = 64
 LARGE_RESIZE_RATIO = 9 / 8
-# BatchNorm statistics are re-estimated after every epoch on this many un-augmented training images
-# (vpns_deploy/batchnorm.py), so each epoch is judged, and the model shipped, with statistics of the
-# network as masked now. ResNet-20, 90 %, 2,000 images, 1 + 1 epochs: the running averages left by
+# BatchNorm statistics are re-estimated after every epoch on this many training images, drawn as in
+# training (vpns_deploy/batchnorm.py: un-augmented ones cost a ResNet-56 channel cell 4 points), so
+# each epoch is judged, and the model shipped, with statistics of the network as masked now. ResNet-20, 90 %, 2,000 images, 1 + 1 epochs: the running averages left by
 # 8-16 steps still described the dense network, and the starting mask scored 10 % (chance) on
 # validation; re-estimated, 32-37 % (bench/probes/init_mask.py, docs/benchmarks.md).
 DEFAULT_BN_IMAGES = 2000
@@ -249,7 +249,8 @@ class CompressConfig:
         "archives also cached on disk by sha256 and size); a larger one is streamed from its files by the "
         "workers. 0: always stream."))
     bn_images: int = cli(DEFAULT_BN_IMAGES, (
-        "BatchNorm statistics are re-estimated after every epoch on this many un-augmented training images, "
+        "BatchNorm statistics are re-estimated after every epoch on this many training images (augmented as "
+        "in training), "
         "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
         "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
     distill: bool = cli(False, (
@@ -402,8 +403,9 @@ DEVIATIONS: tuple[str, ...] = (
     "HYDRA uses the same score optimiser (Adam) as VPNs, so only the prompt and second pass differ",
     f"score learning rate {SCORE_LR_RULE} unless given (the reference's 1e-4 at its 30-epoch stage 1, "
     "more for shorter stages)",
-    f"BatchNorm statistics re-estimated after every epoch on {DEFAULT_BN_IMAGES} un-augmented training images "
-    "(prompted and plain batches in turn, as trained), so every epoch is judged and the model shipped with "
+    f"BatchNorm statistics re-estimated after every epoch on {DEFAULT_BN_IMAGES} training images drawn as "
+    "trained (prompted un-augmented and plain augmented batches in turn), so every epoch is judged and the "
+    "model shipped with "
     "statistics of the masked network (the reference keeps training's running averages)",
     "channel mode: groups of coupled channels (torch-pruning) are scored and removed together, "
     "residual streams included; scores start at Torch-Pruning's iterative group-norm mask (Adam 1e-2; "

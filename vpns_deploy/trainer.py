@@ -225,7 +225,7 @@ def _evaluate_epoch(model: PromptedNet, plan: StagePlan, splits: Splits, batch_s
     split only after a stage's last epoch, so it never steers anything."""
     has_prompt = model.prompt is not None
     recalibrate_bn(model, splits.train, plan.bn_images, batch_size, device, bn_seed,
-                   tuple(p == PROMPTED for p in plan.passes))
+                   tuple(p == PROMPTED for p in plan.passes), splits.augment)
     if opts.dist is not None:
         average_bn_stats(model, opts.dist.world)  # identical on every rank before evaluation and checkpoint
     top1 = top1_pair if opts.dist is None else functools.partial(sharded_top1_pair, ctx=opts.dist)
