@@ -92,3 +92,19 @@ def test_stream_memory_probe_refuses_a_missing_work_folder(tmp_path, capsys):
         main(["--work", str(tmp_path)])
     cmd = command(tmp_path, tmp_path / "run")
     assert cmd[cmd.index("--memory-budget") + 1] == "0" and cmd[cmd.index("--workers") + 1] == "1"
+
+
+def test_bn_statistics_probe_rebuilds_the_runs_test_split(digits_run, tmp_path):
+    """bench/probes/bn_statistics.py on a real run: its "saved" top-1 is the one compress recorded, so the
+    data and network it re-estimates are the run's own; every variant is measured."""
+    import pytest
+
+    from bench.probes.bn_statistics import main
+    from pipelines.run_dir import RunDir
+
+    out = main([str(digits_run), "--images", "128", "--out", str(tmp_path / "bn.json")])
+    metrics = RunDir.open(digits_run).manifest.metrics
+    assert out["saved"][0] == pytest.approx(metrics["top1_plain"])
+    assert out["saved"][1] == pytest.approx(metrics["top1_prompted"])
+    assert all(0 <= v <= 1 for k in ("augmented", "unaugmented", "test") for v in out[k])
+    assert json.loads((tmp_path / "bn.json").read_text())["command"].startswith("python -m bench.probes.bn_statistics")
