@@ -96,6 +96,16 @@ CLI_NUMBERS = frozenset({"sparsity", "speedup", "lr_scores", "epochs_mask", "epo
                          "memory_budget", "bn_images"})
 
 
+def check_choices(obj: object, table: tuple[tuple[str, str, tuple[str, ...]], ...]) -> None:
+    """(field, how the user spells it, its choices): an unknown value is one error naming the choices."""
+    from vpns_deploy.errors import UserError
+
+    for name, label, choices in table:
+        value = getattr(obj, name)
+        if value not in choices:
+            raise UserError(f"unknown {label} {value!r}", f"choose one of {', '.join(choices)}")
+
+
 def check_numbers(obj: object) -> None:
     """One range check for every numeric field of a config dataclass, driven by the field's name.
 
@@ -283,28 +293,18 @@ class CompressConfig:
             )
         if not 0.0 < self.channel_min_keep <= 1.0:
             raise UserError(f"channel_min_keep must lie in (0, 1], got {self.channel_min_keep}", "e.g. 0.1")
-        if self.channel_init not in CHANNEL_INITS:
-            raise UserError(f"unknown channel_init {self.channel_init!r}", f"use one of {', '.join(CHANNEL_INITS)}")
-        if self.channel_widths not in CHANNEL_WIDTHS:
-            raise UserError(f"unknown channel_widths {self.channel_widths!r}",
-                            f"use one of {', '.join(CHANNEL_WIDTHS)}")
+        check_choices(self, (("channel_init", "channel_init", CHANNEL_INITS),
+                             ("channel_widths", "channel_widths", CHANNEL_WIDTHS), ("prompt", "prompt", PROMPT_KINDS),
+                             ("head", "--head", HEADS), ("prompt_trains_in", "prompt_trains_in", PROMPT_TRAINS_IN),
+                             ("label_map_on", "label_map_on", LABEL_MAP_ON), ("amp", "--amp", AMP_CHOICES)))
         if self.channel_round_to < 1:
             raise UserError(f"channel_round_to must be >= 1, got {self.channel_round_to}", "e.g. 8")
         method = get_method(self.method)
-        if self.prompt not in PROMPT_KINDS:
-            raise UserError(f"unknown prompt {self.prompt!r}", f"choose one of {', '.join(PROMPT_KINDS)}")
         if self.epochs_mask < 0 or self.epochs_tune < 0:
             raise UserError("epoch counts must be >= 0", "pass --epochs-mask/--epochs-tune >= 0")
         method.check(kind, self.epochs_mask)
         if self.batch_size < 1:
             raise UserError("batch size must be >= 1", "pass --batch-size 256 or similar")
-        if self.head not in HEADS:
-            raise UserError(f"unknown --head {self.head!r}", f"choose one of {', '.join(HEADS)}")
-        if self.prompt_trains_in not in PROMPT_TRAINS_IN:
-            raise UserError(f"unknown prompt_trains_in {self.prompt_trains_in!r}",
-                            f"choose one of {', '.join(PROMPT_TRAINS_IN)}")
-        if self.label_map_on not in LABEL_MAP_ON:
-            raise UserError(f"unknown label_map_on {self.label_map_on!r}", f"choose one of {', '.join(LABEL_MAP_ON)}")
         if self.head_warmup_epochs < (1 if self.head == "new" else 0):
             raise UserError(f"--head-warmup-epochs must be >= 1 with --head new, got {self.head_warmup_epochs}",
                             "a fresh head must train before stage 1 freezes the weights; e.g. 1")
@@ -313,8 +313,6 @@ class CompressConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}",
                             "e.g. 0.1 (10 % of the training images), or 0 for no validation split")
-        if self.amp not in AMP_CHOICES:
-            raise UserError(f"unknown --amp {self.amp!r}", f"pass one of {', '.join(AMP_CHOICES)}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}", "0 decodes in the training process")
         if not 0.0 <= self.memory_budget <= 1.0:

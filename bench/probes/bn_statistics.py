@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.probes import finish
 from pipelines.compress_stage import prepare_inputs
 from pipelines.load_run import load_run
 from vpns_deploy.batchnorm import recalibrate_bn
@@ -57,10 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         out[name] = top1_pair(model, splits.test, CPU, has_prompt)
         print(name, out[name], flush=True)
     print(json.dumps(out), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
-    return out
+    return finish(args.out, out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ runs. This times graph A alone and interleaved with graph B (one call each in tu
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bench.probes import finish, record
 from calibration.session import CPU, cpu_threads, optimization_level
 
 
@@ -62,12 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
                 _call_ms(a, x, b)
             alone = statistics.median(_call_ms(a, x) for _ in range(calls))
             interleaved = statistics.median(_call_ms(a, x, b) for _ in range(calls))
-            out["rows"].append({"batch": batch, "spinning": spin, "alone_ms": alone, "interleaved_ms": interleaved})
-            print(json.dumps(out["rows"][-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
-    return out
+            record(out, {"batch": batch, "spinning": spin, "alone_ms": alone, "interleaved_ms": interleaved})
+    return finish(args.out, out)
 
 
 if __name__ == "__main__":

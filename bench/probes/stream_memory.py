@@ -14,7 +14,6 @@ turned into a no-op (a sitecustomize on PYTHONPATH), in the order given, one at 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -24,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench.data_pipeline import peak_memory
+from bench.probes import finish, record
 
 NO_STEADY_HEAP = "import vpns_deploy.data.heap as _h\n_h._done = False  # steady_heap() returns at once\n"
 
@@ -59,12 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
                 env = {**os.environ, "VPNS_DEPLOY_CACHE": str(args.work / "cache"), "PYTHONPATH": os.pathsep.join(path)}
                 row = peak_memory(command(args.work, run), tree, env)
                 row.pop("log_tail")
-                result["rows"].append({"tree": str(tree), "commit": commit, "own_malloc_settings": steady, **row})
-                print(json.dumps(result["rows"][-1]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-    return result
+                record(result, {"tree": str(tree), "commit": commit, "own_malloc_settings": steady, **row})
+    return finish(args.out, result)
 
 
 if __name__ == "__main__":
