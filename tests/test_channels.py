@@ -235,7 +235,9 @@ def test_channel_run_compacts_exports_and_reports(tmp_path, digits_model):
     loaded = load_run(out)  # rebuilt from masks.pt + the compacted state dict, no masking code
     assert sum(p.numel() for p in loaded.compressed.parameters()) == structure["params"]["compressed"]
     assert structure["params"]["compressed"] < structure["params"]["dense"]
-    export = run_export(out, reporter=Reporter(quiet=True))
+    # the prompt folded in whatever validation decided (since BN statistics follow training's augmentation,
+    # validation prefers the plain digits network): parity must hold for the prompted compacted graph
+    export = run_export(out, with_prompt=True, reporter=Reporter(quiet=True))
     assert export["graphs"]["model.onnx"]["prompt_folded"]
     assert export["graphs"]["model.onnx"]["parity"]["max_abs_diff"] <= 1e-3
     report = run_report(out, reporter=Reporter(quiet=True), print_table=False)
