@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from bench.transfer_summary import shipped
 from calibration.feeds import nhwc_uint8
 from calibration.latency import latency_by_batch
 from calibration.runtime import OrtRuntime
@@ -107,8 +108,7 @@ def run_cell(args: argparse.Namespace, cell: str) -> dict:
     m = RunDir.open(out).manifest
     s = m.metrics["structure"]
     hist = m.metrics["epochs"]
-    fold = bool((m.prompt_decision or {}).get("fold")) and m.metrics.get("top1_prompted") is not None
-    return {"top1": m.metrics["top1_prompted"] if fold else m.metrics["top1_plain"],  # the model it ships
+    return {"top1": shipped(m.metrics),  # the model it ships: prompted only where validation folded the prompt
             "top1_plain": m.metrics["top1_plain"], "macs": s["macs"]["compressed"],
             "dense_macs": s["macs"]["dense"], "params": s["params"]["compressed"], "dense_params": s["params"]["dense"],
             "optimizer_steps": sum(h["optimizer_steps"] for h in hist),

@@ -24,7 +24,7 @@ def optimization_level(path: Path) -> "ort.GraphOptimizationLevel":
     return ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if fp16 else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
-def cpu_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+def cpu_session(path: Path, threads: int | None = None, spinning: bool = False) -> ort.InferenceSession:
     """A CPU session with graph optimisations (optimization_level), a fixed thread count (for stable
     timings) and its threads sleeping, not spinning, between calls.
 
@@ -32,12 +32,13 @@ def cpu_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     interleaved, so each session's spinning threads took the cores from the next session's call:
     ResNet-56 (32 px, 2 cores) read 6.14 ms at batch 1 interleaved against 2.30 ms alone, and 113 vs
     73.5 ms at batch 64; with spinning off, 2.24 vs 2.29 ms and 75.4 vs 75.5 ms (docs/benchmarks.md,
-    2026-12-03). Alone, spinning off costs nothing measurable there."""
+    2026-12-03). Alone, spinning off costs nothing measurable there. `spinning=True` (ORT's default)
+    exists for bench/probes/ort_spinning.py, which measures exactly that difference."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = optimization_level(path)
     opts.intra_op_num_threads = threads or cpu_threads()
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
 

@@ -312,3 +312,14 @@ def test_input_size_the_network_cannot_take_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=r"timm:vit_tiny_patch16_224 cannot take 64x64 inputs \(.*224"):
         load_model(path, "timm:vit_tiny_patch16_224", 3, inputs=InputOverrides(input_size=64))
     assert load_model(path, "timm:vit_tiny_patch16_224", 3).inputs.size == 224  # its own size loads
+
+
+def test_input_overrides_read_back_from_a_manifest_are_typed_as_given():
+    """A manifest stores mean/std as JSON lists; reading them back gives the tuples the dataclass declares."""
+    import json
+
+    from vpns_deploy.models.input_overrides import InputOverrides
+
+    given = InputOverrides(96, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear")
+    back = InputOverrides.from_dict(json.loads(json.dumps(given.to_dict())))
+    assert back == given and isinstance(back.mean, tuple) and InputOverrides.from_dict(None) == InputOverrides()

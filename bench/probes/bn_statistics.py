@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    m = load_run(args.run).run.manifest
+    loaded = load_run(args.run)
+    m = loaded.run.manifest
     cfg = m.compress_config()
     cfg = replace(cfg, test_subset=args.test_subset or cfg.test_subset)
-    overrides = InputOverrides(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.model.input_overrides.items()})
-    _, splits = prepare_inputs(Path(m.model.source), m.model.arch, m.data.spec, cfg, inputs=overrides)
+    _, splits = prepare_inputs(Path(m.model.source), m.model.arch, m.data.spec, cfg,
+                               inputs=InputOverrides.from_dict(m.model.input_overrides))
     out: dict = {"command": "python -m bench.probes.bn_statistics " + shlex.join(sys.argv[1:] if argv is None else argv),
                  "run": str(args.run), "test_images": len(splits.test), "images": args.images}
-    model = load_run(args.run).prompted(True)
+    model = loaded.prompted(True)
     has_prompt = model.prompt is not None
     passes = (True, False) if has_prompt else (False,)
     out["saved"] = top1_pair(model, splits.test, CPU, has_prompt)

@@ -21,15 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.probes import finish, record
-from calibration.session import CPU, cpu_threads, optimization_level
-
-
-def session(path: Path, spin: bool) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = optimization_level(path)
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = cpu_threads(), 1, 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+from calibration.session import CPU, cpu_session, cpu_threads
 
 
 def _call_ms(s: ort.InferenceSession, x: np.ndarray, other: ort.InferenceSession | None = None) -> float:
@@ -57,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch, calls = (int(v) for v in item.split(":"))
         x = np.random.default_rng(0).integers(0, 255, [batch, *shape[1:]], dtype=np.uint8)
         for spin in (True, False):
-            a, b = session(args.graph_a, spin), session(args.graph_b, spin)
+            a, b = cpu_session(args.graph_a, spinning=spin), cpu_session(args.graph_b, spinning=spin)
             for _ in range(5):
                 _call_ms(a, x, b)
             alone = statistics.median(_call_ms(a, x) for _ in range(calls))

@@ -70,7 +70,8 @@ class InputOverrides:
     @classmethod
     def from_dict(cls, d: dict | None) -> "InputOverrides":
         d = d or {}
-        return cls(d.get("input_size"), d.get("mean"), d.get("std"), d.get("interpolation"))
+        mean, std = (None if d.get(k) is None else tuple(d[k]) for k in ("mean", "std"))  # JSON lists -> tuples
+        return cls(d.get("input_size"), mean, std, d.get("interpolation"))
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
