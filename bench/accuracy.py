@@ -30,7 +30,13 @@ from vpns_deploy.device import resolve_device
 from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import SCHEDULE_STEP
 
-METHOD_ORDER = ("dense", "magnitude", "hydra", "vpns")
+METHOD_ORDER = ("dense", "magnitude", "hydra", "vpns", "magnitude_kd", "hydra_kd", "vpns_kd")
+KD_SUFFIX = "_kd"  # the same method with --distill (stage 2 / the fine-tune learns from the dense logits)
+
+
+def base_method(method: str) -> str:
+    """"vpns_kd" -> "vpns": the method a grid name runs, with or without distillation."""
+    return method.removesuffix(KD_SUFFIX)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--arch", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--methods", default="dense,magnitude,hydra,vpns")
+    p.add_argument("--methods", default="dense,magnitude,hydra,vpns",
+                   help="any of " + ",".join(METHOD_ORDER) + "; a _kd name runs the method with --distill")
     p.add_argument("--sparsities", default="0.5,0.7,0.9")
     p.add_argument("--seeds", default="7", help="seeds for every sparsity")
     p.add_argument("--extra-seeds", default="9", help="more seeds at --extra-seeds-at (mean and spread)")
@@ -115,6 +122,7 @@ def same_budget(a: dict, b: dict) -> bool:
 
 def config_for(args: argparse.Namespace, method: str, sparsity: float | None, seed: int) -> CompressConfig:
     e = args.epochs
+    method, distill = base_method(method), method.endswith(KD_SUFFIX)
     optim = CompressConfig().optim
     if args.lr_prompt_mask is not None:
         optim = replace(optim, lr_prompt_mask=args.lr_prompt_mask)
@@ -129,7 +137,7 @@ def config_for(args: argparse.Namespace, method: str, sparsity: float | None, se
         method=method if method != "dense" else "magnitude", sparsity=sparsity or 0.5,
         epochs_mask=epochs[0], epochs_tune=epochs[1], batch_size=args.batch_size, pad=args.pad,
         seed=seed, device=args.device, train_subset=args.train_subset, test_subset=args.test_subset,
-        optim=optim,
+        optim=optim, distill=distill,
     )
 
 

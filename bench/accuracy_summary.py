@@ -4,7 +4,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METHOD_LABELS = {"dense": "dense fine-tune", "magnitude": "magnitude + FT", "hydra": "HYDRA", "vpns": "VPNs"}
+METHOD_LABELS = {"dense": "dense fine-tune", "magnitude": "magnitude + FT", "hydra": "HYDRA", "vpns": "VPNs",
+                 "magnitude_kd": "magnitude + FT, distilled", "hydra_kd": "HYDRA, distilled",
+                 "vpns_kd": "VPNs, distilled"}
 
 
 def _stats(values: list[float]) -> dict:
@@ -52,7 +54,7 @@ def summarise(results: dict) -> dict:
         row = {"method": method, "sparsity": sp, "top1_plain": _stats([c["top1_plain"] for c in cells]),
                "train_seconds": _stats([c["train_seconds"] for c in cells]),
                "optimizer_steps": cells[0]["optimizer_steps"]}
-        if method == "vpns":
+        if method.startswith("vpns"):  # vpns and vpns_kd carry a prompt
             row["top1_prompted"] = _stats([c["top1_prompted"] for c in cells])
             row["top1_shipped"] = _stats([shipped_top1(c) for c in cells])
         rows.append(row)
@@ -119,7 +121,7 @@ def plot(results: dict, path: Path) -> None:
     summary = results.get("summary") or summarise(results)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     rows = summary["rows"]
-    for method in ("magnitude", "hydra", "vpns"):
+    for method in ("magnitude", "hydra", "vpns", "magnitude_kd", "hydra_kd", "vpns_kd"):
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
         if not pts:
             continue
@@ -129,7 +131,7 @@ def plot(results: dict, path: Path) -> None:
                 continue
             ys = [100 * r[key]["mean"] for r in pts]
             es = [100 * r[key]["std"] for r in pts]
-            label = METHOD_LABELS[method] + (" (no prompt)" if method == "vpns" and key == "top1_plain" else suffix)
+            label = METHOD_LABELS[method] + (" (no prompt)" if method.startswith("vpns") and key == "top1_plain" else suffix)
             ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
     dense = [r for r in rows if r["method"] == "dense"]
     if dense:

@@ -7,6 +7,7 @@ kept), written to bench/results/floor/<budget>.json; then one table and plot ove
 
     python -m bench.floor            # the whole grid, cheapest budgets first
     python -m bench.floor --only 2k-e1,10k-e1
+    python -m bench.floor --methods dense,magnitude,hydra,vpns,vpns_kd   # with distilled VPNs
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ DATA = f"tar:{ROOT.parent / 'shared/data/cifar10-jpeg.tar.gz'}"
 # (key, train subset or None for all 50k, VPNs epochs per stage, seeds)
 BUDGETS = (("2k-e1", 2000, 1, "7"), ("2k-e3", 2000, 3, "7"), ("10k-e1", 10000, 1, "7"),
            ("10k-e3", 10000, 3, "7"), ("50k-e1", None, 1, "7,9"), ("50k-e3", None, 3, "7,9"))
-METHODS = ("dense", "magnitude", "hydra", "vpns")
+METHODS = ("dense", "magnitude", "hydra", "vpns", "magnitude_kd", "hydra_kd", "vpns_kd")  # _kd: --distill
 
 
-def budget_argv(key: str, subset: int | None, epochs: int, seeds: str, out: Path) -> list[str]:
-    argv = ["--model", str(MODEL), "--arch", "cifar_resnet20", "--data", DATA, "--methods", ",".join(METHODS),
+def budget_argv(key: str, subset: int | None, epochs: int, seeds: str, out: Path, methods: str = ",".join(METHODS),
+                runs: Path = ROOT / "bench/runs/floor") -> list[str]:
+    argv = ["--model", str(MODEL), "--arch", "cifar_resnet20", "--data", DATA, "--methods", methods,
             "--sparsities", "0.9", "--seeds", seeds, "--extra-seeds", "", "--epochs", str(epochs),
-            "--lr-scores", "auto", "--out", str(out / f"{key}.json"), "--runs", str(ROOT / "bench/runs/floor" / key)]
+            "--lr-scores", "auto", "--out", str(out / f"{key}.json"), "--runs", str(runs / key)]
     return argv + (["--train-subset", str(subset)] if subset else [])
 
 
@@ -47,8 +49,12 @@ def summary(out: Path) -> dict:
             accs = [shipped_top1(c) for c in cells if c["method"] == m]
             steps = [c["optimizer_steps"] for c in cells if c["method"] == m]
             row[m] = {"top1": sum(accs) / len(accs), "n": len(accs), "steps": steps[0]} if accs else None
-        if row["vpns"] and row["magnitude"] and row["hydra"]:
-            row["vpns_floor_met"] = row["vpns"]["top1"] >= max(row["magnitude"]["top1"], row["hydra"]["top1"])
+        for kd in ("", "_kd"):  # the floor without and with distillation, where all three ran
+            if row[f"vpns{kd}"] and row[f"magnitude{kd}"] and row[f"hydra{kd}"]:
+                row[f"vpns{kd}_floor_met"] = row[f"vpns{kd}"]["top1"] >= max(row[f"magnitude{kd}"]["top1"],
+                                                                             row[f"hydra{kd}"]["top1"])
+        row["distill_gain"] = {m: row[f"{m}_kd"]["top1"] - row[m]["top1"] for m in ("magnitude", "hydra", "vpns")
+                               if row[m] and row[f"{m}_kd"]}
         rows[key] = row
     return rows
 
@@ -57,6 +63,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="", help="comma-separated budget keys (default: all, cheapest first)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/floor")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (bench.accuracy's names)")
+    p.add_argument("--runs", type=Path, default=ROOT / "bench/runs/floor",
+                   help="run directories (not committed); a fresh folder re-measures after a code change")
     args = p.parse_args()
     wanted = [k for k in args.only.split(",") if k]
     for key, subset, epochs, seeds in BUDGETS:
@@ -64,7 +73,7 @@ def main() -> None:
             continue
         print(f"== {key}", file=sys.stderr, flush=True)
         done = subprocess.run([sys.executable, "-m", "bench.accuracy",
-                               *budget_argv(key, subset, epochs, seeds, args.out)], cwd=ROOT)
+                               *budget_argv(key, subset, epochs, seeds, args.out, args.methods, args.runs)], cwd=ROOT)
         if done.returncode != 0:
             sys.exit(f"{key}: failed (exit {done.returncode}); run the same command again to resume")
     from vpns_deploy.atomic import atomic_write_json
@@ -74,7 +83,8 @@ def main() -> None:
                                                 "budgets": rows})
     for key, row in rows.items():
         print(key, {m: (round(100 * r["top1"], 2), r["steps"]) for m, r in row.items() if isinstance(r, dict)},
-              "floor met" if row.get("vpns_floor_met") else "floor NOT met")
+              "floor met" if row.get("vpns_floor_met") else "floor NOT met",
+              {m: round(100 * g, 2) for m, g in row["distill_gain"].items()})
 
 
 if __name__ == "__main__":

@@ -16,16 +16,24 @@ def test_grid_gives_extra_seeds_only_where_asked():
 def test_tiny_grid_writes_json_and_plot_and_resumes(tmp_path, digits_model, capsys):
     out = tmp_path / "accuracy.json"
     argv = ["--model", str(digits_model), "--arch", "digits_cnn", "--data", "digits",
-            "--methods", "dense,hydra,vpns", "--sparsities", "0.9", "--seeds", "7", "--extra-seeds", "",
+            "--methods", "dense,hydra,vpns,vpns_kd", "--sparsities", "0.9", "--seeds", "7", "--extra-seeds", "",
             "--epochs", "1", "--batch-size", "64", "--train-subset", "300", "--test-subset", "200",
             "--out", str(out), "--runs", str(tmp_path / "runs")]
     results = main(argv)
     saved = json.loads(out.read_text())
-    assert set(saved["cells"]) == {"dense-seed7", "hydra-s0.9-seed7", "vpns-s0.9-seed7"}
+    assert set(saved["cells"]) == {"dense-seed7", "hydra-s0.9-seed7", "vpns-s0.9-seed7", "vpns_kd-s0.9-seed7"}
     vpns, hydra, dense = (saved["cells"][k] for k in ("vpns-s0.9-seed7", "hydra-s0.9-seed7", "dense-seed7"))
     # Same optimiser steps for every method (VPNs: 2 per batch; HYDRA 2x epochs; dense 4x epochs).
     assert vpns["optimizer_steps"] == hydra["optimizer_steps"] == dense["optimizer_steps"] > 0
     assert 0 <= vpns["top1_prompted"] <= 1 and abs(vpns["sparsity_achieved"] - 0.9) < 1e-4
+    # The _kd cell is VPNs with --distill: same steps, a prompt, and stage 2 learns from the dense logits.
+    from pipelines.run_dir import RunDir
+
+    kd = saved["cells"]["vpns_kd-s0.9-seed7"]
+    assert kd["optimizer_steps"] == vpns["optimizer_steps"] and kd["top1_prompted"] is not None
+    kd_manifest = RunDir.open(tmp_path / "runs" / "vpns_kd-s0.9-seed7").manifest
+    assert kd_manifest.config["distill"] is True
+    assert RunDir.open(tmp_path / "runs" / "vpns-s0.9-seed7").manifest.config["distill"] is False
     targets = saved["summary"]["targets"]
     assert {"vpns_minus_hydra_at_0.9", "vpns_vs_dense_at_0.9", "vpns_stage1_step_over_finetune_step"} <= set(targets)
     png = out.with_suffix(".png")
@@ -76,3 +84,18 @@ def test_time_to_hydra_follows_the_shipped_curve_not_the_faster_one():
                    "train_seconds": 40.0, "optimizer_steps": 8, "seconds_per_step": {}, "curve": []}}
     target = summarise({"cells": cells})["targets"]["vpns_time_to_hydra_final"]
     assert target["fraction_per_seed"] == [30.0 / 40.0] and target["met"] is False
+
+
+def test_floor_summary_reports_the_floor_with_and_without_distillation(tmp_path):
+    """bench.floor's row: VPNs >= both baselines, separately for the distilled trio, and each method's gain."""
+    from bench.floor import summary
+
+    def cell(method, top1):
+        return {"method": method, "top1_plain": top1, "top1_prompted": None, "optimizer_steps": 32, "curve": []}
+
+    cells = {m: cell(m, t) for m, t in (("dense", .8), ("magnitude", .55), ("hydra", .6), ("vpns", .62),
+                                        ("magnitude_kd", .64), ("hydra_kd", .61), ("vpns_kd", .63))}
+    (tmp_path / "2k-e1.json").write_text(json.dumps({"cells": cells}))
+    row = summary(tmp_path)["2k-e1"]
+    assert row["vpns_floor_met"] is True and row["vpns_kd_floor_met"] is False
+    assert round(row["distill_gain"]["magnitude"], 4) == 0.09 and set(row["distill_gain"]) == {"magnitude", "hydra", "vpns"}
