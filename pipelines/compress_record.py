@@ -15,6 +15,7 @@ from pipelines.artifacts import DENSE_PT, MASKS_PT, MODEL_PT, PROMPT_PT
 from pipelines.manifest import DataRecord, Manifest, ModelRecord, StageRecord
 from pipelines.run_dir import RunDir, now, versions
 from vpns_deploy.atomic import atomic_torch_save
+from vpns_deploy.baseline_check import Baseline
 from vpns_deploy.config import DEVIATIONS, CompressConfig
 from vpns_deploy.data import Splits, absolute_spec
 from vpns_deploy.evaluate import top1_pair
@@ -35,6 +36,7 @@ class DenseReference:
     label_map: torch.Tensor | None = None  # --head map: the dense network's own frequency label map
     label_map_record: dict | None = None
     warmup: list = field(default_factory=list)  # --head new: the head warm-up's epoch records
+    baseline: Baseline | None = None  # the simplest baseline's top-1 (baseline_check), None: not measured
 
 
 @dataclass
@@ -84,6 +86,8 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
     loaded, splits, cfg = given.loaded, given.splits, given.cfg
     baked, final = shipped_metrics(result, loaded, splits, given.device)
     decision = prompt_decision(final["val_top1_plain"], final["val_top1_prompted"], result.prompt_spec is not None)
+    shipped_top1 = final["top1_prompted"] if decision["fold"] else final["top1_plain"]
+    baseline = dense.baseline.compare(shipped_top1).to_dict() if dense.baseline is not None else None
     _save_network(run, MODEL_PT, baked, loaded.arch)
     _save_network(run, DENSE_PT, dense.net, loaded.arch)
     atomic_torch_save(run.file(MASKS_PT), result.masks.masks())
@@ -111,7 +115,7 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
                 "head": head_record(cfg, baked, splits.num_classes, dense.warmup), "deviations": list(DEVIATIONS)},
         other={"created": now(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "device": str(given.device),
                "versions": versions(), **given.other},
-        metrics={"dense_top1": dense.top1, "prompt_decision": decision, **final,
+        metrics={"dense_top1": dense.top1, "prompt_decision": decision, **final, "baseline": baseline,
                  "sparsity": result.masks.sparsity(),
                  "structure": structure(cfg, result.masks, dense.net, baked, example),
                  "prunable_weights": result.masks.total,
@@ -139,3 +143,16 @@ def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
                    "without" if decision["split"] else "")
         reporter.line(f"prompt decision: {'fold it into' if decision['fold'] else 'leave it out of'} the exported "
                       f"graph{numbers} ({decision['rule']})")
+    baseline = metrics.get("baseline")
+    if baseline is not None:
+        reporter.line(baseline_text(baseline))
+
+
+def baseline_text(baseline: dict) -> str:
+    """One line: the shipped model against the simplest baseline, a warning when it is below."""
+    numbers = (f"shipped model {baseline['shipped_test_top1']:.2%} vs {baseline['test_top1']:.2%} for the simplest "
+               f"baseline ({baseline['name']}), test top-1")
+    if not baseline["below"]:
+        return numbers
+    return (f"warning: {numbers}: this method fell below it at this budget; more training images or epochs, or "
+            "--method magnitude (which fine-tunes that mask), may do better")

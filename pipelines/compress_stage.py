@@ -17,6 +17,7 @@ from pipelines.run_create import check_out, partial_path, staged_directory
 from pipelines.run_dir import RunDir
 from vpns_deploy.amp import Amp, resolve_amp, setup_cuda_speed
 from vpns_deploy.compress import compress
+from vpns_deploy.baseline_check import measure_baseline
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.data import Splits, absolute_spec, build_splits, read_catalog
 from vpns_deploy.device import resolve_device
@@ -136,19 +137,22 @@ def resume_key(run_key: str, splits: Splits, ctx: DistContext | None, amp: Amp) 
 
 def _dense_reference(loaded: LoadedModel, splits: Splits, cfg: CompressConfig, device: torch.device,
                      reporter: Reporter) -> DenseReference:
-    """The dense network (after a --head new warm-up, before any mask) and its test top-1; says what runs."""
+    """The dense network (after a --head new warm-up, before any mask), its test top-1 and the simplest
+    baseline's (baseline_check); says what runs."""
     warmup = warm_up_head(loaded, splits, cfg, device, reporter) if cfg.head == "new" else []  # before the masks
     dense = copy.deepcopy(loaded.net).to(device).eval()
     dense_map, dense_map_record = (dense_label_map(dense, loaded, splits, cfg, device) if cfg.head == "map"
                                    else (None, None))
     dense_top1 = top1(PromptedNet(dense, loaded.inputs, None, dense_map).to(device), splits.test, device,
                       prompted=False)
+    baseline = measure_baseline(dense, loaded, dense_map, splits, cfg, device)
     val_text = f" / {len(splits.val)} validation" if splits.val is not None else ""
     reporter.line(
         f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train{val_text} / "
-        f"{len(splits.test)} test images ({_data_text(splits)}), dense top-1 {dense_top1:.2%}"
+        f"{len(splits.test)} test images ({_data_text(splits)}), dense top-1 {dense_top1:.2%}, "
+        f"magnitude mask without training {baseline.test_top1:.2%}"
     )
-    return DenseReference(dense, dense_top1, dense_map, dense_map_record, warmup)
+    return DenseReference(dense, dense_top1, dense_map, dense_map_record, warmup, baseline)
 
 
 def resume_compress(run_dir: Path, reporter: Reporter | None = None, overwrite: bool = False) -> Path:

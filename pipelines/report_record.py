@@ -39,6 +39,7 @@ class Report:
     prompt_choice: dict | None = None
     head: dict | None = None
     caller_must_feed: dict | None = None
+    baseline: dict | None = None  # compress's simplest baseline (vpns_deploy.baseline_check), on its test split
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict:

@@ -64,6 +64,11 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
     for b, o in r.preprocessing_overhead.items():
         rows.append((f"folded preprocessing, batch {b}", "", f"{o['ms']:+.3f} ms ({o['fraction']:+.1%})"))
     rows += _prompt_rows(r)
+    if r.baseline:
+        b = r.baseline
+        rows.append(("top-1 at compress: simplest baseline (magnitude mask, BN re-estimated, no training) vs "
+                     "shipped", _pct(b["test_top1"]),
+                     _pct(b["shipped_test_top1"]) + (" (below the baseline)" if b["below"] else "")))
     return rows
 
 
@@ -93,6 +98,10 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"{n}:{mm} layers: every prunable layer except these, which stay dense: {exempt}.",
                   f"{n}:{mm} zeros make nothing faster in ONNX Runtime on a CPU (measured above); the speed-up "
                   "belongs to sparse tensor cores (TensorRT with SPARSE_WEIGHTS on Ampere or newer GPUs)."]
+    if r.baseline and r.baseline["below"]:
+        lines += ["", f"**Warning:** at compress, the shipped model ({_pct(r.baseline['shipped_test_top1'])}) scored "
+                  f"below the simplest baseline ({r.baseline['name']}: {_pct(r.baseline['test_top1'])}) on the "
+                  "same test split. More training images or epochs, or `--method magnitude`, may do better."]
     choice = r.prompt_choice or {}
     if choice:
         lines += ["", f"Prompt: {'folded into' if choice.get('fold') else 'left out of'} model.onnx ({choice.get('by')})."]

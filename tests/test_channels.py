@@ -235,6 +235,8 @@ def test_channel_run_compacts_exports_and_reports(tmp_path, digits_model):
     loaded = load_run(out)  # rebuilt from masks.pt + the compacted state dict, no masking code
     assert sum(p.numel() for p in loaded.compressed.parameters()) == structure["params"]["compressed"]
     assert structure["params"]["compressed"] < structure["params"]["dense"]
+    baseline = manifest["metrics"]["baseline"]  # measured under a channel mask of the same MACs budget
+    assert 0.0 <= baseline["test_top1"] <= 1.0 and baseline["below"] == (baseline["shipped_test_top1"] < baseline["test_top1"])
     # the prompt folded in whatever validation decided (since BN statistics follow training's augmentation,
     # validation prefers the plain digits network): parity must hold for the prompted compacted graph
     export = run_export(out, with_prompt=True, reporter=Reporter(quiet=True))
