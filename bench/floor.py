@@ -8,6 +8,7 @@ kept), written to bench/results/floor/<budget>.json; then one table and plot ove
     python -m bench.floor            # the whole grid, cheapest budgets first
     python -m bench.floor --only 2k-e1,10k-e1
     python -m bench.floor --methods dense,magnitude,hydra,vpns,vpns_kd   # with distilled VPNs
+    python -m bench.floor --only none --compare bench/results/floor/bn-unaugmented-2026-11-25  # the table
 """
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (bench.accuracy's names)")
     p.add_argument("--runs", type=Path, default=ROOT / "bench/runs/floor",
                    help="run directories (not committed); a fresh folder re-measures after a code change")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="another results folder (e.g. bench/results/floor/bn-unaugmented-2026-11-25): its numbers "
+                        "in brackets")
     args = p.parse_args()
     wanted = [k for k in args.only.split(",") if k]
     for key, subset, epochs, seeds in BUDGETS:
@@ -81,10 +85,30 @@ def main() -> None:
     rows = summary(args.out)
     atomic_write_json(args.out / "floor.json", {"command": "python -m bench.floor " + " ".join(sys.argv[1:]),
                                                 "budgets": rows})
+    print(markdown(rows, summary(args.compare) if args.compare else {}))
+
+
+def _cell(row: dict, method: str, old: dict | None = None) -> str:
+    r = row.get(method)
+    if not r:
+        return "—"
+    was = (old or {}).get(method)
+    return f"{100 * r['top1']:.2f}" + (f" ({100 * was['top1']:.2f})" if was else "")
+
+
+def markdown(rows: dict, old: dict) -> str:
+    """One line per budget: every method's top-1 (VPNs: the model it ships), the floor verdict with and
+    without distillation; in brackets the same cell of `old` (another results folder), where present."""
+    lines = ["| budget (steps) | dense FT | magnitude + FT | HYDRA | VPNs | floor | magnitude KD | HYDRA KD | "
+             "VPNs KD | floor (KD) |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    verdict = {True: "met", False: "**not met**", None: "—"}
     for key, row in rows.items():
-        print(key, {m: (round(100 * r["top1"], 2), r["steps"]) for m, r in row.items() if isinstance(r, dict)},
-              "floor met" if row.get("vpns_floor_met") else "floor NOT met",
-              {m: round(100 * g, 2) for m, g in row["distill_gain"].items()})
+        steps = next(r["steps"] for m, r in row.items() if m in METHODS and r)
+        cells = [_cell(row, m, old.get(key)) for m in ("dense", "magnitude", "hydra", "vpns")]
+        kd = [_cell(row, m) for m in ("magnitude_kd", "hydra_kd", "vpns_kd")]
+        lines.append(f"| {key} ({steps}) | " + " | ".join(cells) + f" | {verdict[row.get('vpns_floor_met')]} | "
+                     + " | ".join(kd) + f" | {verdict[row.get('vpns_kd_floor_met')]} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_time_to_hydra_follows_the_shipped_curve_not_the_faster_one():
 
 def test_floor_summary_reports_the_floor_with_and_without_distillation(tmp_path):
     """bench.floor's row: VPNs >= both baselines, separately for the distilled trio, and each method's gain."""
-    from bench.floor import summary
+    from bench.floor import markdown, summary
 
     def cell(method, top1):
         return {"method": method, "top1_plain": top1, "top1_prompted": None, "optimizer_steps": 32, "curve": []}
@@ -99,3 +99,5 @@ def test_floor_summary_reports_the_floor_with_and_without_distillation(tmp_path)
     row = summary(tmp_path)["2k-e1"]
     assert row["vpns_floor_met"] is True and row["vpns_kd_floor_met"] is False
     assert round(row["distill_gain"]["magnitude"], 4) == 0.09 and set(row["distill_gain"]) == {"magnitude", "hydra", "vpns"}
+    line = markdown(summary(tmp_path), {"2k-e1": {"vpns": {"top1": 0.5}}}).splitlines()[-1]
+    assert line.startswith("| 2k-e1 (32) | 80.00 | 55.00 | 60.00 | 62.00 (50.00) | met |") and line.endswith("| **not met** |")
