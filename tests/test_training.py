@@ -247,3 +247,20 @@ def test_distill_runs_stage2_from_the_dense_teacher(digits_model, digits_splits)
     w_kd = dict(result.model.net.named_parameters())
     assert any(not torch.equal(w_plain[k], w_kd[k]) for k in w_kd if not k.endswith("scores"))
     assert result.history[-1].test_acc_plain > 0.5
+
+
+def test_distillation_default_follows_the_measured_methods(digits_model, digits_splits):
+    """Neither flag: magnitude distils with --head keep (measured +1 to +4 points), VPNs and HYDRA do not, and
+    no method does with --head map (the dense network never learned the data's classes); flags win."""
+    from dataclasses import replace
+
+    assert CompressConfig(method="magnitude").distills and not CompressConfig(method="vpns").distills
+    assert not CompressConfig(method="hydra").distills
+    assert not CompressConfig(method="magnitude", head="map").distills
+    assert not CompressConfig(method="magnitude", distill=False).distills and CompressConfig(distill=True).distills
+    cfg = CompressConfig(method="magnitude", sparsity=0.8, epochs_mask=0, epochs_tune=1, batch_size=64, bn_images=0)
+    result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
+    assert "KL(dense teacher" in result.stage_plans["tune"]["loss"]
+    off = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, replace(cfg, distill=False), CPU,
+                   Reporter(quiet=True))
+    assert off.stage_plans["tune"]["loss"] == "cross-entropy"
