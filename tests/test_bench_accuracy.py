@@ -101,3 +101,24 @@ def test_floor_summary_reports_the_floor_with_and_without_distillation(tmp_path)
     assert round(row["distill_gain"]["magnitude"], 4) == 0.09 and set(row["distill_gain"]) == {"magnitude", "hydra", "vpns"}
     line = markdown(summary(tmp_path), {"2k-e1": {"vpns": {"top1": 0.5}}}).splitlines()[-1]
     assert line.startswith("| 2k-e1 (32) | 80.00 | 55.00 | 60.00 | 62.00 (50.00) | met |") and line.endswith("| **not met** |")
+
+
+def test_accuracy_compare_pairs_old_and_new_cells_and_averages_seeds(tmp_path, capsys):
+    from bench.accuracy_compare import main as compare_main
+
+    def cell(method, sp, seed, top1):
+        return {"method": method, "sparsity": sp, "seed": seed, "top1_plain": top1, "top1_prompted": None, "curve": []}
+
+    old = {"a": cell("magnitude", 0.9, 7, .79), "b": cell("magnitude", 0.9, 9, .80), "c": cell("vpns", 0.7, 7, .86)}
+    first = {"a": cell("magnitude", 0.9, 7, .78), "b": cell("magnitude_kd", 0.9, 7, .81)}
+    second = {"a": cell("magnitude", 0.9, 7, .10), "b": cell("vpns", 0.7, 7, .87)}  # the first file's cell wins
+    for name, cells in (("old", old), ("new1", first), ("new2", second)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"cells": cells}))
+    compare_main(["--old", str(tmp_path / "old.json"), "--new", str(tmp_path / "new1.json"), str(tmp_path / "new2.json"),
+                  "--out", str(tmp_path / "cmp.json")])
+    lines = capsys.readouterr().out.splitlines()
+    assert "| 0.9 | magnitude + FT | 79.50 (seeds 7, 9) | 78.00 | -1.50 |" in lines
+    assert "| 0.9 | magnitude + FT, distilled (the default now) | — | 81.00 |  |" in lines
+    assert "| 0.7 | VPNs | 86.00 | 87.00 | +1.00 |" in lines
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense", "magnitude", "magnitude_kd", "vpns"]

@@ -198,8 +198,6 @@ class ChannelMaskSet(nn.Module, Granularity):
         """MACs of the network these group masks would leave (one image)."""
         return self.budget.macs_of(masks)
 
-        return masks
-
     def update_from_scores(self, sparsity: float | None = None) -> None:
         """Global selection; with widths "init" only the first one is global, and later ones keep
         each group's count and re-pick which of its channels survive (per-group top-k, as the
