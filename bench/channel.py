@@ -15,6 +15,8 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
              which channels of each group survive
   vpns_l1init  vpns with scores starting at the one-shot L1 ranking (channel_init "l1", the default
              before Torch-Pruning's group-norm mask)
+  vpns_kd, tp_steps_kd  vpns and tp_steps with --distill (stage 2 / the fine-tune learns from the
+             dense network's logits; the same optimiser steps, the teacher's passes cost wall-clock only)
 
 Every cell is one run of the product (compress + export: ONNX with ORT parity checked), so the
 benchmark measures exactly what `vpns-deploy compress` ships. Phase `train` (resumable: finished
@@ -49,7 +51,8 @@ from vpns_deploy.config import CompressConfig
 from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import SCHEDULE_STEP
 
-CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths")
+CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths", "vpns_kd",
+         "tp_steps_kd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,12 +94,13 @@ def budget(args: argparse.Namespace) -> dict:
 def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
     """Each cell's product configuration (equal optimiser steps: VPNs takes two per batch)."""
     e = args.epochs
-    vpns = _cfg(args, "vpns", e, e)
+    vpns, tp_steps = _cfg(args, "vpns", e, e), _cfg(args, "tp-groupnorm", 0, 4 * e)
     return {"vpns": vpns, "hydra": _cfg(args, "hydra", 2 * e, 2 * e), "magnitude": _cfg(args, "magnitude", 0, 4 * e),
-            "tp": _cfg(args, "tp-groupnorm", 0, 2 * e), "tp_steps": _cfg(args, "tp-groupnorm", 0, 4 * e),
+            "tp": _cfg(args, "tp-groupnorm", 0, 2 * e), "tp_steps": tp_steps,
             "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
             "vpns_l1init": replace(vpns, channel_init="l1"),
-            "vpns_widths": replace(vpns, channel_widths="init")}[cell]
+            "vpns_widths": replace(vpns, channel_widths="init"),
+            "vpns_kd": replace(vpns, distill=True), "tp_steps_kd": replace(tp_steps, distill=True)}[cell]
 
 
 def run_cell(args: argparse.Namespace, cell: str) -> dict:

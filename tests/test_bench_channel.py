@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from bench import channel
 from pipelines.run_dir import RunDir
@@ -30,3 +31,11 @@ def test_tp_cell_is_a_product_run_with_the_benchmark_schema(tmp_path, digits_mod
 
 
 BASE = ["--model", "m.pt", "--arch", "digits_cnn", "--data", "digits"]
+
+
+def test_distilled_cells_differ_from_their_base_cell_only_in_distillation():
+    args = channel.parse_args([*BASE, "--epochs", "2"])
+    for kd, base in (("vpns_kd", "vpns"), ("tp_steps_kd", "tp_steps")):
+        a, b = channel._cell_config(args, kd), channel._cell_config(args, base)
+        assert a.distill is True and b.distills is False and replace(a, distill=None) == replace(b, distill=None)
+    assert channel._cell_config(args, "tp_steps_kd").epochs_tune == 8  # equal total steps with VPNs' 2 + 2
