@@ -69,8 +69,11 @@ CLASSES = 40  # more than any width a channel group is rounded to, so a pruned h
 INPUTS = InputSpec(3, IMAGENET_MEAN, IMAGENET_STD)
 CALIBRATION_IMAGES = 32  # see _calibrate_bn
 MODES = ("unstructured", "2:4", "channel")
-# The default run: the small ones (the rest, and every full-size transformer, are marked every_model).
-DEFAULT = {"mnasnet0_5", "mobilenet_v3_small", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_0"}
+# The default run: one small model per structure the channel groups must get right (residual adds,
+# inverted residuals with squeeze-excitation, channel split + shuffle, concatenation); the rest, and
+# every full-size transformer, are marked every_model. mnasnet0_5 (inverted residuals, as
+# mobilenet_v3_small, at 64 px) left the default run to keep CI under its limit.
+DEFAULT = {"mobilenet_v3_small", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_0"}
 
 
 def _tiny_vit(num_classes: int) -> nn.Module:
