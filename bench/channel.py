@@ -15,6 +15,9 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
              which channels of each group survive
   vpns_l1init  vpns with scores starting at the one-shot L1 ranking (channel_init "l1", the default
              before Torch-Pruning's group-norm mask)
+  vpns_half  vpns whose stage 1 runs half of each epoch's batches (mask_batches_fraction 0.5):
+             E/2 + E epochs' worth of steps, 3E x 196 at the full split
+  tp_3e      tp with 3E fine-tune epochs: the same total optimiser steps as vpns_half
   vpns_kd, tp_steps_kd  vpns and tp_steps with --distill (stage 2 / the fine-tune learns from the
              dense network's logits; the same optimiser steps, the teacher's passes cost wall-clock only)
 
@@ -52,7 +55,7 @@ from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import SCHEDULE_STEP
 
 CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths", "vpns_kd",
-         "tp_steps_kd")
+         "tp_steps_kd", "vpns_half", "tp_3e")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,7 +103,8 @@ def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
             "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
             "vpns_l1init": replace(vpns, channel_init="l1"),
             "vpns_widths": replace(vpns, channel_widths="init"),
-            "vpns_kd": replace(vpns, distill=True), "tp_steps_kd": replace(tp_steps, distill=True)}[cell]
+            "vpns_kd": replace(vpns, distill=True), "tp_steps_kd": replace(tp_steps, distill=True),
+            "vpns_half": replace(vpns, mask_batches_fraction=0.5), "tp_3e": _cfg(args, "tp-groupnorm", 0, 3 * e)}[cell]
 
 
 def run_cell(args: argparse.Namespace, cell: str) -> dict:

@@ -39,3 +39,11 @@ def test_distilled_cells_differ_from_their_base_cell_only_in_distillation():
         a, b = channel._cell_config(args, kd), channel._cell_config(args, base)
         assert a.distill is True and b.distills is False and replace(a, distill=None) == replace(b, distill=None)
     assert channel._cell_config(args, "tp_steps_kd").epochs_tune == 8  # equal total steps with VPNs' 2 + 2
+
+
+def test_half_stage_1_cell_and_its_torch_pruning_cell_spend_the_same_steps():
+    args = channel.parse_args([*BASE, "--epochs", "2"])
+    half, tp = channel._cell_config(args, "vpns_half"), channel._cell_config(args, "tp_3e")
+    batches = 196  # CIFAR-10's 50k images at batch 256
+    vpns_steps = (half.epochs_mask * round(batches * half.mask_batches_fraction) + half.epochs_tune * batches) * 2
+    assert vpns_steps == tp.tune_epochs_effective * batches == 6 * batches

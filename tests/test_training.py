@@ -10,6 +10,7 @@ from vpns_deploy.compress import build_prompt_spec, compress
 from vpns_deploy.stage_plans import mask_stage, score_lr, tune_stage
 from vpns_deploy.config import REFERENCE_LR_SCORES, CompressConfig, OptimConfig, auto_lr_scores
 from vpns_deploy.data.batches import num_batches
+from vpns_deploy.errors import UserError
 from vpns_deploy.masks import MaskSet
 from vpns_deploy.models import load_model
 from vpns_deploy.progress import Reporter
@@ -124,6 +125,20 @@ def test_same_seed_same_result(digits_model, digits_splits):
     (m1, p1), (m2, p2) = once(), once()
     assert all(torch.equal(m1[k], m2[k]) for k in m1)
     assert torch.equal(p1, p2)
+
+
+def test_mask_batches_fraction_shortens_only_stage_1_and_its_score_rate_follows(digits_model, digits_splits):
+    """The split of a run's optimiser steps between the stages, finer than whole epochs."""
+    cfg = CompressConfig(method="hydra", sparsity=0.8, epochs_mask=1, epochs_tune=1, batch_size=64,
+                         mask_batches_fraction=0.5)
+    result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
+    steps = -(-len(digits_splits.train) // 64)
+    assert [r.optimizer_steps for r in result.history] == [round(steps / 2), steps]
+    assert result.history[0].lr["0"] == pytest.approx(auto_lr_scores(round(steps / 2)))
+    assert result.stage_plans["mask"]["batches_per_epoch"] == round(steps / 2)
+    for bad in (0.0, 1.5):
+        with pytest.raises(UserError, match="mask_batches_fraction"):
+            CompressConfig(mask_batches_fraction=bad)
 
 
 def test_zero_prompt_control_keeps_the_prompt_exactly_zero_but_runs_both_passes(digits_model, digits_splits):

@@ -235,6 +235,10 @@ class CompressConfig:
         "becomes a constant). Refused without this."))
     epochs_mask: int = cli(30, "Stage-1 (mask finding) epochs.")
     epochs_tune: int = cli(30, "Stage-2 (subnetwork tuning) epochs.")
+    # Fraction of each stage-1 epoch's batches that stage 1 runs (1: all of them): how a run splits its
+    # optimiser steps between mask finding and tuning finer than whole epochs (issue 15, "spend the step
+    # budget where it pays"); recipes: compress.mask_batches_fraction.
+    mask_batches_fraction: float = 1.0
     batch_size: int = cli(256, "Images per optimiser step.")
     prompt: PromptKind = cli("pad", (
         "pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned "
@@ -312,6 +316,9 @@ class CompressConfig:
         if self.epochs_mask < 0 or self.epochs_tune < 0:
             raise UserError("epoch counts must be >= 0", "pass --epochs-mask/--epochs-tune >= 0")
         method.check(kind, self.epochs_mask)
+        if not 0.0 < self.mask_batches_fraction <= 1.0:
+            raise UserError(f"mask_batches_fraction must lie in (0, 1], got {self.mask_batches_fraction}",
+                            "e.g. 0.5: stage 1 runs half of every epoch's batches")
         if self.batch_size < 1:
             raise UserError("batch size must be >= 1", "pass --batch-size 256 or similar")
         if self.head_warmup_epochs < (1 if self.head == "new" else 0):

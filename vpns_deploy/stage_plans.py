@@ -13,7 +13,7 @@ from vpns_deploy.distill import Distiller
 from vpns_deploy.prompts import PromptedNet
 from vpns_deploy.schedules import cosine, multistep
 from vpns_deploy.sparsity.granularity import Granularity
-from vpns_deploy.trainer import PLAIN, PROMPTED, StagePlan
+from vpns_deploy.trainer import PLAIN, PROMPTED, StagePlan, epoch_batches
 
 
 def trainable_weights(net: nn.Module) -> list[nn.Parameter]:
@@ -25,7 +25,8 @@ def trainable_weights(net: nn.Module) -> list[nn.Parameter]:
 def score_lr(masks: Granularity, cfg: CompressConfig, batches_per_epoch: int) -> float:
     """The stage-1 score learning rate: given, or SCORE_LR_RULE over the stage's optimiser steps
     (channel scores: their own rate, Granularity.score_lr)."""
-    return masks.score_lr(cfg.optim, auto_lr_scores(cfg.epochs_mask * batches_per_epoch * cfg.passes_per_batch))
+    steps = cfg.epochs_mask * epoch_batches(batches_per_epoch, cfg.mask_batches_fraction) * cfg.passes_per_batch
+    return masks.score_lr(cfg.optim, auto_lr_scores(steps))
 
 
 def _passes(model: PromptedNet) -> tuple[str, ...]:
@@ -59,7 +60,9 @@ def mask_stage(model: PromptedNet, masks: Granularity, cfg: CompressConfig, batc
         optimizers.append((popt, multistep(popt, e)))
     return StagePlan(
         "mask", e, optimizers, passes, after_step=masks.update_from_scores, bn_images=cfg.bn_images,
+        batches_fraction=cfg.mask_batches_fraction,
         describe={"trains": "scores" + (" + prompt" if len(optimizers) > 1 else ""),
+                  "batches_per_epoch": epoch_batches(batches_per_epoch, cfg.mask_batches_fraction),
                   "score_optimizer": o.score_optimizer,
                   "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes),
                   "lr_scores": lr},

@@ -45,6 +45,8 @@ class StagePlan:
     # BatchNorm statistics re-estimated on this many training images after every epoch, before it is
     # evaluated (vpns_deploy/batchnorm.py); 0: the running averages training left behind
     bn_images: int = 0
+    # Fraction of each epoch's batches the stage runs (stage 1: CompressConfig.mask_batches_fraction)
+    batches_fraction: float = 1.0
     # (logits, x, y) -> loss; None: cross-entropy. Stage 2 with --distill: distill.Distiller.loss
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
@@ -127,6 +129,11 @@ def train_step(model: nn.Module, plan: StagePlan, x: torch.Tensor, y: torch.Tens
     return loss.detach(), logits.detach()
 
 
+def epoch_batches(full: int, fraction: float) -> int:
+    """Batches an epoch runs: the fraction of a full one, rounded, at least one."""
+    return max(1, min(full, round(full * fraction)))
+
+
 def stream_generators(seed: int) -> dict[str, torch.Generator]:
     """Separate, independently shuffled streams for the two passes (the reference's two loaders)."""
     return {p: torch.Generator().manual_seed(seed * 1000 + i) for i, p in enumerate((PROMPTED, PLAIN))}
@@ -190,7 +197,7 @@ def _train_epoch(model: PromptedNet, runner: nn.Module, sync: Callable[[], None]
     whose metrics are the ones logged, the optimiser steps and the seconds spent stepping."""
     model.train()
     train = splits.train
-    steps_per_epoch = num_batches(len(train), batch_size)
+    steps_per_epoch = epoch_batches(num_batches(len(train), batch_size), plan.batches_fraction)
     # Streamed sets: the passes' loaders share the decoding workers.
     workers = max(1, getattr(train, "workers", 0) // len(plan.passes)) if getattr(train, "workers", 0) else 0
     streams = {p: _batches(train, batch_size, gens[p], device, None if p == PROMPTED else splits.augment,
