@@ -264,18 +264,16 @@ def test_distill_runs_stage2_from_the_dense_teacher(digits_model, digits_splits)
     assert result.history[-1].test_acc_plain > 0.5
 
 
-def test_distillation_default_follows_the_measured_methods(digits_model, digits_splits):
-    """Neither flag: magnitude distils with --head keep (measured +1 to +4 points), VPNs and HYDRA do not, and
-    no method does with --head map (the dense network never learned the data's classes); flags win."""
+def test_distillation_is_off_unless_asked_and_the_flags_decide(digits_model, digits_splits):
+    """No method distils by default (magnitude did until it lost 3.5 points at 70 %, docs/benchmarks.md);
+    --distill turns it on for any method, and the stage plan says which loss ran."""
     from dataclasses import replace
 
-    assert CompressConfig(method="magnitude").distills and not CompressConfig(method="vpns").distills
-    assert not CompressConfig(method="hydra").distills
-    assert not CompressConfig(method="magnitude", head="map").distills
-    assert not CompressConfig(method="magnitude", distill=False).distills and CompressConfig(distill=True).distills
+    assert not any(CompressConfig(method=m).distills for m in ("magnitude", "vpns", "hydra"))
+    assert CompressConfig(method="magnitude", distill=True).distills and CompressConfig(distill=True).distills
     cfg = CompressConfig(method="magnitude", sparsity=0.8, epochs_mask=0, epochs_tune=1, batch_size=64, bn_images=0)
     result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
-    assert "KL(dense teacher" in result.stage_plans["tune"]["loss"]
-    off = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, replace(cfg, distill=False), CPU,
-                   Reporter(quiet=True))
-    assert off.stage_plans["tune"]["loss"] == "cross-entropy"
+    assert result.stage_plans["tune"]["loss"] == "cross-entropy"
+    on = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, replace(cfg, distill=True), CPU,
+                  Reporter(quiet=True))
+    assert "KL(dense teacher" in on.stage_plans["tune"]["loss"]
