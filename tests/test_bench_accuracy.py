@@ -118,7 +118,7 @@ def test_accuracy_compare_pairs_old_and_new_cells_and_averages_seeds(tmp_path, c
                   "--out", str(tmp_path / "cmp.json")])
     lines = capsys.readouterr().out.splitlines()
     assert "| 0.9 | magnitude + FT | 79.50 (seeds 7, 9) | 78.00 | -1.50 |" in lines
-    assert "| 0.9 | magnitude + FT, distilled (the default now) | — | 81.00 |  |" in lines
+    assert "| 0.9 | magnitude + FT, distilled | — | 81.00 |  |" in lines
     assert "| 0.7 | VPNs | 86.00 | 87.00 | +1.00 |" in lines
     rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["dense", "magnitude", "magnitude_kd", "vpns"]
