@@ -110,7 +110,7 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
                                  **splits.details}),
         prompt=result.prompt_spec.to_dict() if result.prompt_spec else None,
         method={"name": cfg.method, "mode": cfg.mode, "prunable": result.masks.prunable(),
-                "stages": result.stage_plans, "distill": cfg.distills, "label_mapping": result.label_map or "identity",
+                "stages": result.stage_plans, "distill": cfg.distill, "label_mapping": result.label_map or "identity",
                 "dense_label_mapping": dense.label_map_record,
                 "head": head_record(cfg, baked, splits.num_classes, dense.warmup), "deviations": list(DEVIATIONS)},
         other={"created": now(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "device": str(given.device),

@@ -18,7 +18,7 @@ def test_the_run_records_the_baseline_and_the_shipped_model_against_it(digits_ru
     assert b["below"] == (shipped < b["test_top1"])
     assert 0.0 < b["test_top1"] <= 1.0 and b["val_top1"] is not None
     assert b["bn_images"] > 0 and "no training" in b["name"]
-    assert m.method["distill"] is False  # VPNs does not distil by default (config.DISTILL_BY_DEFAULT)
+    assert m.method["distill"] is False  # VPNs does not distil by default (CompressConfig.distill)
 
 
 def test_the_baseline_measures_a_copy_at_the_run_sparsity(digits_model, digits_splits):

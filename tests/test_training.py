@@ -269,8 +269,8 @@ def test_distillation_is_off_unless_asked_and_the_flags_decide(digits_model, dig
     --distill turns it on for any method, and the stage plan says which loss ran."""
     from dataclasses import replace
 
-    assert not any(CompressConfig(method=m).distills for m in ("magnitude", "vpns", "hydra"))
-    assert CompressConfig(method="magnitude", distill=True).distills and CompressConfig(distill=True).distills
+    assert not any(CompressConfig(method=m).distill for m in ("magnitude", "vpns", "hydra"))
+    assert CompressConfig(method="magnitude", distill=True).distill and CompressConfig(distill=True).distill
     cfg = CompressConfig(method="magnitude", sparsity=0.8, epochs_mask=0, epochs_tune=1, batch_size=64, bn_images=0)
     result = compress(load_model(digits_model, "digits_cnn", 10), digits_splits, cfg, CPU, Reporter(quiet=True))
     assert result.stage_plans["tune"]["loss"] == "cross-entropy"

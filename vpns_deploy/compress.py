@@ -179,7 +179,7 @@ def compress(
         dense_map = set_label_map(dense_view, splits, cfg, device, reporter)
     placeholder = torch.arange(splits.num_classes) if cfg.head == "map" else None
     teacher = (PromptedNet(copy.deepcopy(net), loaded.inputs, None, placeholder).to(device).eval()
-               if cfg.distills else None)  # the dense network, before any mask
+               if cfg.distill else None)  # the dense network, before any mask
     example = torch.zeros(1, *splits.train.image_shape, device=device)
     masks = granularity.from_config(net, cfg, example)  # masks and scores take the weights' (channels-last) layout
     prompt_spec = build_prompt_spec(cfg, splits.train.image_shape) if method.uses_prompt else None

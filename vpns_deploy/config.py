@@ -64,15 +64,6 @@ LARGE_RESIZE_RATIO = 9 / 8
 # 8-16 steps still described the dense network, and the starting mask scored 10 % (chance) on
 # validation; re-estimated, 32-37 % (bench/probes/init_mask.py, docs/benchmarks.md).
 DEFAULT_BN_IMAGES = 2000
-# Methods whose stage 2 learns from the dense network's logits unless --no-distill (with --head keep:
-# only there has the dense network learned the data's classes). None, measured (docs/benchmarks.md,
-# issue 15; ResNet-20, equal optimiser steps): at 90 % magnitude + fine-tune gained at every budget
-# (+4.0 at 2,000 images to +0.8 at 50,000), but at 70 % on 50,000 images it lost 3.5 points (82.81 vs
-# 86.34): the teacher is the user's network before it saw this data (81 % on its test split), so a
-# student that can pass it is pulled back to it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4
-# points from 10,000 on. On from
-# 2026-12-03 for magnitude until the 70 % cell showed that; --distill where the student stays below.
-DISTILL_BY_DEFAULT: tuple[str, ...] = ()
 CHANNEL_INITS = ("group_norm", "l1")
 SCORE_OPTIMIZERS = ("adam", "sgd")
 CHANNEL_WIDTHS = ("learned", "init")
@@ -276,7 +267,13 @@ class CompressConfig:
         "in training), "
         "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
         "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
-    distill: bool | None = cli(None, (
+    # Off by default, measured (docs/benchmarks.md, issue 15; ResNet-20, equal optimiser steps): at 90 %
+    # magnitude + fine-tune gained at every budget (+4.0 at 2,000 images to +0.8 at 50,000), but at 70 % on
+    # 50,000 images it lost 3.5 points (82.81 vs 86.34) and at 50 % 4.2: the teacher is the user's network
+    # before it saw this data (81 % on its test split), so a student that can pass it is pulled back to
+    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on. (On by default for
+    # magnitude from d5208db until cb1f3c6.)
+    distill: bool = cli(False, (
         "Stage 2 (and magnitude's fine-tune) learns from the dense network's logits: "
         "distill_alpha x T^2 x KL at temperature distill_temperature plus (1 - alpha) x cross-entropy. The "
         "teacher's forward passes cost time, not optimiser steps. Off unless given: it helps where the pruned "
@@ -360,13 +357,6 @@ class CompressConfig:
         if self.mode == "channel" and self.speedup is not None:
             return f"x{self.speedup:g}"
         return f"s{self.sparsity:g}"
-
-    @property
-    def distills(self) -> bool:
-        """Whether stage 2 learns from the dense network: --distill/--no-distill, else DISTILL_BY_DEFAULT."""
-        if self.distill is not None:
-            return self.distill
-        return self.method in DISTILL_BY_DEFAULT and self.head == "keep"
 
     @property
     def uses_prompt(self) -> bool:
