@@ -24,7 +24,8 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
 Every cell is one run of the product (compress + export: ONNX with ORT parity checked), so the
 benchmark measures exactly what `vpns-deploy compress` ships. Phase `train` (resumable: finished
 cells are kept in the JSON) makes the runs; phase `latency` times every ONNX with ONNX Runtime on the CPU. Run `latency` on an
-idle machine: it is the only timed part.
+idle machine: it is the only timed part. Every phase redraws the PNG beside the JSON (top-1 vs total optimiser
+steps per method family, bench/channel_plot.py).
 
     python -m bench.channel --model ../shared/models/cifar10/resnet56-4bfd9763.th --arch cifar_resnet56 \\
         --data tar:../shared/data/cifar10-jpeg.tar.gz --speedup 2 --epochs 1
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from bench.channel_plot import plot
 from bench.transfer_summary import shipped
 from calibration.feeds import nhwc_uint8
 from calibration.latency import latency_by_batch
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.phase in ("latency", "all"):
         measure(results, args.data)
     atomic_write_json(args.out, results)
+    if results["cells"]:
+        plot(results, args.out.with_suffix(".png"))
     print(table(results))
     return results
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from bench import channel
+from bench import channel, channel_plot
 from pipelines.run_dir import RunDir
 
 
@@ -24,6 +24,7 @@ def test_tp_cell_is_a_product_run_with_the_benchmark_schema(tmp_path, digits_mod
     assert [e["stage"] for e in m.metrics["epochs"]] and all(e["stage"] != "mask" for e in m.metrics["epochs"])
     assert cell["macs"] == m.metrics["structure"]["macs"]["compressed"] and cell["macs_reduction"] > 1.5
     assert 0 < cell["top1"] <= 1 and (runs / "tp" / "model.onnx").is_file()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot beside the JSON
     assert cell["top1"] == m.metrics["top1_plain"]  # no prompt: the plain network is what ships
     # --val-fraction 0 is the budget of the committed 2026-11-24 cells (no validation split): not named
     assert m.config["val_fraction"] == 0 and "val_fraction" not in saved["budget"]
@@ -47,3 +48,13 @@ def test_half_stage_1_cell_and_its_torch_pruning_cell_spend_the_same_steps():
     batches = 196  # CIFAR-10's 50k images at batch 256
     vpns_steps = (half.epochs_mask * round(batches * half.mask_batches_fraction) + half.epochs_tune * batches) * 2
     assert vpns_steps == tp.tune_epochs_effective * batches == 6 * batches
+
+
+def test_plot_series_join_each_family_in_step_order():
+    cells = {"tp_steps": (784, 0.81), "vpns": (784, 0.80), "tp_3e": (588, 0.80), "vpns_half": (588, 0.79),
+             "vpns_kd": (784, 0.78), "odd": (10, 0.5)}
+    results = {"cells": {k: {"optimizer_steps": s, "top1": t} for k, (s, t) in cells.items()}}
+    got = channel_plot.series(results)
+    assert [p[2] for p in got["Torch-Pruning + fine-tune"]] == ["tp_3e", "tp_steps"]
+    assert [p[2] for p in got["VPNs"]] == ["vpns_half", "vpns"] and got["VPNs"][1][1] == 80.0
+    assert got["VPNs, distilled"] == [(784, 78.0, "vpns_kd")] and got["odd"] == [(10, 50.0, "odd")]
