@@ -18,6 +18,11 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
   vpns_half  vpns whose stage 1 runs half of each epoch's batches (mask_batches_fraction 0.5):
              E/2 + E epochs' worth of steps, 3E x 196 at the full split
   tp_3e      tp with 3E fine-tune epochs: the same total optimiser steps as vpns_half
+  vpns_tune  VPNs' prompted two-pass fine-tune from Torch-Pruning's mask: stage 1 cut to one batch
+             (mask_batches_fraction 1e-3: 2 steps at Adam 1e-2 on scores near 1, so at most near-ties
+             change: the mask is Torch-Pruning's group-norm one) and 2E tune
+             epochs: 2 + 4E x 196 steps, tp_steps' budget (+2). Asks whether VPNs' steps pay in stage 2
+             rather than stage 1
   vpns_kd, tp_steps_kd  vpns and tp_steps with --distill (stage 2 / the fine-tune learns from the
              dense network's logits; the same optimiser steps, the teacher's passes cost wall-clock only)
 
@@ -57,7 +62,8 @@ from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import SCHEDULE_STEP
 
 CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths", "vpns_kd",
-         "tp_steps_kd", "vpns_half", "tp_3e")
+         "tp_steps_kd", "vpns_half", "tp_3e", "vpns_tune")
+TUNE_ONLY_FRACTION = 1e-3  # vpns_tune: stage 1 runs max(1, round(batches x this)) = one batch below 500
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +112,8 @@ def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
             "vpns_l1init": replace(vpns, channel_init="l1"),
             "vpns_widths": replace(vpns, channel_widths="init"),
             "vpns_kd": replace(vpns, distill=True), "tp_steps_kd": replace(tp_steps, distill=True),
-            "vpns_half": replace(vpns, mask_batches_fraction=0.5), "tp_3e": _cfg(args, "tp-groupnorm", 0, 3 * e)}[cell]
+            "vpns_half": replace(vpns, mask_batches_fraction=0.5), "tp_3e": _cfg(args, "tp-groupnorm", 0, 3 * e),
+            "vpns_tune": replace(vpns, epochs_tune=2 * e, mask_batches_fraction=TUNE_ONLY_FRACTION)}[cell]
 
 
 def run_cell(args: argparse.Namespace, cell: str) -> dict:

@@ -50,6 +50,19 @@ def test_half_stage_1_cell_and_its_torch_pruning_cell_spend_the_same_steps():
     assert vpns_steps == tp.tune_epochs_effective * batches == 6 * batches
 
 
+def test_tune_only_cell_spends_tp_steps_budget_plus_one_batch():
+    from vpns_deploy.trainer import epoch_batches
+
+    args = channel.parse_args([*BASE, "--epochs", "2"])
+    tune, tp = channel._cell_config(args, "vpns_tune"), channel._cell_config(args, "tp_steps")
+    for batches in (176, 196):  # with and without the 10 % validation split
+        mask_batches = epoch_batches(batches, tune.mask_batches_fraction)
+        assert mask_batches == 1
+        steps = (tune.epochs_mask * mask_batches + tune.epochs_tune * batches) * 2
+        assert steps == tp.tune_epochs_effective * batches + 2 * tune.epochs_mask
+    assert tune.method == "vpns" and tune.channel_init == tp.channel_init == "group_norm"
+
+
 def test_plot_series_join_each_family_in_step_order():
     cells = {"tp_steps": (784, 0.81), "vpns": (784, 0.80), "tp_3e": (588, 0.80), "vpns_half": (588, 0.79),
              "vpns_kd": (784, 0.78), "odd": (10, 0.5)}
