@@ -12,6 +12,7 @@ FAMILIES = {
     "tp": ("Torch-Pruning + fine-tune", "o"), "tp_3e": ("Torch-Pruning + fine-tune", "o"),
     "tp_steps": ("Torch-Pruning + fine-tune", "o"),
     "vpns_half": ("VPNs", "s"), "vpns": ("VPNs", "s"),
+    "vpns_tune": ("VPNs, one-batch stage 1 + 2E tune", "*"),
     "tp_steps_kd": ("Torch-Pruning + fine-tune, distilled", "^"), "vpns_kd": ("VPNs, distilled", "D"),
     "hydra": ("HYDRA", "v"), "magnitude": ("L1 channels + fine-tune", "x"),
     "vpns_slow": ("VPNs variants", "P"), "vpns_l1init": ("VPNs variants", "P"), "vpns_widths": ("VPNs variants", "P"),
