@@ -69,11 +69,37 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Old and new top-1 side by side, one pair of bars per (sparsity, method): a change of defaults
+    that lifted one method and not another shows at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [("dense" if r["sparsity"] is None else f"{r['sparsity']:g} ") + (
+        "" if r["sparsity"] is None else METHOD_LABELS.get(r["method"], r["method"])) for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(rows)), 4.2), dpi=120)
+    for shift, key, colour in ((-0.2, "old", "tab:grey"), (0.2, "new", "tab:blue")):
+        ax.bar([i + shift for i in x], [100 * r[key]["top1"] if r[key] else 0 for r in rows], width=0.4,
+               color=colour, label=f"{key} defaults")
+    tops = [100 * r[k]["top1"] for r in rows for k in ("old", "new") if r[k]]
+    ax.set_ylim(min(tops) - 2, max(tops) + 1)
+    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("top-1 % (full test split, mean over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--old", type=Path, required=True, help="the grid measured under the old defaults")
     p.add_argument("--new", type=Path, nargs="+", required=True, help="grids measured under today's defaults")
-    p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here, and a PNG beside it")
     args = p.parse_args(argv)
     missing = [str(x) for x in [args.old, *args.new] if not x.is_file()]
     if missing:
@@ -84,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
         atomic_write_json(args.out, {"command": "python -m bench.accuracy_compare " + " ".join(sys.argv[1:]),
                                      "rows": rows})
+        plot(rows, args.out.with_suffix(".png"))
     print(markdown(rows))
 
 

@@ -10,6 +10,7 @@ import sys
 import typer
 
 from pipelines import cli_make, cli_ship
+from vpns_deploy import distributed
 
 app = typer.Typer(
     add_completion=False,
@@ -57,7 +58,10 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     finally:  # torchrun SIGTERMs the rest of a failed job: while exiting, that is no interrupt to report
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if code == 0:  # every rank of a torchrun job succeeded: end the job together
+        distributed.leave()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,4 @@ def test_accuracy_compare_pairs_old_and_new_cells_and_averages_seeds(tmp_path, c
     assert "| 0.7 | VPNs | 86.00 | 87.00 | +1.00 |" in lines
     rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["dense", "magnitude", "magnitude_kd", "vpns"]
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

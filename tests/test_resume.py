@@ -16,12 +16,15 @@ import torch
 EXE = str(Path(sys.executable).with_name("vpns-deploy"))
 
 
+# Enough stage-1 epochs that the kill at the first checkpoint lands inside stage 1 with epochs still to
+# run (an epoch here is about a second; the watcher polls every 20 ms), few enough to keep CI short.
+MASK_EPOCHS = 3
 MODES = {"unstructured": ["--sparsity", "0.9"], "channel": ["--mode", "channel", "--sparsity", "0.5"]}
 
 
 def _cmd(model: Path, out: Path, mode: str = "unstructured") -> list[str]:
     return [EXE, "compress", str(model), "--arch", "digits_cnn", "--data", "digits", *MODES[mode],
-            "--epochs-mask", "8", "--epochs-tune", "2", "--batch-size", "64", "--device", "cpu",
+            "--epochs-mask", str(MASK_EPOCHS), "--epochs-tune", "1", "--batch-size", "64", "--device", "cpu",
             "--out", str(out)]
 
 
@@ -49,7 +52,7 @@ def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_m
 
     ckpt = _kill_at_first_checkpoint(digits_model, cut, mode)
     state = torch.load(ckpt, weights_only=True)["state"]
-    assert state["stage"] == "mask" and state["epoch"] < 8  # killed inside stage 1
+    assert state["stage"] == "mask" and state["epoch"] < MASK_EPOCHS  # killed inside stage 1
     assert not cut.exists()  # no run directory from a killed run
 
     # Both ways in: `--resume RUN_DIR` (settings read from the checkpoint) and the same command again.

@@ -93,6 +93,16 @@ def join(device: torch.device) -> DistContext:
     return DistContext(rank, world, local, device, backend)
 
 
+def leave() -> None:
+    """End a finished command's torchrun job on every rank together: a barrier, then the group destroyed
+    in the main thread. Without the barrier a rank that finished first tore its Gloo threads down while a
+    peer's last messages could still reach it; one such rank aborted at exit ("terminate called without an
+    active exception", once in a CI-sized run). Only after success: a failed rank leaves through atexit."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @contextlib.contextmanager
 def session(device: torch.device, batch_size: int, sync_bn: bool = False) -> Iterator[DistContext | None]:
     """The torchrun job for one compress (None outside one); a failure inside becomes one line per rank."""
