@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vpns_deploy.data import ImageSet, StreamSet, load_splits
-from vpns_deploy.data.batches import eval_batches, train_batches, uint8_batches
+from vpns_deploy.data.batches import train_batches, uint8_batches
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import InputSpec
 
@@ -220,7 +220,7 @@ def test_mixed_folder_streamed_through_compress_export_report(tmp_path, mixed):
     assert data["storage"] == "stream" and data["image_shape"] == [3, 16, 16] and data["crop_pct"] == 1.0
     assert (data["train_images"], data["val_images"], data["test_images"]) == (6, 2, 8)
     assert all(e["val_acc_plain"] is not None for e in manifest["metrics"]["epochs"])
-    for cmd in (["export", str(out)], ["report", str(out)]):
+    for cmd in (["export", str(out)], ["report", str(out), "--latency-budget", "0.5"]):
         result = runner.invoke(app, cmd)
         assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -258,7 +258,7 @@ def test_mixed_folder_tiny_timm_model_in_every_mode(tmp_path, mixed, mode):
                                  "--method", "hydra", "--epochs-mask", "1", "--epochs-tune", "1", "--batch-size", "4",
                                  "--val-fraction", "0.25", "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for cmd in (["export", str(out)], ["report", str(out)]):
+    for cmd in (["export", str(out)], ["report", str(out), "--latency-budget", "0.5"]):
         result = runner.invoke(app, cmd)
         assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
