@@ -77,8 +77,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [("dense" if r["sparsity"] is None else f"{r['sparsity']:g} ") + (
-        "" if r["sparsity"] is None else METHOD_LABELS.get(r["method"], r["method"])) for r in rows]
+    labels = ["dense" if r["sparsity"] is None else f"{r['sparsity']:g} {METHOD_LABELS.get(r['method'], r['method'])}"
+              for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(rows)), 4.2), dpi=120)
     for shift, key, colour in ((-0.2, "old", "tab:grey"), (0.2, "new", "tab:blue")):

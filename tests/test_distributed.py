@@ -134,6 +134,7 @@ def test_two_processes_keep_ranks_identical_and_write_the_run_once(two_processes
     assert done.stdout.splitlines() == [f"{run}: ran compress"]  # rank 0 alone reports ...
     assert done.stderr.count("done: sparsity") == 1 and done.stderr.count("mask 1/2") == 1  # ... and shows progress
     assert done.stderr.count("[compress] running") == 1
+    assert "Traceback" not in done.stderr  # nor at exit, when every rank leaves the job
     assert not (run.parent / f".{run.name}.partial").exists() and not (run.parent / f".{run.name}.lock").exists()
     manifest = json.loads((run / "manifest.json").read_text())
     metrics = manifest["metrics"]

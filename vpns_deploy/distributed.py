@@ -89,18 +89,25 @@ def join(device: torch.device) -> DistContext:
             raise UserError(f"cannot join the torchrun job as rank {rank} of {world} ({backend}): "
                             f"{(str(exc).strip().splitlines() or [''])[0][:300]}",
                             "check --rdzv-endpoint / MASTER_ADDR and that every node started") from None
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_end_group)
     return DistContext(rank, world, local, device, backend)
+
+
+def _end_group() -> None:
+    """Destroy the process group if this process still holds one (atexit, and leave() before it)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def leave() -> None:
     """End a finished command's torchrun job on every rank together: a barrier, then the group destroyed
-    in the main thread. Without the barrier a rank that finished first tore its Gloo threads down while a
-    peer's last messages could still reach it; one such rank aborted at exit ("terminate called without an
-    active exception", once in a CI-sized run). Only after success: a failed rank leaves through atexit."""
+    in the main thread. Once, in a CI-sized run, a rank aborted at exit ("terminate called without an
+    active exception"), never reproduced; the likely cause is a rank tearing its Gloo threads down while
+    a peer's last messages can still reach it, which the barrier rules out. Only after success: a failed
+    rank leaves through the atexit handler alone."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        _end_group()
 
 
 @contextlib.contextmanager
