@@ -23,7 +23,7 @@ Cells, each from the same pretrained model, same data, augmentation, batch and w
              change: the mask is Torch-Pruning's group-norm one) and 2E tune
              epochs: 2 + 4E x 196 steps, tp_steps' budget (+2). Asks whether VPNs' steps pay in stage 2
              rather than stage 1
-  vpns_kd, tp_steps_kd  vpns and tp_steps with --distill (stage 2 / the fine-tune learns from the
+  vpns_kd, tp_steps_kd, vpns_tune_kd  vpns, tp_steps and vpns_tune with --distill (stage 2 / the fine-tune learns from the
              dense network's logits; the same optimiser steps, the teacher's passes cost wall-clock only)
 
 Every cell is one run of the product (compress + export: ONNX with ORT parity checked), so the
@@ -62,7 +62,7 @@ from vpns_deploy.progress import Reporter
 from vpns_deploy.schedules import SCHEDULE_STEP
 
 CELLS = ("vpns", "tp", "tp_steps", "hydra", "magnitude", "vpns_slow", "vpns_l1init", "vpns_widths", "vpns_kd",
-         "tp_steps_kd", "vpns_half", "tp_3e", "vpns_tune")
+         "tp_steps_kd", "vpns_half", "tp_3e", "vpns_tune", "vpns_tune_kd")
 TUNE_ONLY_FRACTION = 1e-3  # vpns_tune: stage 1 runs max(1, round(batches x this)) = one batch below 500
 
 
@@ -106,6 +106,7 @@ def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
     """Each cell's product configuration (equal optimiser steps: VPNs takes two per batch)."""
     e = args.epochs
     vpns, tp_steps = _cfg(args, "vpns", e, e), _cfg(args, "tp-groupnorm", 0, 4 * e)
+    vpns_tune = replace(vpns, epochs_tune=2 * e, mask_batches_fraction=TUNE_ONLY_FRACTION)
     return {"vpns": vpns, "hydra": _cfg(args, "hydra", 2 * e, 2 * e), "magnitude": _cfg(args, "magnitude", 0, 4 * e),
             "tp": _cfg(args, "tp-groupnorm", 0, 2 * e), "tp_steps": tp_steps,
             "vpns_slow": replace(vpns, optim=replace(vpns.optim, lr_channel_scores=1e-3)),
@@ -113,7 +114,7 @@ def _cell_config(args: argparse.Namespace, cell: str) -> CompressConfig:
             "vpns_widths": replace(vpns, channel_widths="init"),
             "vpns_kd": replace(vpns, distill=True), "tp_steps_kd": replace(tp_steps, distill=True),
             "vpns_half": replace(vpns, mask_batches_fraction=0.5), "tp_3e": _cfg(args, "tp-groupnorm", 0, 3 * e),
-            "vpns_tune": replace(vpns, epochs_tune=2 * e, mask_batches_fraction=TUNE_ONLY_FRACTION)}[cell]
+            "vpns_tune": vpns_tune, "vpns_tune_kd": replace(vpns_tune, distill=True)}[cell]
 
 
 def run_cell(args: argparse.Namespace, cell: str) -> dict:

@@ -14,6 +14,7 @@ FAMILIES = {
     "vpns_half": ("VPNs", "s"), "vpns": ("VPNs", "s"),
     "vpns_tune": ("VPNs, one-batch stage 1 + 2E tune", "*"),
     "tp_steps_kd": ("Torch-Pruning + fine-tune, distilled", "^"), "vpns_kd": ("VPNs, distilled", "D"),
+    "vpns_tune_kd": ("VPNs, one-batch stage 1 + 2E tune, distilled", "X"),
     "hydra": ("HYDRA", "v"), "magnitude": ("L1 channels + fine-tune", "x"),
     "vpns_slow": ("VPNs variants", "P"), "vpns_l1init": ("VPNs variants", "P"), "vpns_widths": ("VPNs variants", "P"),
 }

@@ -36,7 +36,7 @@ BASE = ["--model", "m.pt", "--arch", "digits_cnn", "--data", "digits"]
 
 def test_distilled_cells_differ_from_their_base_cell_only_in_distillation():
     args = channel.parse_args([*BASE, "--epochs", "2"])
-    for kd, base in (("vpns_kd", "vpns"), ("tp_steps_kd", "tp_steps")):
+    for kd, base in (("vpns_kd", "vpns"), ("tp_steps_kd", "tp_steps"), ("vpns_tune_kd", "vpns_tune")):
         a, b = channel._cell_config(args, kd), channel._cell_config(args, base)
         assert a.distill is True and b.distill is False and replace(a, distill=False) == b
     assert channel._cell_config(args, "tp_steps_kd").epochs_tune == 8  # equal total steps with VPNs' 2 + 2
