@@ -88,7 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _cfg(args: argparse.Namespace, method: str = "vpns", mask: int = 0, tune: int = 0) -> CompressConfig:
+    """One cell's base: channel_split pinned to "even" (the product default from 2026-12-04 is "tune",
+    which is the vpns_tune cell), so every cell keeps the split it was measured with."""
     return CompressConfig(method=method, mode="channel", speedup=args.speedup, epochs_mask=mask, epochs_tune=tune,
+                          channel_split="even",
                           batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset,
                           test_subset=args.test_subset, val_fraction=args.val_fraction,
                           channel_round_to=args.round_to)

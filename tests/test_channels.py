@@ -311,3 +311,40 @@ def test_tp_groupnorm_method_is_torch_prunings_mask_then_fine_tuning(digits_mode
     for i, keep in enumerate(expected):
         assert torch.equal(result.masks.group_mask(i).bool().cpu(), keep)
     assert result.history[-1].test_acc_plain > 0.5
+
+
+def test_channel_split_tune_is_the_default_one_batch_of_stage_1_then_all_epochs_tune(digits_model, digits_splits):
+    """Channel mode's default split (channel_split "tune"): stage 1 runs exactly one batch and its epochs go
+    to stage 2; "even" keeps the paper's split; other modes and fixed-mask methods are untouched."""
+    from vpns_deploy.compress import compress
+    from vpns_deploy.config import CompressConfig, config_from_dict
+    from vpns_deploy.errors import UserError
+    from vpns_deploy.models import load_model
+    from vpns_deploy.progress import Reporter
+
+    base = dict(mode="channel", speedup=1.5, epochs_mask=2, epochs_tune=1, batch_size=64, channel_round_to=4)
+    assert CompressConfig(**base).channel_split == "tune"
+    assert (CompressConfig(**base).mask_epochs, CompressConfig(**base).tune_epochs_effective) == (1, 3)
+    assert CompressConfig(**{**base, "method": "hydra"}).tune_epochs_effective == 3
+    assert CompressConfig(**{**base, "method": "magnitude"}).tune_epochs_effective == 3
+    assert CompressConfig(**{**base, "channel_split": "even"}).tune_epochs_effective == 1
+    assert CompressConfig(epochs_mask=2, epochs_tune=1).tune_epochs_effective == 1  # unstructured: unchanged
+    with pytest.raises(UserError, match="channel_split"):
+        CompressConfig(**{**base, "channel_widths": "learned"})
+    with pytest.raises(UserError, match="channel_split"):
+        CompressConfig(**{**base, "channel_split": "half"})
+    recorded = CompressConfig(**{**base, "channel_split": "even"}).to_dict()
+    del recorded["channel_split"]  # a run recorded before the field existed was made with the even split
+    assert config_from_dict(recorded).channel_split == "even"
+
+    def stages(cfg: CompressConfig) -> list[tuple[str, int]]:
+        loaded = load_model(digits_model, "digits_cnn", 10)
+        history = compress(loaded, digits_splits, cfg, torch.device("cpu"), Reporter(quiet=True)).history
+        return [(r.stage, r.optimizer_steps) for r in history]
+
+    batches = -(-len(digits_splits.train) // 64)
+    tune = stages(CompressConfig(**base))
+    assert tune == [("mask", 2)] + [("tune", 2 * batches)] * 3  # one batch, two passes; then 2 + 1 epochs
+    even = stages(CompressConfig(**{**base, "channel_split": "even"}))
+    assert even == [("mask", 2 * batches)] * 2 + [("tune", 2 * batches)]
+    assert sum(s for _, s in tune) == sum(s for _, s in even) + 2  # equal optimiser steps, plus that batch

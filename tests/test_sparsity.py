@@ -150,7 +150,7 @@ def test_each_method_builds_its_stages_over_the_shared_plans(name, digits_model,
     masks = granularity_for(cfg.mode).from_config(loaded.net, cfg, torch.zeros(1, *digits_splits.train.image_shape))
     prompt = VisualPrompt(build_prompt_spec(cfg, digits_splits.train.image_shape)) if method.uses_prompt else None
     plans = StagePlans(PromptedNet(loaded.net, loaded.inputs, prompt), masks, cfg, 10)
-    made = [make() for make in method.stage_plans(plans, cfg.epochs_mask, cfg.epochs_tune)]
+    made = [make() for make in method.stage_plans(plans, cfg)]
     expected = [("tune", 5)] if method.fixed_mask else [("mask", 2), ("tune", 3)]
     assert [(p.name, p.epochs) for p in made] == expected
     assert cfg.tune_epochs_effective == expected[-1][1]

@@ -202,9 +202,9 @@ def compress(
 
     plans = StagePlans(model, masks, cfg, num_batches(len(splits.train), cfg.batch_size), teacher)
     runner = _StageRunner(result, splits, cfg, device, reporter, checkpoint, opts, saved)
-    for make_plan in method.stage_plans(plans, cfg.epochs_mask, cfg.epochs_tune):
+    for make_plan in method.stage_plans(plans, cfg):
         runner.run(make_plan())  # making the plan also sets what trains in this stage
-    if method.tune_epochs(cfg.epochs_mask, cfg.epochs_tune) == 0:
+    if method.tune_epochs(cfg) == 0:
         masks.freeze()
     model.eval()
     return result

@@ -25,7 +25,7 @@ def trainable_weights(net: nn.Module) -> list[nn.Parameter]:
 def score_lr(masks: Granularity, cfg: CompressConfig, batches_per_epoch: int) -> float:
     """The stage-1 score learning rate: given, or SCORE_LR_RULE over the stage's optimiser steps
     (channel scores: their own rate, Granularity.score_lr)."""
-    steps = cfg.epochs_mask * epoch_batches(batches_per_epoch, cfg.mask_batches_fraction) * cfg.passes_per_batch
+    steps = cfg.mask_epochs * epoch_batches(batches_per_epoch, cfg.mask_fraction) * cfg.passes_per_batch
     return masks.score_lr(cfg.optim, auto_lr_scores(steps))
 
 
@@ -46,7 +46,7 @@ def _trains_prompt(model: PromptedNet, cfg: CompressConfig, stage: str) -> bool:
 
 def mask_stage(model: PromptedNet, masks: Granularity, cfg: CompressConfig, batches_per_epoch: int) -> StagePlan:
     """Stage 1: scores (Adam, or SGD as the paper's HYDRA) and the prompt learn; weights are frozen."""
-    o, e = cfg.optim, cfg.epochs_mask
+    o, e = cfg.optim, cfg.mask_epochs
     for p in model.parameters():
         p.requires_grad_(False)
     masks.set_scores_trainable(True)
@@ -60,9 +60,9 @@ def mask_stage(model: PromptedNet, masks: Granularity, cfg: CompressConfig, batc
         optimizers.append((popt, multistep(popt, e)))
     return StagePlan(
         "mask", e, optimizers, passes, after_step=masks.update_from_scores, bn_images=cfg.bn_images,
-        batches_fraction=cfg.mask_batches_fraction,
+        batches_fraction=cfg.mask_fraction,
         describe={"trains": "scores" + (" + prompt" if len(optimizers) > 1 else ""),
-                  "batches_per_epoch": epoch_batches(batches_per_epoch, cfg.mask_batches_fraction),
+                  "batches_per_epoch": epoch_batches(batches_per_epoch, cfg.mask_fraction),
                   "score_optimizer": o.score_optimizer,
                   "frozen": "weights, biases, BN affine (BN running stats update)", "passes": list(passes),
                   "lr_scores": lr},

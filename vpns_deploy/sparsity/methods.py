@@ -15,6 +15,7 @@ from vpns_deploy.errors import UserError
 from vpns_deploy.sparsity.registry import Registry
 
 if TYPE_CHECKING:
+    from vpns_deploy.config import CompressConfig
     from vpns_deploy.sparsity.granularity import Granularity
     from vpns_deploy.trainer import StagePlan
 
@@ -46,9 +47,11 @@ class Method(ABC):
         """Optimiser steps per batch: a prompted and an un-prompted pass with the prompt, else one."""
         return 2 if self.uses_prompt else 1
 
-    def tune_epochs(self, epochs_mask: int, epochs_tune: int) -> int:
-        """A fixed mask has no mask search, so the whole epoch budget goes to fine-tuning."""
-        return epochs_mask + epochs_tune if self.fixed_mask else epochs_tune
+    def tune_epochs(self, cfg: CompressConfig) -> int:
+        """A fixed mask has no mask search, so the whole epoch budget goes to fine-tuning; so does a mask
+        search cut to one batch (CompressConfig.stage1_one_batch, channel mode's default)."""
+        whole = self.fixed_mask or cfg.stage1_one_batch
+        return cfg.epochs_mask + cfg.epochs_tune if whole else cfg.epochs_tune
 
     def check(self, mode: str, epochs_mask: int) -> None:
         """A one-line error when the run cannot work: a granularity it does not take, no stage 1."""
@@ -62,10 +65,10 @@ class Method(ABC):
     def start(self, masks: Granularity) -> None:
         """The first mask (and scores): lifecycle step 2 of sparsity.granularity."""
 
-    def stage_plans(self, plans: PlanBuilder, epochs_mask: int, epochs_tune: int) -> list[Callable[[], StagePlan]]:
+    def stage_plans(self, plans: PlanBuilder, cfg: CompressConfig) -> list[Callable[[], StagePlan]]:
         """The stages in order, each made when it starts (making one sets what trains in it)."""
         stages: list[Callable[[], StagePlan]] = [] if self.fixed_mask else [plans.mask_stage]
-        tune = self.tune_epochs(epochs_mask, epochs_tune)
+        tune = self.tune_epochs(cfg)
         if tune > 0:
             stages.append(lambda: plans.tune_stage(tune))
         return stages
