@@ -9,7 +9,6 @@ import torchvision
 from torch import nn
 
 from vpns_deploy.channels import ChannelMaskSet
-from vpns_deploy.compaction import compact
 from vpns_deploy.macs import count_macs, layer_costs
 from vpns_deploy.models.cifar_resnet import ChannelCopyConv, CifarResNet, PadShortcut, shortcuts_as_convs
 
