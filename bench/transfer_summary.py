@@ -43,7 +43,13 @@ def rows(cells: dict[str, dict]) -> list[dict]:
     for c in cells.values():
         groups.setdefault((c["method"], c["sparsity"]), []).append(c)
     out = []
-    for (method, sp), group in sorted(groups.items(), key=lambda kv: (-(kv[0][1] or 0), kv[0][0])):
+    order = list(LABELS)  # grid methods in the grid's order, probes after them, 0.9 before 0.7 before dense
+
+    def rank(kv: tuple[tuple[str, float | None], list[dict]]) -> tuple:
+        (method, sp), _ = kv
+        return (sp is None, -(sp or 0), order.index(method) if method in order else len(order), method)
+
+    for (method, sp), group in sorted(groups.items(), key=rank):
         plain = [c["top1_plain"] for c in group]
         out.append({
             "method": method, "label": label(method), "sparsity": sp, "seeds": [c["seed"] for c in group],
@@ -89,30 +95,63 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: dict[str, dict], path: Path) -> None:
-    """Top-1 after every epoch (validation while training, test at stage ends) vs optimiser steps."""
+COLOURS = {"vpns": "tab:blue", "vpns-zero": "tab:cyan", "hydra": "tab:red", "hydra-paper": "tab:pink",
+           "magnitude": "tab:green", "dense": "black"}
+PROBE_COLOUR = "tab:gray"
+
+
+def _style(cell: dict) -> dict:
+    """One colour per method (probes grey), solid at 0.9, dashed at 0.7, dotted for the dense run; on the
+    curves a circle marks seed 7 and a square seed 9."""
+    sp = cell["sparsity"]
+    return {"color": COLOURS.get(cell["method"], PROBE_COLOUR),
+            "linestyle": ":" if sp is None else "-" if sp >= 0.85 else "--"}
+
+
+def _row_name(row: dict) -> str:
+    return row["label"] if row["sparsity"] is None else f"{row['label']} @ {row['sparsity']:g}"
+
+
+def plot(cells: dict[str, dict], path: Path, title: str) -> None:
+    """Left: test top-1 of the shipped model per cell (what a user gets; a dot per seed, a bar at the mean).
+    Right: validation top-1 after every epoch vs optimiser steps (the same split at every point; test is
+    only measured at stage ends)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    table = rows(cells)
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.2]})
+    for i, r in enumerate(table):
+        style = _style({"method": r["method"], "sparsity": r["sparsity"]})
+        bars.barh(i, 100 * r["top1_shipped_mean"], color=style["color"], alpha=0.35)
+        seeds = [c for c in cells.values() if c["method"] == r["method"] and c["sparsity"] == r["sparsity"]]
+        bars.plot([100 * shipped(c) for c in seeds], [i] * len(seeds), "o", color=style["color"])
+        right = max([100 * r["top1_shipped_mean"]] + [100 * shipped(c) for c in seeds])
+        bars.text(right + 0.15, i, f"{100 * r['top1_shipped_mean']:.2f}", va="center",
+                  fontsize=8)
+    bars.set_yticks(range(len(table)), [_row_name(r) for r in table], fontsize=7)
+    bars.invert_yaxis()
+    low = min((100 * r["top1_shipped_mean"] for r in table), default=0.0)
+    high = max((100 * r["top1_shipped_mean"] for r in table), default=100.0)
+    bars.set_xlim(low - 2, high + 1.5)
+    bars.set_xlabel("test top-1 % of the shipped model (full test split, last epoch)")
+    bars.grid(axis="x", alpha=0.3)
     for key, c in sorted(cells.items()):
         steps, acc, total = [], [], 0
         for e in c["curve"]:
             total += e["optimizer_steps"]
-            value = e.get("test_acc_plain")
-            if value is None:
-                value = e.get("val_acc_plain")
-            if value is not None:
+            if e.get("val_acc_plain") is not None:
                 steps.append(total)
-                acc.append(100 * value)
-        ax.plot(steps, acc, marker="o", label=key)
-    ax.set_xlabel("optimiser steps")
-    ax.set_ylabel("top-1 % (un-prompted)")
-    ax.set_title("EfficientNet-Lite0 (ImageNet) -> CIFAR-10, label mapping")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+                acc.append(100 * e["val_acc_plain"])
+        probe = c["method"] not in COLOURS
+        curves.plot(steps, acc, marker="s" if c["seed"] == 9 else "o", markersize=3, linewidth=0.8 if probe else 1.5, label=key, **_style(c))
+    curves.set_xlabel("optimiser steps")
+    curves.set_ylabel("validation top-1 % (un-prompted)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=6, ncol=2)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
@@ -129,7 +168,8 @@ def write_summary(args: argparse.Namespace, command: str) -> dict:
               "rows": table, "targets": targets(table), "cells": cells}
     atomic_write_json(args.out, result)
     png = args.out.with_suffix(".png")
-    atomic_write(png, lambda tmp: plot(cells, Path(tmp)))
+    title = f"EfficientNet-Lite0 (ImageNet) -> CIFAR-10 at {args.input_size} px, label mapping"
+    atomic_write(png, lambda tmp: plot(cells, Path(tmp), title))
     print(markdown(table))
     print(json.dumps(result["targets"], indent=1))
     return result

@@ -60,6 +60,27 @@ def test_transfer_targets_compare_the_shipped_models():
     assert "| 70.00 | 75.00 | 70.00 |" in markdown(table)
 
 
+def test_transfer_plot_orders_grid_before_probes_and_renders_a_png(tmp_path):
+    """Rows: the grid's methods in its order at 0.9, probes after them, then 0.7, the dense run last;
+    the two-panel PNG is written from real-shaped cell records (a probe, two seeds, dense)."""
+    from bench.transfer_summary import plot, rows
+
+    def cell(method, sparsity, seed, top1):
+        curve = [{"stage": s, "optimizer_steps": 5, "val_acc_plain": top1 - d, "test_acc_plain": None}
+                 for s, d in (("mask", 0.05), ("tune", 0.0))]
+        return {"method": method, "sparsity": sparsity, "seed": seed, "top1_plain": top1, "top1_prompted": None,
+                "prompt_decision": None, "optimizer_steps": 10, "train_seconds": 1.0, "curve": curve}
+
+    cells = {"d": cell("dense", None, 7, 0.84), "p": cell("vpns-pad18", 0.9, 7, 0.76),
+             "h": cell("hydra", 0.9, 7, 0.77), "v7": cell("vpns", 0.7, 7, 0.82),
+             "a": cell("vpns", 0.9, 7, 0.77), "b": cell("vpns", 0.9, 9, 0.76)}
+    order = [(r["method"], r["sparsity"]) for r in rows(cells)]
+    assert order == [("vpns", 0.9), ("hydra", 0.9), ("vpns-pad18", 0.9), ("vpns", 0.7), ("dense", None)]
+    png = tmp_path / "t.png"
+    plot(cells, png, "title")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
 def test_ort_spinning_probe_times_alone_and_interleaved_both_ways(tmp_path):
     """bench/probes/ort_spinning.py on two real (tiny) graphs: one row per batch and spinning setting."""
     import onnx
