@@ -11,6 +11,7 @@ def test_prompt_travel_reads_a_real_run_and_states_stage_ones_bound(digits_run, 
     manifest = json.loads((digits_run / "manifest.json").read_text())
     mask_steps = sum(e["optimizer_steps"] for e in manifest["metrics"]["epochs"] if e["stage"] == "mask")
     assert row["optimizer_steps"]["mask"] == mask_steps > 0
+    assert row["prompt_trains_in"] == "both"  # the default: stage 1's bound applies
     assert row["stage1_adam_bound"] == mask_steps * manifest["config"]["optim"]["lr_prompt_mask"]
     assert row["reference_stage1_adam_bound"] == REFERENCE_STAGE1_STEPS * REFERENCE_LR_PROMPT_MASK
     assert row["frame_values"] > 0 and 0 < row["mean_abs"] <= row["max_abs"]  # stage 2 moved the frame

@@ -31,6 +31,8 @@ def travel(run: Path) -> dict:
     epochs = manifest["metrics"]["epochs"]
     steps = {s: sum(e["optimizer_steps"] for e in epochs if e["stage"] == s) for s in {e["stage"] for e in epochs}}
     lr1 = manifest["config"]["optim"]["lr_prompt_mask"]
+    cfg = manifest["config"]
+    moves_in_stage1 = cfg.get("prompt_trainable", True) and cfg.get("prompt_trains_in", "both") in ("both", "mask")
     return {
         "run": str(run), "method": manifest["config"]["method"], "sparsity": manifest["config"]["sparsity"],
         "prompt_shape": list(delta.shape), "frame_values": int(frame.numel()),
@@ -38,7 +40,8 @@ def travel(run: Path) -> dict:
         "max_abs": float(frame.abs().max()) if frame.numel() else 0.0,
         "share_at_least_one_level": float((frame.abs() >= 1 / 255).float().mean()) if frame.numel() else 0.0,
         "optimizer_steps": steps, "lr_prompt_mask": lr1,
-        "stage1_adam_bound": steps.get("mask", 0) * lr1,
+        "prompt_trains_in": cfg.get("prompt_trains_in", "both") if cfg.get("prompt_trainable", True) else "none",
+        "stage1_adam_bound": steps.get("mask", 0) * lr1 if moves_in_stage1 else 0.0,
         "reference_stage1_adam_bound": REFERENCE_STAGE1_STEPS * REFERENCE_LR_PROMPT_MASK,
     }
 
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r['run']}: mean |delta| {r['mean_abs']:.5f}, max {r['max_abs']:.4f}, "
               f"{r['share_at_least_one_level']:.1%} of frame values moved >= 1/255; stage-1 Adam bound "
-              f"{r['stage1_adam_bound']:.4f} ({r['optimizer_steps'].get('mask', 0)} steps x {r['lr_prompt_mask']:g}) "
+              f"{r['stage1_adam_bound']:.4f} ({r['optimizer_steps'].get('mask', 0)} steps x {r['lr_prompt_mask']:g}; "
+              f"the prompt trains in: {r['prompt_trains_in']}) "
               f"vs the reference's {r['reference_stage1_adam_bound']:.2f}")
     atomic_write_json(args.out, {"command": "python -m bench.probes.prompt_travel " + " ".join(sys.argv[1:]),
                                  "runs": rows})
