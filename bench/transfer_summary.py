@@ -100,11 +100,9 @@ COLOURS = {"vpns": "tab:blue", "vpns-zero": "tab:cyan", "hydra": "tab:red", "hyd
 PROBE_COLOUR = "tab:gray"
 
 
-def _style(cell: dict) -> dict:
-    """One colour per method (probes grey), solid at 0.9, dashed at 0.7, dotted for the dense run; on the
-    curves a circle marks seed 7 and a square seed 9."""
-    sp = cell["sparsity"]
-    return {"color": COLOURS.get(cell["method"], PROBE_COLOUR),
+def _style(method: str, sp: float | None) -> dict:
+    """One colour per method (probes grey), solid at 0.9, dashed at 0.7, dotted for the dense run."""
+    return {"color": COLOURS.get(method, PROBE_COLOUR),
             "linestyle": ":" if sp is None else "-" if sp >= 0.85 else "--"}
 
 
@@ -112,25 +110,23 @@ def _row_name(row: dict) -> str:
     return row["label"] if row["sparsity"] is None else f"{row['label']} @ {row['sparsity']:g}"
 
 
-def plot(cells: dict[str, dict], path: Path, title: str) -> None:
-    """Left: test top-1 of the shipped model per cell (what a user gets; a dot per seed, a bar at the mean).
-    Right: validation top-1 after every epoch vs optimiser steps (the same split at every point; test is
-    only measured at stage ends)."""
+def plot(cells: dict[str, dict], table: list[dict], path: Path, title: str) -> None:
+    """Left: test top-1 of the shipped model per row of `table` (what a user gets; a dot per seed, a bar at
+    the mean). Right: validation top-1 after every epoch vs optimiser steps (the same split at every
+    point; test is only measured at stage ends); a circle marks seed 7, a square seed 9."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = rows(cells)
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.2]})
     for i, r in enumerate(table):
-        style = _style({"method": r["method"], "sparsity": r["sparsity"]})
+        style = _style(r["method"], r["sparsity"])
         bars.barh(i, 100 * r["top1_shipped_mean"], color=style["color"], alpha=0.35)
         seeds = [c for c in cells.values() if c["method"] == r["method"] and c["sparsity"] == r["sparsity"]]
         bars.plot([100 * shipped(c) for c in seeds], [i] * len(seeds), "o", color=style["color"])
         right = max([100 * r["top1_shipped_mean"]] + [100 * shipped(c) for c in seeds])
-        bars.text(right + 0.15, i, f"{100 * r['top1_shipped_mean']:.2f}", va="center",
-                  fontsize=8)
+        bars.text(right + 0.15, i, f"{100 * r['top1_shipped_mean']:.2f}", va="center", fontsize=8)
     bars.set_yticks(range(len(table)), [_row_name(r) for r in table], fontsize=7)
     bars.invert_yaxis()
     low = min((100 * r["top1_shipped_mean"] for r in table), default=0.0)
@@ -146,7 +142,8 @@ def plot(cells: dict[str, dict], path: Path, title: str) -> None:
                 steps.append(total)
                 acc.append(100 * e["val_acc_plain"])
         probe = c["method"] not in COLOURS
-        curves.plot(steps, acc, marker="s" if c["seed"] == 9 else "o", markersize=3, linewidth=0.8 if probe else 1.5, label=key, **_style(c))
+        curves.plot(steps, acc, marker="s" if c["seed"] == 9 else "o", markersize=3,
+                    linewidth=0.8 if probe else 1.5, label=key, **_style(c["method"], c["sparsity"]))
     curves.set_xlabel("optimiser steps")
     curves.set_ylabel("validation top-1 % (un-prompted)")
     curves.grid(alpha=0.3)
@@ -169,7 +166,7 @@ def write_summary(args: argparse.Namespace, command: str) -> dict:
     atomic_write_json(args.out, result)
     png = args.out.with_suffix(".png")
     title = f"EfficientNet-Lite0 (ImageNet) -> CIFAR-10 at {args.input_size} px, label mapping"
-    atomic_write(png, lambda tmp: plot(cells, Path(tmp), title))
+    atomic_write(png, lambda tmp: plot(cells, table, Path(tmp), title))
     print(markdown(table))
     print(json.dumps(result["targets"], indent=1))
     return result

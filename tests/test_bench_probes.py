@@ -78,7 +78,7 @@ def test_transfer_plot_orders_grid_before_probes_and_renders_a_png(tmp_path):
     order = [(r["method"], r["sparsity"]) for r in rows(cells)]
     assert order == [("vpns", 0.9), ("hydra", 0.9), ("vpns-pad18", 0.9), ("vpns", 0.7), ("dense", None)]
     png = tmp_path / "t.png"
-    plot(cells, png, "title")
+    plot(cells, rows(cells), png, "title")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 

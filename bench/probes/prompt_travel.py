@@ -30,18 +30,18 @@ def travel(run: Path) -> dict:
     frame = delta[:, region]
     epochs = manifest["metrics"]["epochs"]
     steps = {s: sum(e["optimizer_steps"] for e in epochs if e["stage"] == s) for s in {e["stage"] for e in epochs}}
-    lr1 = manifest["config"]["optim"]["lr_prompt_mask"]
     cfg = manifest["config"]
-    moves_in_stage1 = cfg.get("prompt_trainable", True) and cfg.get("prompt_trains_in", "both") in ("both", "mask")
+    lr1 = cfg["optim"]["lr_prompt_mask"]
+    trains_in = cfg.get("prompt_trains_in", "both") if cfg.get("prompt_trainable", True) else "none"
     return {
-        "run": str(run), "method": manifest["config"]["method"], "sparsity": manifest["config"]["sparsity"],
+        "run": str(run), "method": cfg["method"], "sparsity": cfg["sparsity"],
         "prompt_shape": list(delta.shape), "frame_values": int(frame.numel()),
         "mean_abs": float(frame.abs().mean()) if frame.numel() else 0.0,
         "max_abs": float(frame.abs().max()) if frame.numel() else 0.0,
         "share_at_least_one_level": float((frame.abs() >= 1 / 255).float().mean()) if frame.numel() else 0.0,
         "optimizer_steps": steps, "lr_prompt_mask": lr1,
-        "prompt_trains_in": cfg.get("prompt_trains_in", "both") if cfg.get("prompt_trainable", True) else "none",
-        "stage1_adam_bound": steps.get("mask", 0) * lr1 if moves_in_stage1 else 0.0,
+        "prompt_trains_in": trains_in,
+        "stage1_adam_bound": steps.get("mask", 0) * lr1 if trains_in in ("both", "mask") else 0.0,
         "reference_stage1_adam_bound": REFERENCE_STAGE1_STEPS * REFERENCE_LR_PROMPT_MASK,
     }
 
