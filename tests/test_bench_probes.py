@@ -58,6 +58,10 @@ def test_transfer_targets_compare_the_shipped_models():
     assert round(t["vpns_minus_zero_prompt_at_0.9"]["margin_points"], 6) == 2.0  # 70 (plain ships) - 68
     assert round(t["vpns_minus_hydra_at_0.9"]["margin_points"], 6) == 10.0
     assert t["dense_minus_vpns_at_0.7"]["met"] is None  # not measured yet
+    table07 = rows({"a": cell("vpns", 0.80, 0.81, True) | {"sparsity": 0.7},
+                    "b": cell("vpns-zero", 0.79, 0.79, True) | {"sparsity": 0.7}})
+    context = targets(table07)["vpns_minus_zero_prompt_at_0.7"]  # reported, no target to meet
+    assert round(context["margin_points"], 6) == 2.0 and context["target"] is None and context["met"] is None
     assert "| 70.00 | 75.00 | 70.00 |" in markdown(table)
 
 
