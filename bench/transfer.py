@@ -69,6 +69,7 @@ def grid() -> list[tuple[str, float, int]]:
     cells += [("magnitude", 0.9, 9)]
     # session 19: at 0.7, seed 7, VPNs beat its zero-prompt control by 0.62; the prompt's doing or the seed's?
     cells += [(m, 0.7, 9) for m in ("vpns", "vpns-zero")]
+    cells += [("dense", DENSE_SPARSITY, 9), ("hydra", 0.7, 9)]  # the 0.7 target and margins on two seeds each
     return cells
 
 
