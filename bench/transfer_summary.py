@@ -8,9 +8,15 @@ from pathlib import Path
 
 LABELS = {"vpns": "VPNs", "vpns-zero": "VPNs, prompt frozen at 0", "hydra": "HYDRA (Adam scores)",
           "hydra-paper": "HYDRA (paper: SGD 0.01 scores)", "magnitude": "magnitude + FT", "dense": "dense FT"}
-# the targets (margin in points >= value); None: a margin reported for context, with no target
-TARGETS = {"vpns_minus_hydra_at_0.9": 2.0, "vpns_minus_zero_prompt_at_0.9": 1.0,
-           "dense_minus_vpns_at_0.7": -2.0, "vpns_minus_zero_prompt_at_0.7": None, "vpns_minus_hydra_at_0.7": None}
+# margin -> ((method, sparsity) counted, (method, sparsity) subtracted, target: the margin in points must be
+# >= it; None: reported for context, with no target). The first three are the targets.
+MARGINS = {
+    "vpns_minus_hydra_at_0.9": (("vpns", 0.9), ("hydra", 0.9), 2.0),
+    "vpns_minus_zero_prompt_at_0.9": (("vpns", 0.9), ("vpns-zero", 0.9), 1.0),
+    "dense_minus_vpns_at_0.7": (("vpns", 0.7), ("dense", None), -2.0),
+    "vpns_minus_zero_prompt_at_0.7": (("vpns", 0.7), ("vpns-zero", 0.7), None),
+    "vpns_minus_hydra_at_0.7": (("vpns", 0.7), ("hydra", 0.7), None),
+}
 
 
 def label(method: str) -> str:
@@ -71,16 +77,12 @@ def targets(table: list[dict]) -> dict[str, dict]:
         row = next((r for r in table if r["method"] == method and r["sparsity"] == sp), None)
         return None if row is None else 100 * row["top1_shipped_mean"]
 
-    pairs = {"vpns_minus_hydra_at_0.9": (top1("vpns", 0.9), top1("hydra", 0.9)),
-             "vpns_minus_zero_prompt_at_0.9": (top1("vpns", 0.9), top1("vpns-zero", 0.9)),
-             "dense_minus_vpns_at_0.7": (top1("vpns", 0.7), top1("dense", None)),
-             "vpns_minus_zero_prompt_at_0.7": (top1("vpns", 0.7), top1("vpns-zero", 0.7)),
-             "vpns_minus_hydra_at_0.7": (top1("vpns", 0.7), top1("hydra", 0.7))}
     out = {}
-    for name, (a, b) in pairs.items():
+    for name, (counted, subtracted, target) in MARGINS.items():
+        a, b = top1(*counted), top1(*subtracted)
         margin = None if a is None or b is None else a - b
-        out[name] = {"margin_points": margin, "target": TARGETS[name],
-                     "met": None if margin is None or TARGETS[name] is None else margin >= TARGETS[name]}
+        out[name] = {"margin_points": margin, "target": target,
+                     "met": None if margin is None or target is None else margin >= target}
     return out
 
 
