@@ -11,7 +11,7 @@ import typer
 from pipelines.cli_common import RUN_DIR_HELP, PrecisionOpt, RunTrustPickleOpt, friendly, precisions, run_dir_or_latest
 from pipelines.cli_options import with_options
 from pipelines.recipe import ReportSection
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEFAULT_MAX_PRECISION_DROP
 
 
 @friendly
@@ -22,6 +22,7 @@ def export(
     data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity and calibration images).")] = None,
     precision: PrecisionOpt = "fp32",
     calib_images: Annotated[int, typer.Option(help="INT8: class-balanced training images fed through the whole deployed graph to calibrate its scales.")] = DEFAULT_CALIB_IMAGES,
+    max_precision_drop: Annotated[float, typer.Option(help="fp16/int8 ship only while their test top-1 is at most this many points below fp32's; int8 first retries with the stem and classifier in float. A precision over it is left out with one line (recorded in manifest.json).")] = DEFAULT_MAX_PRECISION_DROP,
     trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (strongly typed; SPARSE_WEIGHTS for N:M runs; dynamic batch 1..256, opt 64; timing cache kept in the run). Without a GPU or TensorRT: one line saying which is missing, exit 0.")] = False,
     require_trt: Annotated[bool, typer.Option("--require-trt", help="Make a missing GPU/TensorRT an error (exit 2) instead of a note.")] = False,
     trust_pickle: RunTrustPickleOpt = False,
@@ -41,8 +42,8 @@ def export(
     from pipelines.stages import ExportRequest, Plan, run_plan
 
     wanted = precisions(precision)
-    check_export_options(wanted, calib_images)  # --precision/--calib-images named as typed, before any work
-    section = ExportSection(prompt, graph_resize, list(wanted), calib_images, trt)
+    check_export_options(wanted, calib_images, max_precision_drop)  # named as typed, before any work
+    section = ExportSection(prompt, graph_resize, list(wanted), calib_images, trt, max_precision_drop)
     run_plan(Plan(run_dir_or_latest(run_dir), "export", announce=False, export=ExportRequest(section, data, require_trt),
                   trust_pickle=trust_pickle))
 

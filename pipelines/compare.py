@@ -17,7 +17,7 @@ from pipelines.html_report import render_html
 from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REPORT_HTML, REPORT_JSON
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
-from pipelines.report_render import render_table, speedup_text, table_rows
+from pipelines.report_render import precision_warnings, render_table, speedup_text, table_rows
 from pipelines.run_dir import RunDir, now
 from pipelines.stages import Plan, ReportRequest, run_plan
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
@@ -121,7 +121,7 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
         report = runs[0][2]
         header, rows = ["measure", "dense", "compressed"], table_rows(report)
         title = f"vpns-deploy report: {run_dirs[0].name}"
-        notes = [f"Measured {report.created} on {report.test_images} test images; ONNX Runtime "
+        notes = precision_warnings(report) + [f"Measured {report.created} on {report.test_images} test images; ONNX Runtime "
                  f"{report.machine.get('onnxruntime-gpu') or report.machine.get('onnxruntime')}, "
                  f"{report.machine['threads']} CPU threads."]
         atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibration.latency import DEFAULT_BUDGET_S, check_budget
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers, cli
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEFAULT_MAX_PRECISION_DROP, CompressConfig, check_numbers, cli
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
 from vpns_deploy.pretrain import PretrainConfig
@@ -89,6 +89,7 @@ class ExportSection:
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     calib_images: int = DEFAULT_CALIB_IMAGES
     trt: bool = False
+    max_precision_drop: float = DEFAULT_MAX_PRECISION_DROP  # top-1 points fp16/int8 may lose and still ship
 
     def __post_init__(self) -> None:
         from export.precision import PRECISIONS
@@ -98,6 +99,9 @@ class ExportSection:
             raise UserError(f"unknown precision {bad[0]!r} in export.precisions", f"use {', '.join(PRECISIONS)}")
         if self.calib_images < 1:
             raise UserError(f"export.calib_images must be >= 1, got {self.calib_images}", "e.g. 512")
+        if not 0 <= self.max_precision_drop <= 100:
+            raise UserError(f"export.max_precision_drop must be between 0 and 100 top-1 points, got "
+                            f"{self.max_precision_drop}", f"e.g. {DEFAULT_MAX_PRECISION_DROP}")
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,23 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
     return rows
 
 
+def precision_warnings(r: Report) -> list[str]:
+    """One line per precision export left out, and per shipped precision whose compressed graph loses
+    more top-1 against fp32 on the whole test split than export's tolerance (it judged up to 1,000 images)."""
+    gate = r.precision_gate or {}
+    lines = [f"Warning: {p} is not shipped: {why}." for p, why in (gate.get("left_out") or {}).items()]
+    max_drop = gate.get("max_drop")
+    fp32 = r.accuracy["compressed"]["onnxruntime"]
+    for precision, kinds in r.precision.items():
+        drop = 100 * (fp32 - kinds["compressed"]["onnxruntime"])
+        if max_drop is not None and drop > max_drop:
+            lines.append(f"Warning: the {precision} graph loses {drop:.2f} points of test top-1 against fp32 on "
+                         f"{r.test_images} test images ({_pct(fp32)} -> {_pct(kinds['compressed']['onnxruntime'])}), "
+                         f"more than export's tolerance of {max_drop:g}: ship fp32, or re-export with more "
+                         "--calib-images.")
+    return lines
+
+
 def _title(r: Report) -> str:
     return (f"{r.method} {r.mode} at {r.sparsity_prunable:.1%} sparsity — ships "
             f"{'with' if r.ships_prompt else 'without'} the prompt; {r.test_images} test images")
@@ -98,6 +115,7 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"{n}:{mm} layers: every prunable layer except these, which stay dense: {exempt}.",
                   f"{n}:{mm} zeros make nothing faster in ONNX Runtime on a CPU (measured above); the speed-up "
                   "belongs to sparse tensor cores (TensorRT with SPARSE_WEIGHTS on Ampere or newer GPUs)."]
+    lines += [line for w in precision_warnings(r) for line in ("", f"**{w.split(':', 1)[0]}:**{w.split(':', 1)[1]}")]
     if r.baseline and r.baseline["below"]:
         lines += ["", f"**Warning:** at compress, the shipped model ({_pct(r.baseline['shipped_test_top1'])}) scored "
                   f"below the simplest baseline ({r.baseline['name']}: {_pct(r.baseline['test_top1'])}) on the "

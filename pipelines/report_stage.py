@@ -82,6 +82,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         prompt_choice=m.export.prompt_choice,  # why: the validation decision or a flag
         head=_head_summary(m), caller_must_feed=m.export.caller_must_feed, test_images=len(test),
         baseline=m.metrics.get("baseline"),
+        precision_gate={"max_drop": m.export.max_precision_drop, "left_out": m.export.left_out},
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
         precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()

@@ -52,7 +52,7 @@ from torch import nn
 
 from calibration.parity import check_parity, compare_graphs
 from export.deploy_graph import DeployGraph
-from pipelines.export_stage import FP16_MIN_AGREEMENT
+from export.precision_gate import FP16_MIN_AGREEMENT
 from export.onnx_export import PROTOBUF_LIMIT, export_onnx
 from export.precision import to_fp16
 from export.sparsity_check import weight_patterns
