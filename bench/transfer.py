@@ -21,8 +21,10 @@ each the VPNs cell at 0.9, seed 7 with one setting changed (PROBES), for the iss
 - prompt size: vpns-pad18, a frame twice the default width (9 px at 128 px).
 
 Every accuracy is on the full test split at the last epoch (nothing is selected on test). Each cell is
-one child process writing its own JSON (atomic), and `compress` checkpoints every epoch, so killing the
-grid loses at most one epoch: run the same command again.
+one child process writing its record beside its run directory (atomic); the parent merges every record
+into the results JSON, which alone is committed. A cell in that JSON is never run again, so re-running
+the committed command only redraws the summary and the PNG; `compress` checkpoints every epoch, so
+killing the grid loses at most one epoch: run the same command again.
 
     python -m bench.transfer --epochs 1 --train-subset 10000 --input-size 128
 """
@@ -155,7 +157,17 @@ def run_one(args: argparse.Namespace, key: str) -> dict:
 
 
 def cell_path(args: argparse.Namespace, key: str) -> Path:
-    return args.out.with_suffix("") / f"{key}.json"
+    """Where a child process leaves its cell's record for the parent to merge into the results JSON."""
+    return args.runs / f"{key}.json"
+
+
+def finished_cells(args: argparse.Namespace) -> dict[str, dict]:
+    """Cells measured so far: those in the results JSON, and records children wrote since."""
+    import json
+
+    cells = json.loads(args.out.read_text()).get("cells", {}) if args.out.is_file() else {}
+    fresh = {p.stem: json.loads(p.read_text()) for p in sorted(args.runs.glob("*.json"))} if args.runs.is_dir() else {}
+    return {**cells, **fresh}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"error: unknown cell {', '.join(unknown)}; choose from {', '.join(known)}")
     keys = list(dict.fromkeys(wanted)) if wanted else [cell_key(*c) for c in grid()]  # in the order given
+    ran = False
     for i, key in enumerate(keys, 1):
-        if cell_path(args, key).is_file():
+        if key in finished_cells(args):
             print(f"[{i}/{len(keys)}] {key}: done earlier, skipped", file=sys.stderr, flush=True)
             continue
         print(f"[{i}/{len(keys)}] {key}: running", file=sys.stderr, flush=True)
@@ -182,9 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         if done.returncode != 0:
             print(f"[{i}/{len(keys)}] {key}: failed (exit {done.returncode}); re-run to resume", file=sys.stderr)
             sys.exit(done.returncode)
+        ran = True
     from bench.transfer_summary import write_summary
 
-    write_summary(args, command)
+    write_summary(args, command, finished_cells(args), measured=ran)
 
 
 if __name__ == "__main__":
