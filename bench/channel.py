@@ -1,4 +1,4 @@
-"""Channel benchmark (issue 5): VPNs channel mode vs Torch-Pruning's own pruner at a MACs target.
+"""Channel benchmark: VPNs channel mode vs Torch-Pruning's own pruner at a MACs target.
 
 Cells, each from the same pretrained model, same data, augmentation, batch and weight optimiser:
   vpns       vpns-deploy channel mode, --speedup X: E mask epochs + E tune epochs (two passes each)

@@ -1,4 +1,4 @@
-"""The accuracy floor over budgets (issue 15): ResNet-20 at 90 % on CIFAR-10-JPEG, VPNs vs HYDRA vs
+"""The accuracy floor over budgets: ResNet-20 at 90 % on CIFAR-10-JPEG, VPNs vs HYDRA vs
 magnitude + fine-tune vs the dense fine-tune, at equal optimiser steps, for training subsets of
 2k / 10k / 50k images x 1 + 1 and 3 + 3 VPNs epochs (one seed; seeds 7 and 9 at 50k).
 

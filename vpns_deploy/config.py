@@ -214,12 +214,12 @@ class CompressConfig:
     # streams again (32 -> 16 channels) and trailed it (measured, docs/benchmarks.md).
     channel_widths: str = "init"
     # channel mode, methods that learn scores (VPNs, HYDRA): how the epochs split between the stages.
-    # "tune" (default since 2026-12-04): stage 1 runs one batch and stage 2 runs epochs_mask + epochs_tune
-    # epochs, the same optimiser steps as "even" plus that batch. The scores start at Torch-Pruning's
-    # group-norm mask, whose widths stage 1 keeps (channel_widths "init"), so stage 1 can only re-pick
-    # channels inside groups, with the weights frozen at a network that scores ~21 % at 2x fewer MACs;
-    # its steps pay in stage 2 instead. ResNet-56 at 2x fewer MACs, equal steps (docs/benchmarks.md, issue
-    # 15): 82.14 % vs 80.13 % for "even" at 1 + 1 epochs (mean of seeds 7 and 9), 83.88 % vs 82.20 % at
+    # "tune": stage 1 runs one batch and stage 2 runs epochs_mask + epochs_tune epochs, the same
+    # optimiser steps as "even" plus that batch. The scores start at Torch-Pruning's group-norm mask,
+    # whose widths stage 1 keeps (channel_widths "init"), so stage 1 can only re-pick channels inside
+    # groups, with the weights frozen at a network that scores ~21 % at 2x fewer MACs; its steps pay in
+    # stage 2 instead. ResNet-56 at 2x fewer MACs, equal steps (docs/benchmarks.md, "Channel mode"):
+    # 82.14 % vs 80.13 % for "even" at 1 + 1 epochs (mean of seeds 7 and 9), 83.88 % vs 82.20 % at
     # 2 + 2 (seed 7; Torch-Pruning + fine-tune 82.78 %).
     # "even": the paper's split, stage 1 for epochs_mask epochs (mask_batches_fraction of each).
     channel_split: str = "tune"
@@ -247,8 +247,8 @@ class CompressConfig:
         "restores the split)."))
     epochs_tune: int = cli(30, "Stage-2 (subnetwork tuning) epochs.")
     # Fraction of each stage-1 epoch's batches that stage 1 runs (1: all of them): how a run splits its
-    # optimiser steps between mask finding and tuning finer than whole epochs (issue 15, "spend the step
-    # budget where it pays"); recipes: compress.mask_batches_fraction.
+    # optimiser steps between mask finding and tuning finer than whole epochs, so a step budget can go to
+    # the stage where it pays; recipes: compress.mask_batches_fraction.
     mask_batches_fraction: float = 1.0
     batch_size: int = cli(256, "Images per optimiser step.")
     prompt: PromptKind = cli("pad", (
@@ -284,12 +284,11 @@ class CompressConfig:
         "in training), "
         "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
         "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
-    # Off by default, measured (docs/benchmarks.md, issue 15; ResNet-20, equal optimiser steps): at 90 %
+    # Off by default, measured (docs/benchmarks.md, "Distillation"; ResNet-20, equal optimiser steps): at 90 %
     # magnitude + fine-tune gained at every budget (+4.0 at 2,000 images to +0.8 at 50,000), but at 70 % on
     # 50,000 images it lost 3.5 points (82.81 vs 86.34) and at 50 % 4.2: the teacher is the user's network
     # before it saw this data (81 % on its test split), so a student that can pass it is pulled back to
-    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on. (On by default for
-    # magnitude from d5208db until cb1f3c6.)
+    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on.
     distill: bool = cli(False, (
         "Stage 2 (and magnitude's fine-tune) learns from the dense network's logits: "
         "distill_alpha x T^2 x KL at temperature distill_temperature plus (1 - alpha) x cross-entropy. The "
