@@ -190,7 +190,7 @@ HEAD_HELP = (
 class CompressConfig:
     """One compression run: what to prune, how, and on what budget."""
 
-    method: Method = cli("vpns", f"One of {', '.join(METHODS)}.")
+    method: Method = cli("vpns", " ".join(f"{m.name}: {m.description}" for m in METHOD_REGISTRY))
     mode: str = cli("unstructured", (
         "unstructured (global top-k over weights); channel (whole coupled channel groups, then physically "
         "removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor "
