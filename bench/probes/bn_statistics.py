@@ -10,7 +10,7 @@ measures top-1 (plain, and prompted where the run has a prompt) on the test spli
   test         re-estimated on the test images themselves (diagnosis only: a bound on matched statistics).
 
     python -m bench.probes.bn_statistics /tmp/tp-product-nobn --test-subset 2000 \\
-        --out bench/results/rerun-2026-12-03/tp_bn_diagnosis.json
+        --out bench/runs/tp_bn_diagnosis.json
 """
 from __future__ import annotations
 
