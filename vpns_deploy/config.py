@@ -66,7 +66,7 @@ LARGE_RESIZE_RATIO = 9 / 8
 # training (vpns_deploy/batchnorm.py: un-augmented ones cost a ResNet-56 channel cell 4 points), so
 # each epoch is judged, and the model shipped, with statistics of the network as masked now. ResNet-20, 90 %, 2,000 images, 1 + 1 epochs: the running averages left by
 # 8-16 steps still described the dense network, and the starting mask scored 10 % (chance) on
-# validation; re-estimated, 32-37 % (bench/probes/init_mask.py, docs/benchmarks.md).
+# validation; re-estimated, 32-37 % (bench/probes/init_mask.py; git show 6e83c8b:docs/benchmarks.md).
 DEFAULT_BN_IMAGES = 2000
 CHANNEL_INITS = ("group_norm", "l1")
 SCORE_OPTIMIZERS = ("adam", "sgd")
@@ -83,10 +83,10 @@ AMP_HELP = ("Mixed precision of training steps: bf16, fp16 (with loss scaling) o
 # what a stage can change is lr x steps. The reference's 1e-4 fits its 30-epoch stage 1 (11,760 steps
 # on CIFAR at batch 256); over 392 steps (1-2 epochs) it barely leaves the magnitude-ranked start,
 # and 1e-3 measured about +3 points for both HYDRA and VPNs (ResNet-20, 90 %, two seeds,
-# docs/benchmarks.md). So the default keeps lr x steps at 0.4 (1e-3 over 392 steps), never below the
+# git show 6e83c8b:docs/benchmarks.md). So the default keeps lr x steps at 0.4 (1e-3 over 392 steps), never below the
 # reference's rate and never above 1e-3: on a few dozen steps a larger rate lets the noisy gradients of
 # a handful of batches reshuffle the mask (ResNet-20, 90 %, 2,000 images, 16 stage-1 steps: validation
-# top-1 after stage 2 30.5 % at 1e-2, 59.5 % at 1e-3, 56.0 % at 1e-4; bench/probes, docs/benchmarks.md).
+# top-1 after stage 2 30.5 % at 1e-2, 59.5 % at 1e-3, 56.0 % at 1e-4; git show 6e83c8b:docs/benchmarks.md).
 REFERENCE_LR_SCORES = 1e-4
 SCORE_TRAVEL = 0.4
 MAX_LR_SCORES = 1e-3
@@ -148,7 +148,7 @@ class OptimConfig:
     lr_scores: float | None = cli(None, (  # Adam, coupled weight decay, cosine per epoch; None: SCORE_LR_RULE
         "Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M). Default: "
         f"{SCORE_LR_RULE}, i.e. the reference's 1e-4 for 30-epoch stages and more for short ones (1e-3 over "
-        "392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %: docs/benchmarks.md)."))
+        "392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %, measured)."))
     # "adam" (VPNs' and our HYDRA's) or "sgd": the paper's own HYDRA baseline (SGD 0.01, momentum 0.9,
     # on the scores), kept selectable so a table can show how much of a margin is the optimiser.
     score_optimizer: str = "adam"
@@ -194,7 +194,7 @@ HEAD_HELP = (
 class CompressConfig:
     """One compression run: what to prune, how, and on what budget."""
 
-    method: Method = cli("vpns", f"One of {', '.join(METHODS)}.")
+    method: Method = cli("vpns", " ".join(f"{m.name}: {m.description}" for m in METHOD_REGISTRY))
     mode: str = cli("unstructured", (
         "unstructured (global top-k over weights); channel (whole coupled channel groups, then physically "
         "removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor "
@@ -215,15 +215,15 @@ class CompressConfig:
     # channel mode: "init": widths stay at the initial mask's, stage 1 re-picks which channels (per-group
     # top-k); "learned": stage 1 picks every group's width too (global top-k). ResNet-56, 2x fewer MACs,
     # 1 + 1 epochs: "init" 79.78 % vs Torch-Pruning + 2 epochs 77.69 %; "learned" emptied the residual
-    # streams again (32 -> 16 channels) and trailed it (measured, docs/benchmarks.md).
+    # streams again (32 -> 16 channels) and trailed it (measured; git show 6e83c8b:docs/benchmarks.md).
     channel_widths: str = "init"
     # channel mode, methods that learn scores (VPNs, HYDRA): how the epochs split between the stages.
-    # "tune" (default since 2026-12-04): stage 1 runs one batch and stage 2 runs epochs_mask + epochs_tune
-    # epochs, the same optimiser steps as "even" plus that batch. The scores start at Torch-Pruning's
-    # group-norm mask, whose widths stage 1 keeps (channel_widths "init"), so stage 1 can only re-pick
-    # channels inside groups, with the weights frozen at a network that scores ~21 % at 2x fewer MACs;
-    # its steps pay in stage 2 instead. ResNet-56 at 2x fewer MACs, equal steps (docs/benchmarks.md, issue
-    # 15): 82.14 % vs 80.13 % for "even" at 1 + 1 epochs (mean of seeds 7 and 9), 83.88 % vs 82.20 % at
+    # "tune": stage 1 runs one batch and stage 2 runs epochs_mask + epochs_tune epochs, the same
+    # optimiser steps as "even" plus that batch. The scores start at Torch-Pruning's group-norm mask,
+    # whose widths stage 1 keeps (channel_widths "init"), so stage 1 can only re-pick channels inside
+    # groups, with the weights frozen at a network that scores ~21 % at 2x fewer MACs; its steps pay in
+    # stage 2 instead. ResNet-56 at 2x fewer MACs, equal steps (docs/benchmarks.md, "Channel mode"):
+    # 82.14 % vs 80.13 % for "even" at 1 + 1 epochs (mean of seeds 7 and 9), 83.88 % vs 82.20 % at
     # 2 + 2 (seed 7; Torch-Pruning + fine-tune 82.78 %).
     # "even": the paper's split, stage 1 for epochs_mask epochs (mask_batches_fraction of each).
     channel_split: str = "tune"
@@ -251,8 +251,8 @@ class CompressConfig:
         "restores the split)."))
     epochs_tune: int = cli(30, "Stage-2 (subnetwork tuning) epochs.")
     # Fraction of each stage-1 epoch's batches that stage 1 runs (1: all of them): how a run splits its
-    # optimiser steps between mask finding and tuning finer than whole epochs (issue 15, "spend the step
-    # budget where it pays"); recipes: compress.mask_batches_fraction.
+    # optimiser steps between mask finding and tuning finer than whole epochs, so a step budget can go to
+    # the stage where it pays; recipes: compress.mask_batches_fraction.
     mask_batches_fraction: float = 1.0
     batch_size: int = cli(256, "Images per optimiser step.")
     prompt: PromptKind = cli("pad", (
@@ -288,12 +288,11 @@ class CompressConfig:
         "in training), "
         "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
         "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
-    # Off by default, measured (docs/benchmarks.md, issue 15; ResNet-20, equal optimiser steps): at 90 %
+    # Off by default, measured (docs/benchmarks.md, "Over training budgets"; ResNet-20, equal optimiser steps): at 90 %
     # magnitude + fine-tune gained at every budget (+4.0 at 2,000 images to +0.8 at 50,000), but at 70 % on
     # 50,000 images it lost 3.5 points (82.81 vs 86.34) and at 50 % 4.2: the teacher is the user's network
     # before it saw this data (81 % on its test split), so a student that can pass it is pulled back to
-    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on. (On by default for
-    # magnitude from d5208db until cb1f3c6.)
+    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on.
     distill: bool = cli(False, (
         "Stage 2 (and magnitude's fine-tune) learns from the dense network's logits: "
         "distill_alpha x T^2 x KL at temperature distill_temperature plus (1 - alpha) x cross-entropy. The "
