@@ -11,7 +11,7 @@ from calibration.feeds import nhwc_uint8
 from calibration.calibrator import DEFAULT_CALIB_IMAGES, ImageCalibrationReader, calibration_images
 from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
-from export.resize_front import caller_contract, prepend_resize, reference_resize
+from export.resize_front import caller_contract, frame, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
 from export.int8_format import Int8Format, choose_int8_format
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
@@ -129,8 +129,12 @@ def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> d
     reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
     parity = {}
 
+    # With the resize in front the test images (already resized and cropped) go in framed, so the front
+    # hands them to the network unchanged and the strict check covers the whole file.
+    feed = (lambda batch: frame(batch, size, inputs.crop_pct)) if job.graph_resize else None
+
     def verify(tmp: Path) -> None:
-        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
+        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None, feed=feed)
         require_parity(parity["result"], name)
         if job.graph_resize:
             parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
