@@ -11,6 +11,7 @@ from calibration.feeds import nhwc_uint8
 from calibration.calibrator import DEFAULT_CALIB_IMAGES, ImageCalibrationReader, calibration_images
 from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
+from export.onnx_metadata import graph_metadata, stamp
 from export.resize_front import caller_contract, frame, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
 from export.int8_format import Int8Format, choose_int8_format
@@ -91,8 +92,7 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
         engines = _engines(stage, precisions, pattern is not None, require_trt, reporter) if trt else None
         run.manifest.export = ExportRecord(
             created=now(), ships_prompt=ships_prompt, prompt_choice=choice, graph_resize=graph_resize,
-            caller_must_feed=caller_contract(size, loaded.inputs.channels, loaded.inputs.crop_pct,
-                                             loaded.inputs.interpolation, graph_resize),
+            caller_must_feed=_contract(job),
             graphs=results, precisions=list(precisions), calib_images=calib_images, tensorrt=engines,
             int8_format=job.int8.to_dict() if job.int8 is not None else None)
         run.manifest.stages["export"] = export_record(run.manifest, settings, stage.names)
@@ -123,6 +123,11 @@ class ExportJob:
         return self.calib
 
 
+def _contract(job: ExportJob) -> dict:
+    inputs = job.loaded.inputs
+    return caller_contract(job.size, inputs.channels, inputs.crop_pct, inputs.interpolation, job.graph_resize)
+
+
 def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> dict:
     """One deployed graph, verified against its PyTorch reference, with its fp16/int8 siblings."""
     inputs, size, test = job.loaded.inputs, job.size, job.test
@@ -139,7 +144,15 @@ def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> d
         if job.graph_resize:
             parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
 
-    edit = (lambda m: prepend_resize(m, size, inputs.crop_pct, inputs.interpolation)) if job.graph_resize else None
+    m = job.loaded.run.manifest
+    props = graph_metadata(m.data.classes, _contract(job), m.model.arch,
+                           "compressed" if name == MODEL_ONNX else "dense reference")
+
+    def edit(model):
+        if job.graph_resize:
+            model = prepend_resize(model, size, inputs.crop_pct, inputs.interpolation)
+        return stamp(model, props)  # the fp16/int8 siblings inherit it
+
     info = export_onnx(DeployGraph(net, inputs, prompt, label_map), job.example, stage.file(name), verify=verify,
                        edit=edit)
     stage.record(name)
