@@ -1,6 +1,7 @@
 """Does the exported graph compute what the PyTorch model computes, on real images?"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 
 from calibration.feeds import nhwc_batches
-from calibration.runtime import OrtRuntime, TorchRuntime, paired_logits
+from calibration.runtime import FedRuntime, OrtRuntime, TorchRuntime, paired_logits
 from calibration.session import cpu_session
 from vpns_deploy.data.dataset import ImageSet
 from vpns_deploy.errors import UserError
@@ -37,9 +38,15 @@ class Parity:
 
 @torch.no_grad()
 def check_parity(onnx_path: Path, model: PromptedNet, data: ImageSet, prompted: bool,
-                 images: int = 256, batch_size: int = 64) -> Parity:
-    """ORT on raw uint8 NHWC vs the training-path PyTorch model on the same images (CPU, fp32)."""
+                 images: int = 256, batch_size: int = 64,
+                 feed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> Parity:
+    """ORT on raw uint8 NHWC vs the training-path PyTorch model on the same images (CPU, fp32); feed:
+    each batch -> (what the graph gets, what the model gets) where they differ (a graph with a resize
+    in front: export/resize_front.frame)."""
     graph, reference = OrtRuntime(cpu_session(onnx_path)), TorchRuntime(model, torch.device("cpu"), prompted)
+    if feed is not None:
+        graph = FedRuntime(graph, lambda batch: feed(batch)[0])
+        reference = FedRuntime(reference, lambda batch: feed(batch)[1])
     worst, agree, n = 0.0, 0, 0
     passed = True
     for got, ref in paired_logits(graph, reference, data.head(images), batch_size):

@@ -48,6 +48,17 @@ class OrtRuntime(Runtime):
         return self.session.run(None, {self.input_name: batch})[0]
 
 
+class FedRuntime(Runtime):
+    """Another runtime fed `feed(batch)` instead of the batch (e.g. test images framed for a graph
+    with a resize in front, export/resize_front.frame)."""
+
+    def __init__(self, inner: Runtime, feed: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.inner, self.feed, self.name = inner, feed, inner.name
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner.infer(self.feed(batch))
+
+
 class TorchRuntime(Runtime):
     """A PromptedNet fed like the graph: uint8 NHWC -> [0, 1] NCHW (the same first step as the
     deployed preprocessing); `prompted` chooses whether the prompt is applied."""

@@ -18,6 +18,7 @@ from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REP
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
 from pipelines.report_render import precision_warnings, render_table, speedup_text, table_rows
+from pipelines.report_verdict import verdict_html
 from pipelines.run_dir import RunDir, now
 from pipelines.stages import Plan, ReportRequest, run_plan
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
@@ -124,7 +125,8 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
         notes = precision_warnings(report) + [f"Measured {report.created} on {report.test_images} test images; ONNX Runtime "
                  f"{report.machine.get('onnxruntime-gpu') or report.machine.get('onnxruntime')}, "
                  f"{report.machine['threads']} CPU threads."]
-        atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images))
+        atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images,
+                                                             verdict_html(report, run.manifest)))
         for name in [p.name for _, p in images] + [REPORT_HTML]:
             run.record(name, drawn_from=run.artifacts[REPORT_JSON]["sha256"])
         run.save()

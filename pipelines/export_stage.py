@@ -12,7 +12,8 @@ from calibration.calibrator import DEFAULT_CALIB_IMAGES, ImageCalibrationReader,
 from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
 from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
-from export.resize_front import caller_contract, prepend_resize, reference_resize
+from export.onnx_metadata import graph_metadata, stamp
+from export.resize_front import caller_contract, frame, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
 from export.int8_format import Int8Format, choose_int8_format
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
@@ -98,8 +99,7 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
         engines = _engines(stage, shipped, pattern is not None, require_trt, reporter) if trt else None
         run.manifest.export = ExportRecord(
             created=now(), ships_prompt=ships_prompt, prompt_choice=choice, graph_resize=graph_resize,
-            caller_must_feed=caller_contract(size, loaded.inputs.channels, loaded.inputs.crop_pct,
-                                             loaded.inputs.interpolation, graph_resize),
+            caller_must_feed=_contract(job),
             graphs=results, precisions=shipped, calib_images=calib_images, tensorrt=engines,
             int8_format=job.int8.to_dict() if job.int8 is not None else None, max_precision_drop=max_drop,
             left_out=left_out)
@@ -132,19 +132,36 @@ class ExportJob:
         return self.calib
 
 
+def _contract(job: ExportJob) -> dict:
+    inputs = job.loaded.inputs
+    return caller_contract(job.size, inputs.channels, inputs.crop_pct, inputs.interpolation, job.graph_resize)
+
+
 def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> dict:
     """One deployed graph, verified against its PyTorch reference, with its fp16/int8 siblings."""
     inputs, size, test = job.loaded.inputs, job.size, job.test
     reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
     parity = {}
 
+    # With the resize in front the test images (already resized and cropped) go in framed, so the front
+    # hands them to the network unchanged and the strict check covers the whole file.
+    feed = (lambda batch: frame(batch, size, inputs.crop_pct)) if job.graph_resize else None
+
     def verify(tmp: Path) -> None:
-        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
+        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None, feed=feed)
         require_parity(parity["result"], name)
         if job.graph_resize:
             parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
 
-    edit = (lambda m: prepend_resize(m, size, inputs.crop_pct, inputs.interpolation)) if job.graph_resize else None
+    m = job.loaded.run.manifest
+    props = graph_metadata(m.data.classes, _contract(job), m.model.arch,
+                           "compressed" if name == MODEL_ONNX else "dense reference")
+
+    def edit(model):
+        if job.graph_resize:
+            model = prepend_resize(model, size, inputs.crop_pct, inputs.interpolation)
+        return stamp(model, props)  # the fp16/int8 siblings inherit it
+
     info = export_onnx(DeployGraph(net, inputs, prompt, label_map), job.example, stage.file(name), verify=verify,
                        edit=edit)
     stage.record(name)

@@ -133,7 +133,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model file not found") and "Traceback" not in proc.stderr
     help_text = subprocess.run([str(exe), "compress", "--help"], capture_output=True, text=True, timeout=120).stdout
-    assert "Prunable" in help_text and "Deviations" in help_text
+    assert "deviations from the reference" in help_text and "docs/OPTIONS.md" in help_text and "--sparsity" in help_text
 
 
 @pytest.mark.parametrize("extra,needle", [
