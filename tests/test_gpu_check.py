@@ -159,3 +159,15 @@ def test_report_on_cuda_has_a_gpu_row_and_keeps_the_networks_on_the_cpu(tmp_path
     assert report["gpu"]["measured"] and report["gpu"]["device"] == torch.cuda.get_device_name(0)
     assert report["gpu"]["latency_ms"]["compressed"]["64"]["median_ms"] > 0
     assert "PyTorch CUDA latency, batch 64" in (run / "report.md").read_text()
+
+
+def test_device_call_fits_the_device_tool_and_carries_only_ignored_folders():
+    from bench.gpu_check import DEVICE_CALL, GPU_BUDGET_S
+
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device-call"], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    call = json.loads(done.stdout)
+    assert call == DEVICE_CALL and len(call["command"]) <= 2000 and GPU_BUDGET_S + 30 <= call["timeout_s"] <= 600
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    for path in call["carry"]:  # carried folders must be ignored, or they would travel (and be committed) anyway
+        assert f"/{path}/" in ignored, path
