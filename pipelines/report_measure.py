@@ -3,6 +3,7 @@ latency of every graph (interleaved where graphs are compared, bounded by the la
 progress), speedups with their interval, and TensorRT engines where export built them."""
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -23,10 +24,17 @@ from vpns_deploy.prompts import Normalize
 Timings = dict[str, dict[str, Latency]]  # graph -> batch -> Latency
 
 
+def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` for a runtime on `device`: a copy where that is not the CPU, since a runtime moves its
+    model and the run's networks must stay on the CPU for what follows (the network-only graph's
+    export, MACs, the CPU inputs they are fed)."""
+    return model if device.type == "cpu" else copy.deepcopy(model)
+
+
 def accuracy(loaded: LoadedRun, graphs: dict[str, Runtime], test, device: torch.device, ships_prompt: bool) -> dict:
     """Top-1 of the PyTorch models (with and without the prompt) and of the shipped graphs."""
     def torch_top1(model, prompted: bool) -> float:
-        return top1(TorchRuntime(model, device, prompted), test)
+        return top1(TorchRuntime(on_device(model, device), device, prompted), test)
 
     out = {
         "dense": {"pytorch": torch_top1(loaded.dense_model(), False), "onnxruntime": top1(graphs["dense"], test)},
@@ -104,6 +112,21 @@ def precisions(run, test, sample: np.ndarray, threads: int, budget_s: float, rep
         out[precision]["speedup"] = {b: speedup(timings["dense"][b], timings["compressed"][b]).to_dict()
                                      for b in timings["dense"]}
     return out
+
+
+def gpu(loaded: LoadedRun, sample: np.ndarray, ships_prompt: bool, device: torch.device, budget_s: float,
+        reporter: Reporter) -> dict:
+    """Dense vs compressed PyTorch (eager, fp32) on the CUDA GPU, CUDA events, interleaved: the GPU row
+    every report gets where a GPU is visible, TensorRT or not."""
+    if device.type != "cuda":
+        return {"measured": False, "reason": "no CUDA GPU visible"}
+    runtimes = {"dense": TorchRuntime(on_device(loaded.dense_model(), device), device, False, "dense"),
+                "compressed": TorchRuntime(on_device(loaded.prompted(ships_prompt), device), device, ships_prompt,
+                                           "compressed")}
+    timings = timed("PyTorch CUDA", runtimes, sample, budget_s, reporter)
+    return {"measured": True, "runtime": "PyTorch eager fp32, CUDA events (batch already on the GPU)",
+            "device": torch.cuda.get_device_name(device), "latency_ms": as_json(timings),
+            "speedup": {b: speedup(timings["dense"][b], timings["compressed"][b]).to_dict() for b in timings["dense"]}}
 
 
 def tensorrt(run, test, sample: np.ndarray, budget_s: float, reporter: Reporter) -> dict:

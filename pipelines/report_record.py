@@ -34,6 +34,7 @@ class Report:
     machine: dict
     precision: dict = field(default_factory=dict)
     tensorrt: dict = field(default_factory=dict)
+    gpu: dict = field(default_factory=dict)  # PyTorch on the CUDA GPU (report_measure.gpu); measured False without one
     structure: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)  # calibration.cpu.CpuFacts.to_dict()
     prompt_choice: dict | None = None

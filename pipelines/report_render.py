@@ -58,6 +58,11 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
                              f"{lat['median_ms']:.3f} / {lat['p90_ms']:.3f} ms"))
     elif trt_info:
         rows.append(("TensorRT", "not measured", trt_info["reason"]))
+    if (r.gpu or {}).get("measured"):
+        for b, d in r.gpu["latency_ms"]["dense"].items():
+            m = r.gpu["latency_ms"]["compressed"][b]
+            rows.append((f"PyTorch CUDA latency, batch {b} (median / p90)",
+                         f"{d['median_ms']:.3f} / {d['p90_ms']:.3f} ms", f"{m['median_ms']:.3f} / {m['p90_ms']:.3f} ms"))
     for b, sp in r.speedup.items():
         rows.append((f"latency speedup, batch {b} [95 % interval] (efficiency = speedup / MACs ratio)", "",
                      f"{speedup_text(sp)} ({sp['efficiency']:.2f})"))

@@ -68,6 +68,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
                 for b in latency["compressed"]}
     precision = measure.precisions(run, test, sample, threads, latency_budget, reporter)
     tensorrt = measure.tensorrt(run, test, sample, latency_budget, reporter)
+    gpu = measure.gpu(loaded, sample, ships_prompt, device, latency_budget, reporter)
     counts = {"dense": _counts(loaded.dense), "compressed": _counts(loaded.compressed)}
     example = torch.zeros(1, *m.data.image_shape)
     for name, net in (("dense", loaded.dense), ("compressed", loaded.compressed)):
@@ -84,7 +85,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         baseline=m.metrics.get("baseline"),
         precision_gate={"max_drop": m.export.max_precision_drop, "left_out": m.export.left_out},
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
-        precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency, m.export.int8_format),
+        precision=precision, tensorrt=tensorrt, gpu=gpu, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()
                    if k in ("mode", "pattern", "exempt", "speedup_target", "macs_reduction")},
         machine={"threads": threads, "provider": "CPUExecutionProvider", "latency_budget_s": latency_budget,
