@@ -1,6 +1,6 @@
 """Regenerate one table of the results page (docs/benchmarks.md) from the committed results, by name.
 
-    python -m bench TABLE          # accuracy, floor, channel, transfer, precision, throughput
+    python -m bench TABLE          # accuracy, floor, channel, transfer, precision, int8, throughput
     python -m bench --list
 
 Grid tables (accuracy, channel, transfer) re-run their engine with the arguments the committed JSON was
@@ -123,6 +123,13 @@ def precision() -> None:
               f"{lat['64']['vs_qdq_per_channel']['speedup']:.2f}x |")
 
 
+def int8() -> None:
+    """fp32 vs int8 per network from product runs (int8.json; measured by bench/int8.py)."""
+    result = json.loads((RESULTS / "int8.json").read_text())
+    print(f"{result['machine']['cpu']}, commit {result['commit']}\n")
+    print(result["markdown"])
+
+
 def throughput() -> None:
     """Training-step cost and the data pipeline (step_time, throughput*, data_pipeline*.json)."""
     steps = json.loads((RESULTS / "step_time.json").read_text())
@@ -148,7 +155,8 @@ def throughput() -> None:
 
 
 TABLES: dict[str, Callable[[], None]] = {"accuracy": accuracy, "floor": floor, "channel": channel,
-                                         "transfer": transfer, "precision": precision, "throughput": throughput}
+                                         "transfer": transfer, "precision": precision, "int8": int8,
+                                         "throughput": throughput}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,7 @@ class Report:
     caller_must_feed: dict | None = None
     baseline: dict | None = None  # compress's simplest baseline (vpns_deploy.baseline_check), on its test split
     precision_gate: dict | None = None  # export's tolerance and the precisions it left out, with why
+    shipping: dict | None = None  # report_measure.shipping: the fastest graph within tolerance, per batch
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict:

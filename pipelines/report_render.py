@@ -77,6 +77,43 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
     return rows
 
 
+def graph_file(name: str) -> str:
+    """A shipping candidate's name ("compressed", "compressed int8") -> its file."""
+    kind, _, precision = name.partition(" ")
+    base = MODEL_ONNX if kind == "compressed" else DENSE_ONNX
+    return base if not precision else base.replace(".onnx", f".{precision}.onnx")
+
+
+def headline(r: Report) -> str | None:
+    """One line: the dense fp32 graph -> the graph to ship, measured together in this report."""
+    ship = r.shipping
+    if not ship:
+        return None
+    batches = list(ship["best"])
+    first = ship["best"][batches[0]]
+    c = ship["candidates"][first]
+    speeds = ", ".join(f"{speedup_text(c['speedup_vs_dense_fp32'][b])} at batch {b}" for b in batches)
+    sizes = ""
+    if graph_file(first) in r.files:
+        sizes = (f"; file {r.files[graph_file(first)]['bytes'] / 1e6:.2f} MB vs "
+                 f"{r.files[DENSE_ONNX]['bytes'] / 1e6:.2f} MB")
+    others = [f"batch {b}: {graph_file(n)}" for b, n in ship["best"].items() if n != first]
+    return (f"Ship {graph_file(first)}: {speeds} faster than {DENSE_ONNX} (fp32, what you had), measured together; "
+            f"test top-1 {_pct(c['top1'])} vs {_pct(ship['reference_top1'])} on {r.test_images} images{sizes}"
+            + (f" (fastest at another batch: {', '.join(others)})" if others else "") + ".")
+
+
+def mode_note(r: Report) -> str | None:
+    """What this mode can and cannot make faster on the runtime measured here."""
+    if r.mode == "unstructured":
+        return ("Unstructured zeros make no graph faster on ONNX Runtime (it runs them densely) nor on TensorRT "
+                "(2:4 only): they shrink the compressed file. For speed, use --mode channel (fewer channels, "
+                "faster on every runtime) or an int8 export where this CPU runs int8 faster.")
+    if r.mode == "channel":
+        return "Channel mode removes whole channels: the graph is smaller and faster on every runtime."
+    return None
+
+
 def precision_warnings(r: Report) -> list[str]:
     """One line per precision export left out, and per shipped precision whose compressed graph loses
     more top-1 against fp32 on the whole test split than export's tolerance (it judged up to 1,000 images)."""
@@ -110,8 +147,10 @@ def render_table(r: Report) -> Table:
 
 
 def render_markdown(r: Report) -> str:
-    lines = [f"# vpns-deploy report: {r.run}", "", _title(r) + ".", "",
-             "| measure | dense | compressed |", "|---|---:|---:|"]
+    lines = [f"# vpns-deploy report: {r.run}", "", _title(r) + ".", ""]
+    lines += [f"**{line}**" for line in (headline(r),) if line] + [""]
+    lines += [line for note in (mode_note(r),) if note for line in (note, "")]
+    lines += ["| measure | dense | compressed |", "|---|---:|---:|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(r)]
     structure = r.structure or {}
     if structure.get("pattern"):
@@ -130,7 +169,7 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"Prompt: {'folded into' if choice.get('fold') else 'left out of'} model.onnx ({choice.get('by')})."]
     head = r.head or {}
     if head.get("map"):
-        lines += ["", f"Head: the source head is kept; frequency label map (data class -> source class): "
+        lines += ["", "Head: the source head is kept; frequency label map (data class -> source class): "
                   + "; ".join(head["map"]) + "."]
     elif head.get("kind") == "new":
         lines += ["", f"Head: a new {head.get('layer')} for the data's classes, warmed up for "

@@ -7,7 +7,7 @@ import html
 from pipelines.artifacts import MODEL_ONNX
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
-from pipelines.report_render import speedup_text
+from pipelines.report_render import headline, mode_note, speedup_text
 
 
 def _pct(x: float | None) -> str:
@@ -18,7 +18,7 @@ def verdict_lines(r: Report) -> list[str]:
     """What ships and how it compares with the dense reference, measured in this report."""
     a = r.accuracy
     speed = "; ".join(f"batch {b}: {speedup_text(sp)}" for b, sp in r.speedup.items())
-    return [f"Ships {MODEL_ONNX} ({r.method} {r.mode}, {r.sparsity_prunable:.1%} of prunable weights removed, "
+    return [line for line in (headline(r), mode_note(r)) if line] + [f"Ships {MODEL_ONNX} ({r.method} {r.mode}, {r.sparsity_prunable:.1%} of prunable weights removed, "
             f"{'with' if r.ships_prompt else 'without'} the prompt).",
             f"Latency speedup over the dense reference (ONNX Runtime CPU, measured together in this report): {speed}.",
             f"Top-1 on {r.test_images} test images (ONNX Runtime): {_pct(a['compressed']['onnxruntime'])} "
