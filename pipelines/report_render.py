@@ -92,13 +92,13 @@ def headline(r: Report) -> str | None:
     batches = list(ship["best"])
     first = ship["best"][batches[0]]
     c = ship["candidates"][first]
-    speeds = ", ".join(f"{speedup_text(c['speedup_vs_dense_fp32'][b])} at batch {b}" for b in batches)
+    speeds = " and ".join(f"{speedup_text(c['speedup_vs_dense_fp32'][b])} at batch {b}" for b in batches)
     sizes = ""
     if graph_file(first) in r.files:
         sizes = (f"; file {r.files[graph_file(first)]['bytes'] / 1e6:.2f} MB vs "
                  f"{r.files[DENSE_ONNX]['bytes'] / 1e6:.2f} MB")
     others = [f"batch {b}: {graph_file(n)}" for b, n in ship["best"].items() if n != first]
-    return (f"Ship {graph_file(first)}: {speeds} faster than {DENSE_ONNX} (fp32, what you had), measured together; "
+    return (f"Ship {graph_file(first)}: faster than {DENSE_ONNX} (fp32, what you had) by {speeds}, measured together; "
             f"test top-1 {_pct(c['top1'])} vs {_pct(ship['reference_top1'])} on {r.test_images} images{sizes}"
             + (f" (fastest at another batch: {', '.join(others)})" if others else "") + ".")
 
