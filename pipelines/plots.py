@@ -111,16 +111,22 @@ def latency_bars(runs: list[Run], path: Path) -> Path:
                 labels.append(f"{label} {precision}")
                 med.append(kinds["compressed"]["latency_ms"][b]["median_ms"])
                 p90.append(kinds["compressed"]["latency_ms"][b]["p90_ms"])
-        x = range(len(labels))
-        ax.bar(x, med, color=["grey"] + [f"C{i % 10}" for i in range(len(labels) - 1)])
-        ax.errorbar(x, med, yerr=[[0] * len(med), [max(0.0, p - m) for p, m in zip(p90, med)]], fmt="none",
-                    ecolor="black", capsize=4, lw=1)
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("ms per batch")
-        ax.set_title(f"batch {b}: median, whisker to p90")
-        ax.grid(axis="y", alpha=0.3)
+        _bars(ax, labels, med, [[0] * len(med), [max(0.0, p - m) for p, m in zip(p90, med)]],
+              ["grey"] + [f"C{i % 10}" for i in range(len(labels) - 1)], "ms per batch",
+              f"batch {b}: median, whisker to p90")
     return _save(fig, path)
+
+
+def _bars(ax, labels: list[str], values: list[float], whiskers: list[list[float]], colors: list[str],
+          ylabel: str, title: str) -> None:
+    x = list(range(len(labels)))
+    ax.bar(x, values, color=colors)
+    ax.errorbar(x, values, yerr=whiskers, fmt="none", ecolor="black", capsize=4, lw=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
 
 
 def speedup_bars(runs: list[Run], path: Path) -> Path:
@@ -140,15 +146,9 @@ def speedup_bars(runs: list[Run], path: Path) -> Path:
                 values.append(sp["speedup"])
                 low.append(sp["speedup"] - sp["ci95"][0])
                 high.append(sp["ci95"][1] - sp["speedup"])
-        x = range(len(labels))
-        ax.bar(x, values, color=[f"C{i % 10}" for i in range(len(labels))])
-        ax.errorbar(x, values, yerr=[low, high], fmt="none", ecolor="black", capsize=4, lw=1)
+        _bars(ax, labels, values, [low, high], [f"C{i % 10}" for i in range(len(labels))],
+              "speedup over the run's dense fp32 graph", f"batch {b}: within-run ratio, 95 % interval")
         ax.axhline(1.0, color="grey", lw=1)
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("speedup over the run's dense fp32 graph")
-        ax.set_title(f"batch {b}: within-run ratio, 95 % interval")
-        ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
