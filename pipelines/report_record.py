@@ -40,6 +40,7 @@ class Report:
     head: dict | None = None
     caller_must_feed: dict | None = None
     baseline: dict | None = None  # compress's simplest baseline (vpns_deploy.baseline_check), on its test split
+    dense_reference: dict | None = None  # what "dense" is (pipelines/dense_reference.py): kind, label, text
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict:
