@@ -2,7 +2,7 @@
 
 A run whose batch does not fit in memory is otherwise killed by the kernel after many minutes, with
 nothing kept and nothing said. So before any file is written, the actual network runs a forward and
-backward pass (and an optimiser step) at two small batches on the run's device, at the run's input
+backward pass (and an optimiser step) at small batches on the run's device, at the run's input
 size; its peak memory (the process's resident set on the CPU, torch's allocator peak on CUDA) and its
 time are fitted linearly in the batch size (activations scale with the batch) and projected to the
 run's batch. The small batches keep the preflight itself from ever needing much memory.
@@ -10,6 +10,7 @@ run's batch. The small batches keep the preflight itself from ever needing much 
 from __future__ import annotations
 
 import copy
+import ctypes
 import gc
 import math
 import os
@@ -30,9 +31,11 @@ from vpns_deploy.errors import UserError
 from vpns_deploy.prompts import PromptedNet
 from vpns_deploy.run_work import Phase
 
-# The batches measured: the smaller is the fit's anchor, the larger sets its slope and the step time
-# (the run's own batch when that is smaller).
-SMALL_BATCHES = (2, 8)
+# The batches measured, each clamped to the run's batch: the first two always; the third only when
+# the fit through the first two says it fits in half the free memory. The fit runs through the last
+# two: per image, batches of 2-8 cost more than large ones (EfficientNet-Lite0 at 128 px: the fit through
+# 2 and 8 projected a step at batch 128 25 % above its measured peak).
+SMALL_BATCHES = (2, 8, 32)
 # Copies of the parameters a run holds beside the measured network, its gradients and SGD momentum:
 # the dense reference, the magnitude baseline's copy, scores, their gradients and Adam's two moments.
 # Counted, not measured (small beside the activations of any batch worth a preflight).
@@ -152,9 +155,20 @@ def _peak_rss() -> Iterator[Callable[[], int]]:
             result[0] = max(peak[0], _status_kib("VmRSS"))
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that was freed but kept by glibc's allocator back to the system (malloc_trim), so
+    the resident set measures what a step needs, not what earlier work (data decoding) left behind:
+    a step reusing kept memory would show no growth with the batch."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may under-read, the margin covers some
+        pass
+
+
 def _measure(fn: Callable[[], None], device: torch.device) -> tuple[float, int]:
     """(seconds, peak bytes) of fn: process resident set on the CPU, allocator peak on CUDA."""
     gc.collect()
+    _release_freed_memory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -179,10 +193,10 @@ def _measure_warm(fn: Callable[[], None], device: torch.device) -> tuple[float, 
 
 
 def _fit(points: dict[int, float]) -> Fit:
-    (b1, v1), *rest = sorted(points.items())
-    if not rest:
-        return Fit(b1, v1, v1 / b1)
-    b2, v2 = rest[-1]
+    """The line through the two largest batches measured."""
+    *_, (b1, v1), (b2, v2) = [(0, 0.0), *sorted(points.items())]
+    if b1 == 0:
+        return Fit(b2, v2, v2 / b2)
     return Fit(b1, v1, max(0.0, (v2 - v1) / (b2 - b1)))
 
 
@@ -195,7 +209,7 @@ def measure_step(loaded_net: torch.nn.Module, inputs, image_shape: tuple[int, ..
     untouched, so a run with a preflight ends bit-identical to one without."""
     base = (int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else _status_kib("VmRSS"))
     available = available_bytes(device)
-    sizes = sorted({min(batch, b) for b in SMALL_BATCHES})
+    sizes = sorted({min(batch, b) for b in SMALL_BATCHES[:2]})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         net = copy.deepcopy(loaded_net).to(device, memory_format=torch.channels_last)
@@ -226,6 +240,11 @@ def measure_step(loaded_net: torch.nn.Module, inputs, image_shape: tuple[int, ..
 
         steps = {b: _measure_warm(train(b), device) for b in sizes}
         forwards = {b: _measure_warm(forward(b), device) for b in sizes}
+        third = min(batch, SMALL_BATCHES[2])
+        if third > sizes[-1] and _fit({b: m for b, (_, m) in steps.items()}).at(third) - base <= 0.5 * available:
+            sizes.append(third)
+            steps[third] = _measure_warm(train(third), device)
+            forwards[third] = _measure_warm(forward(third), device)
         params = sum(p.numel() * p.element_size() for p in net.parameters())
         del model, net, opt
     gc.collect()
@@ -277,7 +296,7 @@ def verdict(cost: StepCost, phases: list[Phase], eval_batch: int, side: int) -> 
 
     peak = cost.peak_bytes(cost.batch, eval_batch)
     where = "on the GPU" if cost.device.startswith("cuda") else "resident"
-    measured = " and ".join(str(b) for b in cost.measured_at)
+    measured = ", ".join(str(b) for b in cost.measured_at)
     if not cost.fits(cost.batch, eval_batch):
         raise UserError(
             f"batch {cost.batch} at {side} px needs about {gib(peak)} {where} on {cost.device} at its peak, "
