@@ -201,9 +201,6 @@ def load_results(path: Path, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     results = load_results(args.out, args)
-    results["command"] = "python -m bench.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
-    results["machine"] = {**versions(), "threads": torch.get_num_threads(),
-                          "device": str(resolve_device(args.device))}
     cells = grid(args)
     for i, (method, sparsity, seed) in enumerate(cells, 1):
         key = cell_key(method, sparsity, seed)
@@ -211,6 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{i}/{len(cells)}] {key}: done earlier, skipped", file=sys.stderr)
             continue
         print(f"[{i}/{len(cells)}] {key}", file=sys.stderr)
+        # The record names the process that measures; a re-run that only redraws keeps it.
+        results["command"] = "python -m bench.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
+        results["machine"] = {**versions(), "threads": torch.get_num_threads(),
+                              "device": str(resolve_device(args.device))}
         results["cells"][key] = run_cell(args, method, sparsity, seed)
         results["updated"] = now()
         atomic_write_json(args.out, results)

@@ -1,6 +1,6 @@
-"""Old vs new defaults on the committed ResNet-20 accuracy grid (issue 15 item 4).
+"""Old vs new defaults on a ResNet-20 accuracy grid, cell by cell.
 
-The grid of bench/results/accuracy.json (full CIFAR-10-JPEG train split, VPNs 1 + 1 epochs, equal
+A grid (full CIFAR-10-JPEG train split, VPNs 1 + 1 epochs, equal
 optimiser steps) measured under the defaults of its day, beside the same cells re-run under today's
 (BN re-estimation on augmented images, a validation split), with magnitude + fine-tune also distilled
 (`--distill`, off by default since this comparison measured it at 70 %). New cells may

@@ -1,4 +1,4 @@
-"""Channel benchmark (issue 5): VPNs channel mode vs Torch-Pruning's own pruner at a MACs target.
+"""Channel benchmark: VPNs channel mode vs Torch-Pruning's own pruner at a MACs target.
 
 Cells, each from the same pretrained model, same data, augmentation, batch and weight optimiser:
   vpns       vpns-deploy channel mode, --speedup X: E mask epochs + E tune epochs (two passes each)
@@ -182,14 +182,15 @@ def main(argv: list[str] | None = None) -> dict:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     if results.get("budget") != budget(args):
         results = {"budget": budget(args), "cells": {}}
-    results["command"] = "python -m bench.channel " + shlex.join(sys.argv[1:] if argv is None else argv)
-    results["machine"] = {**versions(), "threads": torch.get_num_threads()}
+    record = {"command": "python -m bench.channel " + shlex.join(sys.argv[1:] if argv is None else argv),
+              "machine": {**versions(), "threads": torch.get_num_threads()}}
     if args.phase in ("train", "all"):
         for cell in [c for c in args.cells.split(",") if c in CELLS]:  # in the order asked for
             if cell in results["cells"]:
                 print(f"{cell}: done earlier, skipped", file=sys.stderr)
                 continue
             print(f"== {cell}", file=sys.stderr)
+            results.update(record)  # the record names the process that measures; a redraw keeps it
             results["cells"][cell] = run_cell(args, cell)
             results["updated"] = now()
             atomic_write_json(args.out, results)
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         if vpns_run.exists():
             results["dense_top1"] = RunDir.open(vpns_run).manifest.metrics["dense_top1"]
     if args.phase in ("latency", "all"):
+        results.update(record)
         measure(results, args.data)
     atomic_write_json(args.out, results)
     if results["cells"]:

@@ -1,6 +1,6 @@
 """The channel benchmark's picture: top-1 against total optimiser steps, one line per method family.
 
-Issue 15 asks whether VPNs beats Torch-Pruning at the same *total* steps; a table of cells at 392, 588
+The question is whether VPNs beats Torch-Pruning at the same *total* steps; a table of cells at 392, 588
 and 784 steps hides which family gains more per step, a line per family shows it.
 """
 from __future__ import annotations

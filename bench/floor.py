@@ -1,4 +1,4 @@
-"""The accuracy floor over budgets (issue 15): ResNet-20 at 90 % on CIFAR-10-JPEG, VPNs vs HYDRA vs
+"""The accuracy floor over budgets: ResNet-20 at 90 % on CIFAR-10-JPEG, VPNs vs HYDRA vs
 magnitude + fine-tune vs the dense fine-tune, at equal optimiser steps, for training subsets of
 2k / 10k / 50k images x 1 + 1 and 3 + 3 VPNs epochs (one seed; seeds 7 and 9 at 50k).
 
@@ -60,7 +60,7 @@ def summary(out: Path) -> dict:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="", help="comma-separated budget keys (default: all, cheapest first)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/floor")
@@ -70,7 +70,8 @@ def main() -> None:
     p.add_argument("--compare", type=Path, default=None,
                    help="another results folder (e.g. bench/results/floor/bn-unaugmented-2026-11-25): its numbers "
                         "in brackets")
-    args = p.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
     wanted = [k for k in args.only.split(",") if k]
     for key, subset, epochs, seeds in BUDGETS:
         if wanted and key not in wanted:
@@ -83,7 +84,7 @@ def main() -> None:
     from vpns_deploy.atomic import atomic_write_json
 
     rows = summary(args.out)
-    atomic_write_json(args.out / "floor.json", {"command": "python -m bench.floor " + " ".join(sys.argv[1:]),
+    atomic_write_json(args.out / "floor.json", {"command": "python -m bench.floor " + " ".join(argv),
                                                 "budgets": rows})
     print(markdown(rows, summary(args.compare) if args.compare else {}))
 

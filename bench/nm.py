@@ -1,4 +1,4 @@
-"""2:4 benchmark (issue 6): dense vs VPNs 2:4 on the pretrained ResNet-56, fp32 / fp16 / int8.
+"""2:4 benchmark: dense vs VPNs 2:4 on the pretrained ResNet-56, fp32 / fp16 / int8.
 
 One VPNs 2:4 run (E mask + E tune epochs) through the product's own stages: compress, export with
 fp16 and int8 (static Q/DQ, 512 calibration images), report. Saves top-1 (full test split) and ONNX

@@ -29,10 +29,6 @@ def label(method: str) -> str:
                                 for k, v in PROBES[method].items()) + " (probe)"
 
 
-def load_cells(folder: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-
-
 def shipped(cell: dict) -> float:
     """Test top-1 of the model the product ships: prompted only where validation decided to fold the
     prompt in (the cell's prompt_decision), never the better of the two on test."""
@@ -159,15 +155,19 @@ def plot(cells: dict[str, dict], table: list[dict], path: Path, title: str) -> N
     plt.close(fig)
 
 
-def write_summary(args: argparse.Namespace, command: str) -> dict:
+def write_summary(args: argparse.Namespace, command: str, cells: dict[str, dict], measured: bool = True) -> dict:
+    """Rows, targets, JSON and PNG from `cells`. The record of what measured them (command, machine,
+    budget, time) changes only when this process `measured` a cell: a redraw keeps the measuring one's."""
     from pipelines.run_dir import now, versions
     from vpns_deploy.atomic import atomic_write, atomic_write_json
 
-    cells = load_cells(args.out.with_suffix(""))
     table = rows(cells)
-    result = {"command": command, "updated": now(), "machine": versions(),
-              "budget": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "one"},
-              "rows": table, "targets": targets(table), "cells": cells}
+    record = {"command": command, "updated": now(), "machine": versions(),
+              "budget": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "one"}}
+    if not measured and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        record = {k: old.get(k, v) for k, v in record.items()}
+    result = {**record, "rows": table, "targets": targets(table), "cells": dict(sorted(cells.items()))}
     atomic_write_json(args.out, result)
     png = args.out.with_suffix(".png")
     title = f"EfficientNet-Lite0 (ImageNet) -> CIFAR-10 at {args.input_size} px, label mapping"

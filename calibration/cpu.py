@@ -4,7 +4,7 @@ int8 convolutions and matrix products are fast on x86 only with dot-product inst
 multiply bytes and accumulate into 32-bit sums in one step: AVX-512 VNNI, AVX-VNNI (AVX2 width) or
 AMX. Without them ONNX Runtime emulates the int8 dot product with several AVX2/AVX-512 instructions
 and adds the Quantize/Dequantize nodes of the Q/DQ graph on top, so int8 is not expected to beat
-fp32 there (issue 18: 2x slower than fp32 on an AVX2 CPU without VNNI, measured).
+fp32 there (measured: 2x slower than fp32 on an AVX2 CPU without VNNI).
 """
 from __future__ import annotations
 

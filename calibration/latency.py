@@ -3,8 +3,8 @@ they are noise.
 
 Graphs that are compared (dense vs compressed) are timed interleaved, one call each in turn (the
 order reversed every round), so a change in machine load (other processes on a shared 2-core
-machine) lands on both and not on whichever happened to run second: issue 18 saw the same demo's
-batch-1 "speedup" read 1.28x and then 0.65x when the two were timed one after the other. Every graph gets `budget_s` seconds (split
+machine) lands on both and not on whichever happened to run second: timed one after the other, the
+same demo's batch-1 "speedup" read 1.28x and then 0.65x when the two were timed one after the other. Every graph gets `budget_s` seconds (split
 over the batch sizes); a call slower than the budget still runs MIN_TIMED times.
 """
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Does the exported graph compute what the PyTorch model computes, on real images?"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from calibration.runtime import OrtRuntime, TorchRuntime, paired_logits
+from calibration.feeds import nhwc_batches
+from calibration.runtime import FedRuntime, OrtRuntime, TorchRuntime, paired_logits
 from calibration.session import cpu_session
 from vpns_deploy.data.dataset import ImageSet
 from vpns_deploy.errors import UserError
@@ -36,9 +38,15 @@ class Parity:
 
 @torch.no_grad()
 def check_parity(onnx_path: Path, model: PromptedNet, data: ImageSet, prompted: bool,
-                 images: int = 256, batch_size: int = 64) -> Parity:
-    """ORT on raw uint8 NHWC vs the training-path PyTorch model on the same images (CPU, fp32)."""
+                 images: int = 256, batch_size: int = 64,
+                 feed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> Parity:
+    """ORT on raw uint8 NHWC vs the training-path PyTorch model on the same images (CPU, fp32); feed:
+    each batch -> (what the graph gets, what the model gets) where they differ (a graph with a resize
+    in front: export/resize_front.frame)."""
     graph, reference = OrtRuntime(cpu_session(onnx_path)), TorchRuntime(model, torch.device("cpu"), prompted)
+    if feed is not None:
+        graph = FedRuntime(graph, lambda batch: feed(batch)[0])
+        reference = FedRuntime(reference, lambda batch: feed(batch)[1])
     worst, agree, n = 0.0, 0, 0
     passed = True
     for got, ref in paired_logits(graph, reference, data.head(images), batch_size):
@@ -82,9 +90,19 @@ class Agreement:
     top1_agreement: float
     raw_top1_agreement: float = 1.0
     ties: int = 0
+    reference_top1: float | None = None  # against the images' labels (compare_graphs)
+    candidate_top1: float | None = None
+    top1_drop_ci95: float | None = None  # half-width of the drop's 95 % interval, points (paired images)
+
+    @property
+    def top1_drop_points(self) -> float | None:
+        """Top-1 points the candidate loses against the reference (negative: it gains)."""
+        if self.reference_top1 is None or self.candidate_top1 is None:
+            return None
+        return 100.0 * (self.reference_top1 - self.candidate_top1)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"top1_drop_points": self.top1_drop_points}
 
 
 def top2_margin(logits: np.ndarray) -> np.ndarray:
@@ -111,12 +129,26 @@ def agreement_of(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 
 def compare_graphs(reference: Path, candidate: Path, data: ImageSet, images: int = 1000,
                    batch_size: int = 64) -> Agreement:
+    """Agreement of two graphs on the first `images` test images, and each one's top-1 on them."""
     subset = ImageSet(data.images[:images], data.labels[:images], data.classes)
-    refs, cands = [], []
-    for ref, cand in paired_logits(OrtRuntime(cpu_session(reference)), OrtRuntime(cpu_session(candidate)), subset,
-                                   batch_size):
-        refs.append(ref.astype(np.float32))
-        cands.append(cand.astype(np.float32))
+    refs, cands, labels = [], [], []
+    a, b = OrtRuntime(cpu_session(reference)), OrtRuntime(cpu_session(candidate))
+    for batch, batch_labels in nhwc_batches(subset, batch_size):
+        refs.append(a.infer(batch).astype(np.float32))
+        cands.append(b.infer(batch).astype(np.float32))
+        labels.append(batch_labels)
     if not refs:
         return Agreement(0, 0.0, 1.0)
-    return agreement_of(np.concatenate(refs), np.concatenate(cands))
+    ref, cand, y = np.concatenate(refs), np.concatenate(cands), np.concatenate(labels)
+    ref_right, cand_right = ref.argmax(1) == y, cand.argmax(1) == y
+    return replace(agreement_of(ref, cand), reference_top1=float(ref_right.mean()),
+                   candidate_top1=float(cand_right.mean()),
+                   top1_drop_ci95=paired_halfwidth(ref_right, cand_right))
+
+
+def paired_halfwidth(a_right: np.ndarray, b_right: np.ndarray) -> float:
+    """Half-width, in top-1 points, of the 95 % interval of top-1(a) - top-1(b) measured on the same
+    images: only the images on which the two disagree carry the difference's variance."""
+    n = max(len(a_right), 1)
+    d = a_right.astype(np.float64) - b_right.astype(np.float64)
+    return float(100 * 1.96 * np.sqrt(max(d.var(), 0.0) / n))

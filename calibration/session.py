@@ -31,8 +31,8 @@ def cpu_session(path: Path, threads: int | None = None, spinning: bool = False) 
     ORT's intra-op threads spin-wait after every call by default. calibration.latency times graphs
     interleaved, so each session's spinning threads took the cores from the next session's call:
     ResNet-56 (32 px, 2 cores) read 6.14 ms at batch 1 interleaved against 2.30 ms alone, and 113 vs
-    73.5 ms at batch 64; with spinning off, 2.24 vs 2.29 ms and 75.4 vs 75.5 ms (docs/benchmarks.md,
-    2026-12-03). Alone, spinning off costs nothing measurable there. `spinning=True` (ORT's default)
+    73.5 ms at batch 64; with spinning off, 2.24 vs 2.29 ms and 75.4 vs 75.5 ms (measured 2026-12-03;
+    git show 6e83c8b:docs/benchmarks.md). Alone, spinning off costs nothing measurable there. `spinning=True` (ORT's default)
     exists for bench/probes/ort_spinning.py, which measures exactly that difference."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = optimization_level(path)

@@ -2,9 +2,10 @@
 
 The evaluation transform of the training pipeline is torchvision's: resize the shorter side to
 round(size / crop_pct) (antialiased; the longer side to int(side * long / short)), centre-crop
-size x size (offset round(margin / 2), half to even), round to uint8. The graph computes the same
-sizes and offsets from the input's shape (Shape, integer Div, Round), then Resize(axes=[1, 2],
-antialias=1) -> Slice -> Round -> Clip(0, 255) -> Cast(uint8), then the fixed-size graph unchanged.
+size x size (offset round(margin / 2), half to even; a side shorter than `size`, crop_pct > 1, is
+first zero-padded by floor/ceil halves), round to uint8. The graph computes the same sizes, pads and
+offsets from the input's shape (Shape, integer Div, Max, Round), then Resize(axes=[1, 2], antialias=1)
+-> Pad -> Slice -> Round -> Clip(0, 255) -> Cast(uint8), then the fixed-size graph unchanged.
 ONNX Runtime's antialiased filter and torchvision's differ by rounding: tests/test_graph_resize.py
 measures pixels and logits.
 """
@@ -36,6 +37,26 @@ def reference_resize(images: torch.Tensor, size: int, crop_pct: float, interpola
     if min(images.shape[-2:]) != side:
         images = TF.resize(images, [side], interpolation=InterpolationMode(interpolation), antialias=True)
     return TF.center_crop(images, [size, size])
+
+
+def frame(images: np.ndarray, size: int, crop_pct: float) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation-sized uint8 N x size x size x C images -> (what to feed a graph with the front, what its
+    network then sees). The test images are already resized and cropped, so fed as they are the front
+    would resize and crop them a second time (crop_pct < 1). Framed instead, the front's resize is the
+    identity (the shorter side already has its target length: exact in ONNX Runtime for every mode,
+    measured), so the strict parity check covers the whole file:
+    - crop_pct <= 1: edge-padded to side x side; the front's centre crop returns the images unchanged;
+    - crop_pct > 1: their centre side x side; the front zero-pads it back, so the network sees the
+      images with everything outside that centre zeroed."""
+    side = resize_side(size, crop_pct)
+    if side < size:
+        top = (size - side) // 2  # torchvision's CenterCrop pads the floor half before
+        seen = np.zeros_like(images)
+        seen[:, top:top + side, top:top + side] = images[:, top:top + side, top:top + side]
+        return np.ascontiguousarray(images[:, top:top + side, top:top + side]), seen
+    top = round((side - size) / 2)  # torchvision's centre-crop offset (half to even, as the front rounds)
+    pad = (top, side - size - top)
+    return np.pad(images, ((0, 0), pad, pad, (0, 0)), mode="edge"), images
 
 
 def caller_contract(size: int, channels: int, crop_pct: float, interpolation: str, graph_resize: bool) -> dict:
@@ -70,9 +91,8 @@ def prepend_resize(model: onnx.ModelProto, size: int, crop_pct: float, interpola
     for node in graph.node:
         node.input[:] = [inner if name == old.name else name for name in node.input]
     side = resize_side(size, crop_pct)
-    if side < size:
-        raise ValueError(f"crop_pct {crop_pct} > 1 would pad, not crop; not supported by --graph-resize")
     consts = {"rf_side": np.array(side, np.int64), "rf_size": np.array(size, np.int64),
+              "rf_zero": np.array(0, np.int64), "rf_two_i": np.array(2, np.int64),
               "rf_two": np.array(2.0, np.float32), "rf_hw_start": np.array([1], np.int64),
               "rf_hw_end": np.array([3], np.int64), "rf_axes": np.array([1, 2], np.int64),
               "u8_min": np.array(0.0, np.float32), "u8_max": np.array(255.0, np.float32)}
@@ -93,14 +113,22 @@ def prepend_resize(model: onnx.ModelProto, size: int, crop_pct: float, interpola
         n("Mul", ["rf_hw", "rf_side"], ["rf_hw_scaled"]),
         n("Div", ["rf_hw_scaled", "rf_short"], ["rf_new_hw"]),  # int64: floor division
         n("Resize", ["rf_x", "", "", "rf_new_hw"], ["rf_resized"], **resize_attrs),
-        # torchvision's CenterCrop: offset round((new - size) / 2), half to even (ONNX Round does the same)
-        n("Sub", ["rf_new_hw", "rf_size"], ["rf_margin"]),
+        # torchvision's CenterCrop pads a side shorter than size with zeros: floor half before, the rest after
+        n("Sub", ["rf_size", "rf_new_hw"], ["rf_short_by"]),
+        n("Max", ["rf_short_by", "rf_zero"], ["rf_pad"]),
+        n("Div", ["rf_pad", "rf_two_i"], ["rf_pad_lo"]),
+        n("Sub", ["rf_pad", "rf_pad_lo"], ["rf_pad_hi"]),
+        n("Concat", ["rf_pad_lo", "rf_pad_hi"], ["rf_pads"], axis=0),
+        n("Pad", ["rf_resized", "rf_pads", "u8_min", "rf_axes"], ["rf_padded"]),
+        n("Add", ["rf_new_hw", "rf_pad"], ["rf_padded_hw"]),
+        # then crops at offset round((padded - size) / 2), half to even (ONNX Round does the same)
+        n("Sub", ["rf_padded_hw", "rf_size"], ["rf_margin"]),
         n("Cast", ["rf_margin"], ["rf_margin_f"], to=TensorProto.FLOAT),
         n("Div", ["rf_margin_f", "rf_two"], ["rf_half"]),
         n("Round", ["rf_half"], ["rf_half_r"]),
         n("Cast", ["rf_half_r"], ["rf_start"], to=TensorProto.INT64),
         n("Add", ["rf_start", "rf_size"], ["rf_end"]),
-        n("Slice", ["rf_resized", "rf_start", "rf_end", "rf_axes"], ["rf_crop"]),
+        n("Slice", ["rf_padded", "rf_start", "rf_end", "rf_axes"], ["rf_crop"]),
         n("Round", ["rf_crop"], ["rf_round"]),
         n("Clip", ["rf_round", "u8_min", "u8_max"], ["rf_clip"]),
         n("Cast", ["rf_clip"], [inner], to=TensorProto.UINT8),

@@ -16,17 +16,18 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     help="Compress vision models with VPNs (visual prompt + learned masks), export them for deployment "
     "with the prompt folded in, and measure what you ship.\n\n"
-    "Typical use: [bold]compress[/] MODEL -> [bold]export[/] RUN_DIR -> [bold]report[/] RUN_DIR.",
+    "Typical use: compress MODEL -> export RUN_DIR -> report RUN_DIR. Every option in full: docs/OPTIONS.md.",
 )
-app.command()(cli_make.train)
-app.command(help=cli_make.COMPRESS_HELP)(cli_make.compress)
-app.command()(cli_make.sweep)
-app.command("run")(cli_make.run_recipe_cmd)
-app.command()(cli_ship.export)
-app.command()(cli_ship.report)
+app.command(short_help="Train a dense model from scratch.")(cli_make.train)
+app.command(help=cli_make.COMPRESS_HELP, short_help="Prune and fine-tune a model; writes a run directory.")(
+    cli_make.compress)
+app.command(short_help="One run per sparsity target, then the trade-off plots.")(cli_make.sweep)
+app.command("run", short_help="Run a recipe: pretrain, compress, export, report.")(cli_make.run_recipe_cmd)
+app.command(short_help="Write the deployment ONNX graphs of a run.")(cli_ship.export)
+app.command(short_help="Measure runs and write report.html (several: compared).")(cli_ship.report)
 
 
 def _interrupt_on_sigterm() -> None:

@@ -12,8 +12,35 @@ import typer
 from vpns_deploy.data import DATA_SPEC_HELP
 from vpns_deploy.errors import UserError
 
-DATA_HELP = f"Data set: {DATA_SPEC_HELP}."
-QUIET_HELP = "No live progress bars: one line per epoch (what non-terminal output, e.g. CI logs, gets anyway)."
+DATA_HELP = "Data set: digits, imagefolder:DIR (DIR/train/<class>/*), tar:FILE or cifar10:ROOT."
+QUIET_HELP = "No live progress bars: one line per epoch."
+PRECISION_HELP = "Comma-separated: fp32 (always written), fp16, int8."
+RUN_TRUST_PICKLE_HELP = "Allow the run's model.pt/dense.pt to be pickled modules (runs their code)."
+# The full text of options whose --help line is short, by parameter name: docs/OPTIONS.md shows it
+# (pipelines/cli_doc.py); options built from the configuration dataclasses carry theirs in cli(details=).
+DETAILS = {
+    "data": f"Data set: {DATA_SPEC_HELP}.",
+    "quiet": "No live progress bars: one line per epoch (what non-terminal output, e.g. CI logs, gets anyway).",
+    "precision": "Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static, symmetric, "
+                 "per-channel weights, calibrated on training images; Q/DQ or QOperator, whichever ONNX Runtime "
+                 "runs faster on this CPU, measured; Q/DQ with --trt). Precision lives in the graph, as TensorRT "
+                 "10/11 strongly typed networks need.",
+    "trust_pickle": "Allow a pickled nn.Module (runs code from the file: only for files you trust). For export and "
+                    "report: the run's model.pt/dense.pt may be pickled nn.Modules (a run made from a pickled "
+                    "MODEL). Unpickling runs code from the file, and a run directory can be edited by anyone who "
+                    "can write it: only for runs you trust.",
+    "resume": "Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it "
+              "was started with. Re-running the same command does the same.",
+    "prompt": "export: fold the learned prompt into the graph, or ship the network without it. Default: what "
+              "compress decided on the validation split (folded in only where top-1 with it >= without it; "
+              "recorded in manifest.json).",
+    "graph_resize": "Fold a Resize in front of the graph so it takes uint8 NHWC images of any height and width "
+                    "(resize shorter side + centre crop, antialiased, as the training evaluation transform; its "
+                    "parity with PyTorch is measured and recorded). Without it the graph takes the model's input "
+                    "size only.",
+    "trt": "Also build TensorRT engines (strongly typed; SPARSE_WEIGHTS for N:M runs; dynamic batch 1..256, opt 64; "
+           "timing cache kept in the run). Without a GPU or TensorRT: one line saying which is missing, exit 0.",
+}
 RUN_DIR_HELP = "Run directory from compress (default: the newest under runs/)."
 
 # What an interrupted command leaves behind (each command writes all-or-nothing, resumably).
@@ -30,8 +57,8 @@ INTERRUPTED = {
 # Options of several commands that come from no configuration dataclass (those that do: cli_options.py).
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only once the new run is complete).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="Comma-separated: fp32 (always written), fp16 (graph cast to float16), int8 (static, symmetric, per-channel weights, calibrated on training images; Q/DQ or QOperator, whichever ONNX Runtime runs faster on this CPU, measured; Q/DQ with --trt). Precision lives in the graph, as TensorRT 10/11 strongly typed networks need.")]
-RunTrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow the run's model.pt/dense.pt to be pickled nn.Modules (a run made from a pickled MODEL). Unpickling runs code from the file, and a run directory can be edited by anyone who can write it: only for runs you trust.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help=PRECISION_HELP)]
+RunTrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help=RUN_TRUST_PICKLE_HELP)]
 
 
 def friendly(fn):

@@ -14,7 +14,7 @@ from pipelines.cli_common import (
 from pipelines.cli_options import (
     HEAD_OPTIONS, METHOD_OPTIONS, MODEL_OPTIONS, TRAINING_OPTIONS, compress_config, input_overrides, with_options,
 )
-from pipelines.recipe import ARCH_HELP
+from pipelines.recipe import ARCH_SHORT
 from vpns_deploy.config import DEVIATIONS, CompressConfig
 from vpns_deploy.errors import UserError
 
@@ -23,12 +23,13 @@ EMPTY_LAYERS = ((CompressConfig, "allow_empty_layers"),)
 
 COMPRESS_HELP = (
 "Find a sparse subnetwork and fine-tune it; writes a run directory.\n\n"
-    "[bold]vpns[/]: stage 1 trains per-weight scores and the visual prompt with the weights frozen "
+    "The methods, what each --mode prunes and the deviations from the reference code: docs/OPTIONS.md.\f\n\n"
+    "vpns: stage 1 trains per-weight scores and the visual prompt with the weights frozen "
     "(two optimiser steps per batch: a prompted pass on un-augmented images, then an un-prompted pass on "
     "augmented images); the mask keeps the global top-k |score| (straight-through gradient), re-selected "
     "after every step. Stage 2 fixes the mask and trains weights, BN and prompt. "
-    "[bold]hydra[/]: the same without prompt, one step per batch. [bold]magnitude[/]: global |W| top-k, "
-    "then fine-tuning for epochs-mask + epochs-tune epochs. [bold]tp-groupnorm[/] (--mode channel): Torch-Pruning's "
+    "hydra: the same without prompt, one step per batch. magnitude: global |W| top-k, "
+    "then fine-tuning for epochs-mask + epochs-tune epochs. tp-groupnorm (--mode channel): Torch-Pruning's "
     "iterative group-norm pruner run to the budget, then the same fine-tuning. VPNs steps twice per batch, so give the "
     "baselines twice the epochs for an equal number of optimiser steps.\n\n"
     "Prunable (--mode unstructured): every Conv2d and Linear weight, stem and classifier included; BN and "
@@ -42,7 +43,7 @@ COMPRESS_HELP = (
 
 @friendly
 def train(
-    arch: Annotated[str, typer.Option(help=ARCH_HELP)],
+    arch: Annotated[str, typer.Option(help=f"Architecture: {ARCH_SHORT}.")],
     data: Annotated[str, typer.Option(help=DATA_HELP)],
     out: Annotated[Path, typer.Option(help="Where to write the trained state dict.")],
     epochs: Annotated[int, typer.Option(min=1)] = 15,
@@ -74,7 +75,7 @@ def compress(
     options: dict | None = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<arch>-<method>-s<sparsity>-seed<seed>).")] = None,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) from its last finished epoch, with the settings it was started with. Re-running the same command does the same.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run (its --out directory) with its own settings.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     from pipelines.run_dir import DEFAULT_RUNS
@@ -116,7 +117,7 @@ def sweep(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """One complete run per target (compress -> export -> report), then the trade-off plots.
+    """One complete run per target (compress -> export -> report), then the trade-off plots. In full: docs/OPTIONS.md.\f
 
     Writes <out>/<point>/ run directories, and in <out>: sweep.json, accuracy_vs_sparsity.png,
     pareto.png (top-1 vs ONNX Runtime latency at batch 64, with the Pareto front), and the side-by-side

@@ -11,24 +11,25 @@ import typer
 from pipelines.cli_common import RUN_DIR_HELP, PrecisionOpt, RunTrustPickleOpt, friendly, precisions, run_dir_or_latest
 from pipelines.cli_options import with_options
 from pipelines.recipe import ReportSection
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEFAULT_MAX_PRECISION_DROP
 
 
 @friendly
 def export(
     run_dir: Annotated[Optional[Path], typer.Argument(help=RUN_DIR_HELP)] = None,
-    prompt: Annotated[Optional[bool], typer.Option("--prompt/--no-prompt", help="Fold the learned prompt into the graph, or ship the network without it. Default: what compress decided on the validation split (folded in only where top-1 with it >= without it; recorded in manifest.json).", show_default=False)] = None,
-    graph_resize: Annotated[bool, typer.Option("--graph-resize", help="Fold a Resize in front of the graph so it takes uint8 NHWC images of any height and width (resize shorter side + centre crop, antialiased, as the training evaluation transform; its parity with PyTorch is measured and recorded). Without it the graph takes the model's input size only.")] = False,
+    prompt: Annotated[Optional[bool], typer.Option("--prompt/--no-prompt", help="Fold the prompt in, or leave it out. Default: what validation decided.", show_default=False)] = None,
+    graph_resize: Annotated[bool, typer.Option("--graph-resize", help="Fold the evaluation resize + centre crop into the graph: it takes any H x W.")] = False,
     data: Annotated[Optional[str], typer.Option(help="Override the run's data (for the parity and calibration images).")] = None,
     precision: PrecisionOpt = "fp32",
-    calib_images: Annotated[int, typer.Option(help="INT8: class-balanced training images fed through the whole deployed graph to calibrate its scales.")] = DEFAULT_CALIB_IMAGES,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (strongly typed; SPARSE_WEIGHTS for N:M runs; dynamic batch 1..256, opt 64; timing cache kept in the run). Without a GPU or TensorRT: one line saying which is missing, exit 0.")] = False,
+    calib_images: Annotated[int, typer.Option(help="INT8: training images that calibrate the scales.")] = DEFAULT_CALIB_IMAGES,
+    max_precision_drop: Annotated[float, typer.Option(help="fp16/int8 ship only within this many top-1 points of fp32.")] = DEFAULT_MAX_PRECISION_DROP,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (else one line saying what is missing).")] = False,
     require_trt: Annotated[bool, typer.Option("--require-trt", help="Make a missing GPU/TensorRT an error (exit 2) instead of a note.")] = False,
     trust_pickle: RunTrustPickleOpt = False,
 ) -> None:
     """Write model.onnx (uint8 NHWC in at the model's input size, or any size with --graph-resize; the prompt
     folded into the preprocessing where it helped on validation; a --head map label map folded in) and dense.onnx.
-    manifest.json's export.caller_must_feed states exactly what to feed.
+    manifest.json's export.caller_must_feed states exactly what to feed. In full: docs/OPTIONS.md.\f
 
     Each graph passes onnx's checker and strict shape inference, then ONNX Runtime must reproduce the
     PyTorch logits on real test images; a graph that fails is never written. fp16/int8 siblings
@@ -41,8 +42,8 @@ def export(
     from pipelines.stages import ExportRequest, Plan, run_plan
 
     wanted = precisions(precision)
-    check_export_options(wanted, calib_images)  # --precision/--calib-images named as typed, before any work
-    section = ExportSection(prompt, graph_resize, list(wanted), calib_images, trt)
+    check_export_options(wanted, calib_images, max_precision_drop)  # named as typed, before any work
+    section = ExportSection(prompt, graph_resize, list(wanted), calib_images, trt, max_precision_drop)
     run_plan(Plan(run_dir_or_latest(run_dir), "export", announce=False, export=ExportRequest(section, data, require_trt),
                   trust_pickle=trust_pickle))
 
@@ -61,7 +62,7 @@ def report(
     parameters, MACs, sizes, ONNX Runtime CPU latency (median, p90 and a 95 % interval, batch 1 and 64,
     bounded by --latency-budget, with progress), speedup with its interval ("within noise" where that
     holds 1.0) and efficiency (latency speedup / MACs ratio), the CPU's instruction sets (AVX2, AVX-512,
-    VNNI, AMX) and whether int8 can be faster on it, TensorRT where engines were built.
+    VNNI, AMX) and whether int8 can be faster on it, TensorRT where engines were built. In full: docs/OPTIONS.md.\f
 
     Writes report.json, report.md, PNG plots (training curves, per-layer sparsity, latency) and a
     self-contained report.html into the run directory; several runs get one comparison of them all.

@@ -17,7 +17,8 @@ from pipelines.html_report import render_html
 from pipelines.artifacts import DENSE_ONNX, MANIFEST, MODEL_ONNX, PLOT_PNGS, REPORT_HTML, REPORT_JSON
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
-from pipelines.report_render import render_table, speedup_text, table_rows
+from pipelines.report_render import precision_warnings, render_table, speedup_text, table_rows
+from pipelines.report_verdict import verdict_html
 from pipelines.run_dir import RunDir, now
 from pipelines.stages import Plan, ReportRequest, run_plan
 from vpns_deploy.atomic import atomic_write_json, atomic_write_text
@@ -66,8 +67,8 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
     def pct(x: float | None) -> str:
         return "—" if x is None else f"{x:.2%}"
 
-    def lat(d: dict, b: str) -> str:
-        return f"{d[b]['median_ms']:.2f} / {d[b]['p90_ms']:.2f} ms"
+    def lat(r: Report, b: str) -> str:  # a run's own dense and compressed graphs, timed together
+        return f"{r.latency_ms['dense'][b]['median_ms']:.2f} -> {r.latency_ms['compressed'][b]['median_ms']:.2f} ms"
 
     first = runs[0][2]
     rows: list[tuple[str, ...]] = [
@@ -85,8 +86,8 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
          *(f"{r.files[MODEL_ONNX]['gzip_bytes'] / 1e6:.2f} MB" for _, _, r in runs)),
     ]
     for b in first.latency_ms["dense"]:
-        rows.append((f"ORT CPU latency, batch {b} (median / p90)", lat(first.latency_ms["dense"], b),
-                     *(lat(r.latency_ms["compressed"], b) for _, _, r in runs)))
+        rows.append((f"ORT CPU latency, batch {b}: the run's dense -> compressed (median, timed together)", "—",
+                     *(lat(r, b) for _, _, r in runs)))
         rows.append((f"speedup, batch {b} [95 % interval] (efficiency)", "1.00x",
                      *(f"{speedup_text(r.speedup[b])} ({r.speedup[b]['efficiency']:.2f})" for _, _, r in runs)))
     for precision in sorted({p for _, _, r in runs for p in r.precision}):
@@ -121,10 +122,11 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
         report = runs[0][2]
         header, rows = ["measure", "dense", "compressed"], table_rows(report)
         title = f"vpns-deploy report: {run_dirs[0].name}"
-        notes = [f"Measured {report.created} on {report.test_images} test images; ONNX Runtime "
+        notes = precision_warnings(report) + [f"Measured {report.created} on {report.test_images} test images; ONNX Runtime "
                  f"{report.machine.get('onnxruntime-gpu') or report.machine.get('onnxruntime')}, "
                  f"{report.machine['threads']} CPU threads."]
-        atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images))
+        atomic_write_text(run.file(REPORT_HTML), render_html(title, notes, header, rows, images,
+                                                             verdict_html(report, run.manifest)))
         for name in [p.name for _, p in images] + [REPORT_HTML]:
             run.record(name, drawn_from=run.artifacts[REPORT_JSON]["sha256"])
         run.save()
@@ -139,8 +141,10 @@ def report_runs(run_dirs: list[Path], out: Path | None = None, data_spec: str | 
     header = ["measure", f"dense ({runs[0][0]})", *(label for label, _, _ in runs)]
     rows = comparison_rows(runs)
     title = f"vpns-deploy comparison of {len(runs)} runs"
-    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median / p90; a "
-             "speedup whose 95 % interval holds 1.0 is within noise."]
+    notes = [f"Runs: {', '.join(str(p) for p in run_dirs)}. Latency: ONNX Runtime on the CPU, median; each run's "
+             "graphs are timed together and compared only with each other (runs measured at different times are "
+             "not comparable in milliseconds), so runs are compared by their speedups; a speedup whose 95 % "
+             "interval holds 1.0 is within noise."]
     md = [f"# {title}", "", notes[0], "", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += [""] + [f"![{caption}]({p.name})" for caption, p in images]

@@ -17,6 +17,7 @@ from pipelines.run_dir import RunDir, now, versions
 from vpns_deploy.atomic import atomic_torch_save
 from vpns_deploy.baseline_check import Baseline
 from vpns_deploy.config import DEVIATIONS, CompressConfig
+from vpns_deploy.sparsity.methods import get_method
 from vpns_deploy.data import Splits, absolute_spec
 from vpns_deploy.evaluate import top1_pair
 from vpns_deploy.heads import head_record
@@ -111,7 +112,7 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
                                  "test_images": len(splits.test), "augment": vars(splits.augment),
                                  **splits.details}),
         prompt=result.prompt_spec.to_dict() if result.prompt_spec else None,
-        method={"name": cfg.method, "mode": cfg.mode, "prunable": result.masks.prunable(),
+        method={"name": cfg.method, "description": get_method(cfg.method).description, "mode": cfg.mode, "prunable": result.masks.prunable(),
                 "stages": result.stage_plans, "distill": cfg.distill, "label_mapping": result.label_map or "identity",
                 "dense_label_mapping": dense.label_map_record,
                 "head": head_record(cfg, baked, splits.num_classes, dense.warmup), "deviations": list(DEVIATIONS)},

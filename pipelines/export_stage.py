@@ -9,12 +9,15 @@ import torch
 
 from calibration.feeds import nhwc_uint8
 from calibration.calibrator import DEFAULT_CALIB_IMAGES, ImageCalibrationReader, calibration_images
+from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
 from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
-from export.resize_front import caller_contract, prepend_resize, reference_resize
+from export.onnx_metadata import graph_metadata, stamp
+from export.resize_front import caller_contract, frame, prepend_resize, reference_resize
 from export.onnx_export import export_onnx
 from export.int8_format import Int8Format, choose_int8_format
 from export.precision import PRECISIONS, precision_path, to_fp16, to_int8
+from export.precision_gate import INT8_RECIPES, RECIPE_TEXT, judge
 from export.sparsity_check import weight_patterns
 from export.tensorrt_engine import build_engine, probe
 from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX, TIMING_CACHE
@@ -26,7 +29,6 @@ from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet
 
-FP16_MIN_AGREEMENT = 0.99  # below this fp16 is not rounding noise but overflow: refuse to ship it
 
 
 def prompt_choice(manifest: Manifest, with_prompt: bool | None, has_prompt: bool) -> dict:
@@ -42,13 +44,17 @@ def prompt_choice(manifest: Manifest, with_prompt: bool | None, has_prompt: bool
     return {"fold": True, "by": "run has no prompt decision (made before it existed): folded in", "decision": None}
 
 
-def check_export_options(precisions: tuple[str, ...], calib_images: int) -> None:
-    """One-line errors for --precision and --calib-images, before any graph is made."""
+def check_export_options(precisions: tuple[str, ...], calib_images: int,
+                         max_drop: float = DEFAULT_MAX_PRECISION_DROP) -> None:
+    """One-line errors for --precision, --calib-images and --max-precision-drop, before any graph is made."""
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
         raise UserError(f"unknown precision {bad[0]!r}", f"pass --precision as a list of {', '.join(PRECISIONS)}")
     if calib_images < 1:
         raise UserError(f"--calib-images must be >= 1, got {calib_images}", "e.g. --calib-images 512")
+    if not 0 <= max_drop <= 100:
+        raise UserError(f"--max-precision-drop must be between 0 and 100 top-1 points, got {max_drop:g}",
+                        f"e.g. --max-precision-drop {DEFAULT_MAX_PRECISION_DROP:g}")
 
 
 def input_size(loaded, test) -> int:
@@ -64,19 +70,20 @@ def input_size(loaded, test) -> int:
 def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | None = None,
                reporter: Reporter | None = None, precisions: tuple[str, ...] = ("fp32",),
                calib_images: int = DEFAULT_CALIB_IMAGES, trt: bool = False, require_trt: bool = False,
-               graph_resize: bool = False) -> dict:
-    """with_prompt None: the run's validation decision; graph_resize: accept any H x W (Resize folded in)."""
+               graph_resize: bool = False, max_drop: float = DEFAULT_MAX_PRECISION_DROP) -> dict:
+    """with_prompt None: the run's validation decision; graph_resize: accept any H x W (Resize folded in);
+    max_drop: top-1 points a lower precision may lose against fp32 and still ship (precision_gate.py)."""
     reporter = reporter or Reporter()
-    check_export_options(precisions, calib_images)
+    check_export_options(precisions, calib_images, max_drop)
     loaded = load_run(run_dir)
     run = loaded.run
     test = loaded.test_split(data_spec)
     size = input_size(loaded, test)
     choice = prompt_choice(run.manifest, with_prompt, loaded.prompt is not None)
     ships_prompt = choice["fold"]
-    settings = ExportSettings(ships_prompt, tuple(precisions), graph_resize, calib_images, data_spec, trt)
+    settings = ExportSettings(ships_prompt, tuple(precisions), graph_resize, calib_images, data_spec, trt, max_drop)
     job = ExportJob(loaded, test, size, torch.from_numpy(nhwc_uint8(test, 0, 2)), graph_resize, tuple(precisions),
-                    data_spec, calib_images, reporter, trt)
+                    data_spec, calib_images, reporter, trt, max_drop)
     graphs = [(MODEL_ONNX, loaded.compressed, loaded.prompt if ships_prompt else None, loaded.label_map),
               (DENSE_ONNX, loaded.dense, None, loaded.dense_label_map)]
     # All graphs (and engines) appear with the manifest that records them, or none do: a failed check
@@ -84,17 +91,18 @@ def run_export(run_dir: Path, with_prompt: bool | None = None, data_spec: str | 
     with run.staged() as stage:
         results = {name: _export_graph(stage, job, name, net, prompt, label_map)
                    for name, net, prompt, label_map in graphs}
+        shipped, left_out = _leave_out(stage, results, tuple(precisions), reporter)
         _say_prompt(choice, with_prompt, loaded, reporter)
         pattern = run.manifest.pattern
         if pattern:
-            results[MODEL_ONNX]["nm_pattern"] = _check_pattern(stage.file(MODEL_ONNX), precisions, pattern, reporter)
-        engines = _engines(stage, precisions, pattern is not None, require_trt, reporter) if trt else None
+            results[MODEL_ONNX]["nm_pattern"] = _check_pattern(stage.file(MODEL_ONNX), shipped, pattern, reporter)
+        engines = _engines(stage, shipped, pattern is not None, require_trt, reporter) if trt else None
         run.manifest.export = ExportRecord(
             created=now(), ships_prompt=ships_prompt, prompt_choice=choice, graph_resize=graph_resize,
-            caller_must_feed=caller_contract(size, loaded.inputs.channels, loaded.inputs.crop_pct,
-                                             loaded.inputs.interpolation, graph_resize),
-            graphs=results, precisions=list(precisions), calib_images=calib_images, tensorrt=engines,
-            int8_format=job.int8.to_dict() if job.int8 is not None else None)
+            caller_must_feed=_contract(job),
+            graphs=results, precisions=shipped, calib_images=calib_images, tensorrt=engines,
+            int8_format=job.int8.to_dict() if job.int8 is not None else None, max_precision_drop=max_drop,
+            left_out=left_out)
         run.manifest.stages["export"] = export_record(run.manifest, settings, stage.names)
     return run.manifest.export.to_dict()
 
@@ -113,6 +121,7 @@ class ExportJob:
     calib_images: int
     reporter: Reporter
     tensorrt: bool = False  # engines asked for: int8 must be Q/DQ
+    max_drop: float = DEFAULT_MAX_PRECISION_DROP  # the precision gate's tolerance, top-1 points
     calib: object = None  # the INT8 calibration images, drawn once for both graphs
     int8: Int8Format | None = None  # decided on the first graph, kept for the second
 
@@ -123,19 +132,36 @@ class ExportJob:
         return self.calib
 
 
+def _contract(job: ExportJob) -> dict:
+    inputs = job.loaded.inputs
+    return caller_contract(job.size, inputs.channels, inputs.crop_pct, inputs.interpolation, job.graph_resize)
+
+
 def _export_graph(stage, job: ExportJob, name: str, net, prompt, label_map) -> dict:
     """One deployed graph, verified against its PyTorch reference, with its fp16/int8 siblings."""
     inputs, size, test = job.loaded.inputs, job.size, job.test
     reference = PromptedNet(net, inputs, prompt, label_map)  # like with like: same prompt, same map
     parity = {}
 
+    # With the resize in front the test images (already resized and cropped) go in framed, so the front
+    # hands them to the network unchanged and the strict check covers the whole file.
+    feed = (lambda batch: frame(batch, size, inputs.crop_pct)) if job.graph_resize else None
+
     def verify(tmp: Path) -> None:
-        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None)
+        parity["result"] = check_parity(tmp, reference, test, prompted=prompt is not None, feed=feed)
         require_parity(parity["result"], name)
         if job.graph_resize:
             parity["resize"] = resize_parity(tmp, reference, test, size, inputs)
 
-    edit = (lambda m: prepend_resize(m, size, inputs.crop_pct, inputs.interpolation)) if job.graph_resize else None
+    m = job.loaded.run.manifest
+    props = graph_metadata(m.data.classes, _contract(job), m.model.arch,
+                           "compressed" if name == MODEL_ONNX else "dense reference")
+
+    def edit(model):
+        if job.graph_resize:
+            model = prepend_resize(model, size, inputs.crop_pct, inputs.interpolation)
+        return stamp(model, props)  # the fp16/int8 siblings inherit it
+
     info = export_onnx(DeployGraph(net, inputs, prompt, label_map), job.example, stage.file(name), verify=verify,
                        edit=edit)
     stage.record(name)
@@ -170,35 +196,66 @@ def _say_prompt(choice: dict, with_prompt: bool | None, loaded: LoadedRun, repor
 
 
 def _derive(run, fp32: Path, job: "ExportJob") -> dict:
-    """fp16 / int8 siblings of a verified fp32 graph, each compared with it in ONNX Runtime. The int8
-    format is measured on the first graph (the compressed one) and kept for the second (the dense one)."""
-    out = {"fp32": {"file": fp32.name}}
+    """fp16 / int8 siblings of a verified fp32 graph, each judged against it in ONNX Runtime on test images
+    (precision_gate.py). The int8 format is measured on the first graph (the compressed one) and kept for
+    the second (the dense one)."""
+    out = {"fp32": {"file": fp32.name, "ships": True}}
     for precision in job.precisions:
-        if precision == "fp32":
-            continue
-        path = precision_path(fp32, precision)
-        if precision == "fp16":
-            to_fp16(fp32, path)
-        elif job.int8 is None:
-            sample = nhwc_uint8(job.test, 0, min(64, len(job.test)))
-            job.int8 = choose_int8_format(fp32, path, job.calibration(), sample, job.tensorrt)
-            job.reporter.line(f"int8 format: {job.int8.format} ({job.int8.reason})")
-        else:
-            to_int8(fp32, path, ImageCalibrationReader(job.calibration()), job.int8.format)
-        agreement = compare_graphs(fp32, path, job.test)
-        if precision == "fp16" and agreement.top1_agreement < FP16_MIN_AGREEMENT:
-            path.unlink()
-            raise UserError(
-                f"{path.name}: fp16 changes the top-1 class on {1 - agreement.top1_agreement:.2%} of test images "
-                f"(max |logit diff| {agreement.max_abs_diff:.2e}): the model overflows or underflows in fp16",
-                "ship fp32 or int8 for this model",
-            )
-        run.record(path.name, precision=precision)
-        out[precision] = {"file": path.name, "vs_fp32": agreement.to_dict(),
-                          **({"calib_images": len(job.calib), "format": job.int8.format} if precision == "int8" else {})}
-        job.reporter.line(f"{path.name}: top-1 agreement with fp32 {agreement.top1_agreement:.2%} on "
-                          f"{agreement.images} test images, max |logit diff| {agreement.max_abs_diff:.2e}")
+        if precision != "fp32":
+            out[precision] = _lower_precision(run, fp32, precision, job)
     return out
+
+
+def _lower_precision(run, fp32: Path, precision: str, job: "ExportJob") -> dict:
+    """Write `precision` by each recipe in turn until one passes the gate; none passing: no file."""
+    path = precision_path(fp32, precision)
+    attempts = []
+    for recipe in INT8_RECIPES if precision == "int8" else ("none",):
+        _write_precision(fp32, path, precision, recipe, job)
+        agreement = compare_graphs(fp32, path, job.test)
+        verdict = judge(precision, agreement, job.max_drop)
+        attempts.append({"recipe": recipe, "vs_fp32": agreement.to_dict(), **verdict.to_dict()})
+        how = f" [{RECIPE_TEXT[recipe]}]" if precision == "int8" else ""
+        job.reporter.line(f"{path.name}{how}: {verdict.reason}")
+        if verdict.ships:
+            run.record(path.name, precision=precision)
+            return {"file": path.name, "ships": True, "vs_fp32": agreement.to_dict(), "attempts": attempts,
+                    **({"recipe": recipe, "calib_images": len(job.calib), "format": job.int8.format,
+                        "activations": job.int8.activations} if precision == "int8" else {})}
+    path.unlink(missing_ok=True)
+    return {"ships": False, "reason": verdict.reason, "attempts": attempts}
+
+
+def _write_precision(fp32: Path, path: Path, precision: str, recipe: str, job: "ExportJob") -> None:
+    if precision == "fp16":
+        to_fp16(fp32, path)
+    elif job.int8 is None:  # the first int8 graph of this export: its format is measured on the full recipe
+        sample = nhwc_uint8(job.test, 0, min(64, len(job.test)))
+        job.int8 = choose_int8_format(fp32, path, job.calibration(), sample, job.tensorrt)
+        job.reporter.line(f"int8 format: {job.int8.format}, {job.int8.activations} activations ({job.int8.reason})")
+    else:
+        to_int8(fp32, path, ImageCalibrationReader(job.calibration()), job.int8.format, tensorrt=job.int8.tensorrt,
+                keep_float=recipe)
+
+
+def _leave_out(stage, results: dict, precisions: tuple[str, ...], reporter: Reporter) -> tuple[list[str], dict]:
+    """A precision ships for both graphs or for neither (the report compares dense and compressed within
+    each precision): the shipped precisions, and why each other one was left out."""
+    left_out = {}
+    for precision in precisions:
+        failed = {name: r["precisions"][precision] for name, r in results.items()
+                  if not r["precisions"][precision]["ships"]}
+        if not failed:
+            continue
+        name, record = next(iter(failed.items()))
+        left_out[precision] = f"{name}: {record['reason']}"
+        for other, r in results.items():
+            stage.discard(precision_path(Path(other), precision).name)
+            if r["precisions"][precision]["ships"]:
+                r["precisions"][precision].update(ships=False, file=None, reason=f"left out with {name}")
+        reporter.line(f"warning: {precision} left out of this run ({left_out[precision]}); fp32 ships. Pass "
+                      "--max-precision-drop to accept a larger loss")
+    return [p for p in precisions if p not in left_out], left_out
 
 
 def _check_pattern(fp32: Path, precisions: tuple[str, ...], pattern: tuple[int, int], reporter: Reporter) -> dict:

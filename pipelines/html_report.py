@@ -14,11 +14,13 @@ th { background: #f2f2f2; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 .note { color: #555; }
+pre { background: #f6f6f6; padding: 8px; overflow-x: auto; }
 """
 
 
 def render_html(title: str, notes: list[str], header: list[str], rows: list[tuple[str, ...]],
-                images: list[tuple[str, Path]]) -> str:
+                images: list[tuple[str, Path]], opening: str = "") -> str:
+    """opening: trusted HTML shown first (a run's verdict: pipelines/report_verdict.py)."""
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -29,6 +31,6 @@ def render_html(title: str, notes: list[str], header: list[str], rows: list[tupl
     )
     note_html = "".join(f'<p class="note">{e(n)}</p>' for n in notes)
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
-            f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body><h1>{e(title)}</h1>{note_html}'
+            f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body><h1>{e(title)}</h1>{opening}{note_html}'
             f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figures}'
             "</body></html>\n")

@@ -89,6 +89,8 @@ class ExportRecord:
     caller_must_feed: dict | None = None
     tensorrt: dict | None = None
     int8_format: dict | None = None  # export.int8_format.Int8Format.to_dict(): the format shipped and why
+    max_precision_drop: float | None = None  # the accuracy gate's tolerance (export/precision_gate.py)
+    left_out: dict = field(default_factory=dict)  # precision -> why it was not shipped (the gate's reason)
 
     def to_dict(self) -> dict:
         return _plain(self)

@@ -56,27 +56,47 @@ def training_curves(runs: list[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
+LAYERS_SHOWN = 15  # more bars than this are unreadable in a report: the largest layers carry the model
+
+
+def shown_layers(per_layer: list[dict], limit: int = LAYERS_SHOWN) -> list[dict]:
+    """All layers when few, else the `limit` largest by weight count, in network order."""
+    if len(per_layer) <= limit:
+        return per_layer
+    largest = {layer["name"] for layer in sorted(per_layer, key=lambda l: -l.get("total", 0))[:limit]}
+    return [layer for layer in per_layer if layer["name"] in largest]
+
+
 def layer_sparsity(runs: list[Run], path: Path) -> Path:
-    """Removed fraction per layer (weights; output channels in channel mode)."""
-    names = [layer["name"] for layer in runs[0][1].metrics["per_layer"]]
-    fig, ax = plt.subplots(figsize=(max(7, 0.32 * len(names) + 2), 4))
-    width = 0.8 / len(runs)
+    """Removed fraction per layer (weights; output channels in channel mode), horizontal bars, the
+    largest layers only where there are many (their weight count beside the name)."""
+    per_layer = runs[0][1].metrics["per_layer"]
+    shown = shown_layers(per_layer)
+    names = [layer["name"] for layer in shown]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) * max(1, len(runs) / 2) + 1.6))
+    height = 0.8 / len(runs)
     for i, (label, manifest, _) in enumerate(runs):
         by_name = {layer["name"]: layer["sparsity"] for layer in manifest.metrics["per_layer"]}
-        ax.bar([k + i * width for k in range(len(names))], [100 * by_name.get(n, 0.0) for n in names],
-               width=width, label=label, color=f"C{i}")
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))])
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("removed (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Per-layer sparsity")
+        ax.barh([k + i * height for k in range(len(names))], [100 * by_name.get(n, 0.0) for n in names],
+                height=height, label=label, color=f"C{i}")
+    ax.set_yticks([k + 0.4 - height / 2 for k in range(len(names))])
+    ax.set_yticklabels([f"{layer['name']} ({layer.get('total', 0):,})" for layer in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("removed (%)")
+    ax.set_xlim(0, 100)
+    what = f"the {len(shown)} largest of {len(per_layer)} layers" if len(shown) < len(per_layer) else "every layer"
+    ax.set_title(f"Per-layer sparsity: {what} (weights in brackets)", fontsize=10)
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
 def latency_bars(runs: list[Run], path: Path) -> Path:
-    """ONNX Runtime CPU latency per graph: bar = median, whisker up to p90; batch 1 and 64."""
+    """One run: ONNX Runtime CPU latency per graph (bar = median, whisker up to p90), batch 1 and 64.
+    Several runs: each run's speedup over its own dense graph, measured within that run (raw latencies
+    of runs measured at different times are not comparable)."""
+    if len(runs) > 1:
+        return speedup_bars(runs, path)
     batches = list(runs[0][2].latency_ms["dense"])
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8))
     axes = axes if len(batches) > 1 else [axes]
@@ -99,6 +119,35 @@ def latency_bars(runs: list[Run], path: Path) -> Path:
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("ms per batch")
         ax.set_title(f"batch {b}: median, whisker to p90")
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def speedup_bars(runs: list[Run], path: Path) -> Path:
+    """Per run: dense fp32 latency / compressed latency (fp32 and every shipped precision), with the 95 %
+    interval where the report holds one; each ratio measured within its own run."""
+    batches = list(runs[0][2].latency_ms["dense"])
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8))
+    axes = axes if len(batches) > 1 else [axes]
+    for ax, b in zip(axes, batches):
+        labels, values, low, high = [], [], [], []
+        for label, _, report in runs:
+            candidates = (report.shipping or {}).get("candidates") or {
+                "compressed": {"speedup_vs_dense_fp32": report.speedup}}
+            for name, c in candidates.items():
+                sp = c["speedup_vs_dense_fp32"][b]
+                labels.append(label + name.removeprefix("compressed"))
+                values.append(sp["speedup"])
+                low.append(sp["speedup"] - sp["ci95"][0])
+                high.append(sp["ci95"][1] - sp["speedup"])
+        x = range(len(labels))
+        ax.bar(x, values, color=[f"C{i % 10}" for i in range(len(labels))])
+        ax.errorbar(x, values, yerr=[low, high], fmt="none", ecolor="black", capsize=4, lw=1)
+        ax.axhline(1.0, color="grey", lw=1)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("speedup over the run's dense fp32 graph")
+        ax.set_title(f"batch {b}: within-run ratio, 95 % interval")
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

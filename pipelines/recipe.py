@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibration.latency import DEFAULT_BUDGET_S, check_budget
-from vpns_deploy.config import DEFAULT_CALIB_IMAGES, CompressConfig, check_numbers, cli
+from vpns_deploy.config import DEFAULT_CALIB_IMAGES, DEFAULT_MAX_PRECISION_DROP, CompressConfig, check_numbers, cli
 from vpns_deploy.errors import UserError
 from vpns_deploy.models.registry import ARCH_FAMILIES, INTERPOLATIONS
 from vpns_deploy.pretrain import PretrainConfig
 
+ARCH_SHORT = "cifar_resnet20..56, digits_cnn, efficientnet_lite0..4, timm:NAME or a torchvision name"
 ARCH_HELP = (f"Architecture of MODEL: {ARCH_FAMILIES}. Sets the input size, resampling and normalisation the "
              "network was trained with (its timm/torchvision config), unless overridden below. A pickled MODEL "
              "takes its input from --arch (and must fit it) or from --mean/--std.")
@@ -47,22 +48,22 @@ class ModelSection:
     """The model a run starts from (a recipe's [model]; `compress`/`sweep` options of the same names)."""
 
     path: str
-    arch: str | None = cli(None, ARCH_HELP)
+    arch: str | None = cli(None, f"Architecture of MODEL: {ARCH_SHORT}.", ARCH_HELP)
     trust_pickle: bool = cli(False, "Allow a pickled nn.Module (runs code from the file: only for files you trust).")
-    num_classes: int | None = cli(None, (
+    num_classes: int | None = cli(None, "Classes of the model's head (checked against the data or the checkpoint).", (
         "Classes of the model's head (a check): with --head keep it must match the data; with --head map/new "
         "it must match the checkpoint's head."))
-    input_size: int | None = cli(None, (
+    input_size: int | None = cli(None, "Side in pixels the network trains and exports at. Default: the arch's own.", (
         "Side in pixels the network is trained and exported at (images are resized; evaluation resizes to "
         "size/crop_pct and centre-crops). Default: the architecture's own (32 CIFAR ResNets, 8 digits_cnn, 224 "
         "or the config's for torchvision/timm; a pickled MODEL without --arch keeps the data's size)."))
-    mean: list[float] | None = cli(None, (
+    mean: list[float] | None = cli(None, "Per-channel mean of [0,1] pixels, e.g. 0.485,0.456,0.406. Default: the arch's.", (
         "Per-channel mean of [0,1] pixels, comma-separated (e.g. 0.485,0.456,0.406). Default: the "
         "architecture's config."))
-    std: list[float] | None = cli(None, (
+    std: list[float] | None = cli(None, "Per-channel std of [0,1] pixels, e.g. 0.229,0.224,0.225. Default: the arch's.", (
         "Per-channel std of [0,1] pixels, comma-separated, all > 0 (e.g. 0.229,0.224,0.225). Default: the "
         "architecture's config."))
-    interpolation: str | None = cli(None, (
+    interpolation: str | None = cli(None, "Resampling: bilinear, bicubic or nearest. Default: the arch's config.", (
         f"Resampling when resizing: {'|'.join(INTERPOLATIONS)}. Default: the architecture's config."))
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class ExportSection:
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     calib_images: int = DEFAULT_CALIB_IMAGES
     trt: bool = False
+    max_precision_drop: float = DEFAULT_MAX_PRECISION_DROP  # top-1 points fp16/int8 may lose and still ship
 
     def __post_init__(self) -> None:
         from export.precision import PRECISIONS
@@ -98,12 +100,15 @@ class ExportSection:
             raise UserError(f"unknown precision {bad[0]!r} in export.precisions", f"use {', '.join(PRECISIONS)}")
         if self.calib_images < 1:
             raise UserError(f"export.calib_images must be >= 1, got {self.calib_images}", "e.g. 512")
+        if not 0 <= self.max_precision_drop <= 100:
+            raise UserError(f"export.max_precision_drop must be between 0 and 100 top-1 points, got "
+                            f"{self.max_precision_drop}", f"e.g. {DEFAULT_MAX_PRECISION_DROP}")
 
 
 @dataclass(frozen=True)
 class ReportSection:
     enabled: bool = True
-    latency_budget: float = cli(DEFAULT_BUDGET_S, (
+    latency_budget: float = cli(DEFAULT_BUDGET_S, "Seconds of timed calls per graph (at least 3 calls, at most 200).", (
         "Seconds of timed calls per graph (over batch 1 and 64; graphs compared are timed interleaved): the "
         "latency measurement stops there, or at 200 calls each, whichever comes first; every graph gets at "
         "least 3 timed calls."))

@@ -3,6 +3,7 @@ latency of every graph (interleaved where graphs are compared, bounded by the la
 progress), speedups with their interval, and TensorRT engines where export built them."""
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -23,10 +24,17 @@ from vpns_deploy.prompts import Normalize
 Timings = dict[str, dict[str, Latency]]  # graph -> batch -> Latency
 
 
+def on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` for a runtime on `device`: a copy where that is not the CPU, since a runtime moves its
+    model and the run's networks must stay on the CPU for what follows (the network-only graph's
+    export, MACs, the CPU inputs they are fed)."""
+    return model if device.type == "cpu" else copy.deepcopy(model)
+
+
 def accuracy(loaded: LoadedRun, graphs: dict[str, Runtime], test, device: torch.device, ships_prompt: bool) -> dict:
     """Top-1 of the PyTorch models (with and without the prompt) and of the shipped graphs."""
     def torch_top1(model, prompted: bool) -> float:
-        return top1(TorchRuntime(model, device, prompted), test)
+        return top1(TorchRuntime(on_device(model, device), device, prompted), test)
 
     out = {
         "dense": {"pytorch": torch_top1(loaded.dense_model(), False), "onnxruntime": top1(graphs["dense"], test)},
@@ -73,13 +81,23 @@ def network_only(loaded: LoadedRun, sample: np.ndarray, ships_prompt: bool, tmp:
     return OrtRuntime(cpu_session(path, threads), "network_only"), np.repeat(normalised[:1].numpy(), 64, axis=0)
 
 
-def fp32_latency(loaded: LoadedRun, graphs: dict[str, Runtime], sample: np.ndarray, ships_prompt: bool,
-                 threads: int, budget_s: float, reporter: Reporter) -> Timings:
-    """dense, compressed and the network-only graph, timed interleaved."""
+def precision_graphs(run, threads: int) -> dict[str, Runtime]:
+    """The fp16 / int8 graphs export shipped, dense and compressed, named "<kind> <precision>"."""
+    return {f"{kind} {precision}": OrtRuntime(cpu_session(
+                run.verified(precision_path(run.file(name), precision).name), threads), f"{kind} {precision}")
+            for precision in run.manifest.export.precisions if precision != "fp32"
+            for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX))}
+
+
+def all_latency(loaded: LoadedRun, graphs: dict[str, Runtime], sample: np.ndarray, ships_prompt: bool,
+                threads: int, budget_s: float, reporter: Reporter) -> Timings:
+    """Every graph the run ships (dense and compressed, in every precision) and the network-only graph,
+    timed in ONE interleaved measurement: every ratio against the dense fp32 graph, the one the user had,
+    comes from the same minutes on the same machine."""
     with tempfile.TemporaryDirectory() as tmp:
         net, net_sample = network_only(loaded, sample, ships_prompt, Path(tmp), threads)
-        return timed("fp32", {**graphs, "network_only": net}, sample, budget_s, reporter,
-                     samples={"network_only": net_sample})
+        return timed("every graph", {**graphs, **precision_graphs(loaded.run, threads), "network_only": net}, sample,
+                     budget_s, reporter, samples={"network_only": net_sample})
 
 
 def speedups(timings: Timings, macs_ratio: float) -> dict:
@@ -91,19 +109,53 @@ def speedups(timings: Timings, macs_ratio: float) -> dict:
     return out
 
 
-def precisions(run, test, sample: np.ndarray, threads: int, budget_s: float, reporter: Reporter) -> dict:
-    """fp16 / int8 graphs written by export: top-1, and latency (dense and compressed interleaved)."""
+def precisions(run, test, timings: Timings, threads: int, reporter: Reporter) -> dict:
+    """fp16 / int8 graphs written by export: top-1, and their latency from the one interleaved measurement."""
     out = {}
+    graphs = precision_graphs(run, threads)
     for precision in [p for p in run.manifest.export.precisions if p != "fp32"]:
-        reporter.line(f"measuring the {precision} graphs (top-1 on {len(test)} images, latency)")
-        graphs = {kind: OrtRuntime(cpu_session(run.verified(precision_path(run.file(name), precision).name), threads),
-                                   kind) for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX))}
-        timings = timed(precision, graphs, sample, budget_s, reporter)
-        out[precision] = {kind: {"onnxruntime": top1(rt, test), "latency_ms": as_json(timings)[kind]}
-                          for kind, rt in graphs.items()}
-        out[precision]["speedup"] = {b: speedup(timings["dense"][b], timings["compressed"][b]).to_dict()
-                                     for b in timings["dense"]}
+        reporter.line(f"measuring the {precision} graphs (top-1 on {len(test)} images)")
+        names = {kind: f"{kind} {precision}" for kind in ("dense", "compressed")}
+        out[precision] = {kind: {"onnxruntime": top1(graphs[name], test), "latency_ms": as_json(timings)[name]}
+                          for kind, name in names.items()}
+        out[precision]["speedup"] = {b: speedup(timings[names["dense"]][b], timings[names["compressed"]][b]).to_dict()
+                                     for b in timings[names["dense"]]}
     return out
+
+
+def shipping(timings: Timings, accuracy: dict, precision: dict, max_drop: float | None) -> dict:
+    """What to ship, decided by measurement: per batch, the fastest compressed graph (any shipped precision)
+    whose test top-1 is within `max_drop` points of the compressed fp32 graph, and its speedup over the dense
+    fp32 graph (what the user had), both from the one interleaved measurement."""
+    fp32_top1 = accuracy["compressed"]["onnxruntime"]
+    tops = {"compressed": fp32_top1, **{f"compressed {p}": v["compressed"]["onnxruntime"] for p, v in precision.items()}}
+    limit = max_drop if max_drop is not None else 1.0
+    candidates = {}
+    for name, top in tops.items():
+        within = 100 * (fp32_top1 - top) <= limit
+        candidates[name] = {"top1": top, "within_tolerance": within,
+                            "speedup_vs_dense_fp32": {b: speedup(timings["dense"][b], timings[name][b]).to_dict()
+                                                      for b in timings["dense"]}}
+    best = {b: max((n for n, c in candidates.items() if c["within_tolerance"]),
+                   key=lambda n: candidates[n]["speedup_vs_dense_fp32"][b]["speedup"])
+            for b in timings["dense"]}
+    return {"reference": "dense", "reference_top1": accuracy["dense"]["onnxruntime"], "max_drop": limit,
+            "candidates": candidates, "best": best}
+
+
+def gpu(loaded: LoadedRun, sample: np.ndarray, ships_prompt: bool, device: torch.device, budget_s: float,
+        reporter: Reporter) -> dict:
+    """Dense vs compressed PyTorch (eager, fp32) on the CUDA GPU, CUDA events, interleaved: the GPU row
+    every report gets where a GPU is visible, TensorRT or not."""
+    if device.type != "cuda":
+        return {"measured": False, "reason": "no CUDA GPU visible"}
+    runtimes = {"dense": TorchRuntime(on_device(loaded.dense_model(), device), device, False, "dense"),
+                "compressed": TorchRuntime(on_device(loaded.prompted(ships_prompt), device), device, ships_prompt,
+                                           "compressed")}
+    timings = timed("PyTorch CUDA", runtimes, sample, budget_s, reporter)
+    return {"measured": True, "runtime": "PyTorch eager fp32, CUDA events (batch already on the GPU)",
+            "device": torch.cuda.get_device_name(device), "latency_ms": as_json(timings),
+            "speedup": {b: speedup(timings["dense"][b], timings["compressed"][b]).to_dict() for b in timings["dense"]}}
 
 
 def tensorrt(run, test, sample: np.ndarray, budget_s: float, reporter: Reporter) -> dict:

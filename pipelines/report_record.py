@@ -34,6 +34,7 @@ class Report:
     machine: dict
     precision: dict = field(default_factory=dict)
     tensorrt: dict = field(default_factory=dict)
+    gpu: dict = field(default_factory=dict)  # PyTorch on the CUDA GPU (report_measure.gpu); measured False without one
     structure: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)  # calibration.cpu.CpuFacts.to_dict()
     prompt_choice: dict | None = None
@@ -41,6 +42,8 @@ class Report:
     caller_must_feed: dict | None = None
     baseline: dict | None = None  # compress's simplest baseline (vpns_deploy.baseline_check), on its test split
     dense_reference: dict | None = None  # what "dense" is (pipelines/dense_reference.py): kind, label, text
+    precision_gate: dict | None = None  # export's tolerance and the precisions it left out, with why
+    shipping: dict | None = None  # report_measure.shipping: the fastest graph within tolerance, per batch
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict:

@@ -58,6 +58,11 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
                              f"{lat['median_ms']:.3f} / {lat['p90_ms']:.3f} ms"))
     elif trt_info:
         rows.append(("TensorRT", "not measured", trt_info["reason"]))
+    if (r.gpu or {}).get("measured"):
+        for b, d in r.gpu["latency_ms"]["dense"].items():
+            m = r.gpu["latency_ms"]["compressed"][b]
+            rows.append((f"PyTorch CUDA latency, batch {b} (median / p90)",
+                         f"{d['median_ms']:.3f} / {d['p90_ms']:.3f} ms", f"{m['median_ms']:.3f} / {m['p90_ms']:.3f} ms"))
     for b, sp in r.speedup.items():
         rows.append((f"latency speedup, batch {b} [95 % interval] (efficiency = speedup / MACs ratio)", "",
                      f"{speedup_text(sp)} ({sp['efficiency']:.2f})"))
@@ -70,6 +75,60 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
                      "shipped", _pct(b["test_top1"]),
                      _pct(b["shipped_test_top1"]) + (" (below the baseline)" if b["below"] else "")))
     return rows
+
+
+def graph_file(name: str) -> str:
+    """A shipping candidate's name ("compressed", "compressed int8") -> its file."""
+    kind, _, precision = name.partition(" ")
+    base = MODEL_ONNX if kind == "compressed" else DENSE_ONNX
+    return base if not precision else base.replace(".onnx", f".{precision}.onnx")
+
+
+def headline(r: Report) -> str | None:
+    """One line: the dense fp32 graph -> the graph to ship, measured together in this report."""
+    ship = r.shipping
+    if not ship:
+        return None
+    batches = list(ship["best"])
+    first = ship["best"][batches[0]]
+    c = ship["candidates"][first]
+    speeds = " and ".join(f"{speedup_text(c['speedup_vs_dense_fp32'][b])} at batch {b}" for b in batches)
+    sizes = ""
+    if graph_file(first) in r.files:
+        sizes = (f"; file {r.files[graph_file(first)]['bytes'] / 1e6:.2f} MB vs "
+                 f"{r.files[DENSE_ONNX]['bytes'] / 1e6:.2f} MB")
+    others = [f"batch {b}: {graph_file(n)}" for b, n in ship["best"].items() if n != first]
+    return (f"Ship {graph_file(first)}: faster than {DENSE_ONNX} (fp32, what you had) by {speeds}, measured together; "
+            f"test top-1 {_pct(c['top1'])} vs {_pct(ship['reference_top1'])} on {r.test_images} images{sizes}"
+            + (f" (fastest at another batch: {', '.join(others)})" if others else "") + ".")
+
+
+def mode_note(r: Report) -> str | None:
+    """What this mode can and cannot make faster on the runtime measured here."""
+    if r.mode == "unstructured":
+        return ("Unstructured zeros make no graph faster on ONNX Runtime (it runs them densely) nor on TensorRT "
+                "(2:4 only): they shrink the compressed file. For speed, use --mode channel (fewer channels, "
+                "faster on every runtime) or an int8 export where this CPU runs int8 faster.")
+    if r.mode == "channel":
+        return "Channel mode removes whole channels: the graph is smaller and faster on every runtime."
+    return None
+
+
+def precision_warnings(r: Report) -> list[str]:
+    """One line per precision export left out, and per shipped precision whose compressed graph loses
+    more top-1 against fp32 on the whole test split than export's tolerance (it judged up to 1,000 images)."""
+    gate = r.precision_gate or {}
+    lines = [f"Warning: {p} is not shipped: {why}." for p, why in (gate.get("left_out") or {}).items()]
+    max_drop = gate.get("max_drop")
+    fp32 = r.accuracy["compressed"]["onnxruntime"]
+    for precision, kinds in r.precision.items():
+        drop = 100 * (fp32 - kinds["compressed"]["onnxruntime"])
+        if max_drop is not None and drop > max_drop:
+            lines.append(f"Warning: the {precision} graph loses {drop:.2f} points of test top-1 against fp32 on "
+                         f"{r.test_images} test images ({_pct(fp32)} -> {_pct(kinds['compressed']['onnxruntime'])}), "
+                         f"more than export's tolerance of {max_drop:g}: ship fp32, or re-export with more "
+                         "--calib-images.")
+    return lines
 
 
 def _title(r: Report) -> str:
@@ -90,8 +149,10 @@ def render_table(r: Report) -> Table:
 
 
 def render_markdown(r: Report) -> str:
-    lines = [f"# vpns-deploy report: {r.run}", "", _title(r) + ".", "",
-             "| measure | dense | compressed |", "|---|---:|---:|"]
+    lines = [f"# vpns-deploy report: {r.run}", "", _title(r) + ".", ""]
+    lines += [f"**{line}**" for line in (headline(r),) if line] + [""]
+    lines += [line for note in (mode_note(r),) if note for line in (note, "")]
+    lines += ["| measure | dense | compressed |", "|---|---:|---:|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(r)]
     structure = r.structure or {}
     if structure.get("pattern"):
@@ -100,6 +161,7 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"{n}:{mm} layers: every prunable layer except these, which stay dense: {exempt}.",
                   f"{n}:{mm} zeros make nothing faster in ONNX Runtime on a CPU (measured above); the speed-up "
                   "belongs to sparse tensor cores (TensorRT with SPARSE_WEIGHTS on Ampere or newer GPUs)."]
+    lines += [line for w in precision_warnings(r) for line in ("", f"**{w.split(':', 1)[0]}:**{w.split(':', 1)[1]}")]
     if r.baseline and r.baseline["below"]:
         lines += ["", f"**Warning:** at compress, the shipped model ({_pct(r.baseline['shipped_test_top1'])}) scored "
                   f"below the simplest baseline ({r.baseline['name']}: {_pct(r.baseline['test_top1'])}) on the "
@@ -109,7 +171,7 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"Prompt: {'folded into' if choice.get('fold') else 'left out of'} model.onnx ({choice.get('by')})."]
     head = r.head or {}
     if head.get("map"):
-        lines += ["", f"Head: the source head is kept; frequency label map (data class -> source class): "
+        lines += ["", "Head: the source head is kept; frequency label map (data class -> source class): "
                   + "; ".join(head["map"]) + "."]
     elif head.get("kind") == "new":
         lines += ["", f"Head: a new {head.get('layer')} for the data's classes, warmed up for "

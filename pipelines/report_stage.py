@@ -18,6 +18,7 @@ from calibration.latency import DEFAULT_BUDGET_S, LATENCY_BATCHES, check_budget
 from calibration.runtime import OrtRuntime
 from calibration.session import cpu_session, cpu_threads
 from pipelines import report_measure as measure
+from export.precision import precision_path
 from pipelines.artifacts import DENSE_ONNX, DENSE_PT, MODEL_ONNX, MODEL_PT, REPORT_JSON, REPORT_MD
 from pipelines.load_run import load_run
 from pipelines.manifest import Manifest
@@ -61,20 +62,23 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
     reporter.line(f"measuring ONNX Runtime CPU latency ({threads} threads), batch {LATENCY_BATCHES}, graphs "
                   f"interleaved, at most {latency_budget:g} s per graph")
     sample = nhwc_uint8(test, 0, 64)
-    timings = measure.fp32_latency(loaded, graphs, sample, ships_prompt, threads, latency_budget, reporter)
-    latency = measure.as_json(timings)
+    timings = measure.all_latency(loaded, graphs, sample, ships_prompt, threads, latency_budget, reporter)
+    latency = {k: v for k, v in measure.as_json(timings).items() if k in ("dense", "compressed", "network_only")}
     overhead = {b: {"ms": latency["compressed"][b]["median_ms"] - latency["network_only"][b]["median_ms"],
                     "fraction": 1 - latency["network_only"][b]["median_ms"] / latency["compressed"][b]["median_ms"]}
                 for b in latency["compressed"]}
-    precision = measure.precisions(run, test, sample, threads, latency_budget, reporter)
+    precision = measure.precisions(run, test, timings, threads, reporter)
+    shipping = measure.shipping(timings, accuracy, precision, m.export.max_precision_drop)
     tensorrt = measure.tensorrt(run, test, sample, latency_budget, reporter)
+    gpu = measure.gpu(loaded, sample, ships_prompt, device, latency_budget, reporter)
     counts = {"dense": _counts(loaded.dense), "compressed": _counts(loaded.compressed)}
     example = torch.zeros(1, *m.data.image_shape)
     for name, net in (("dense", loaded.dense), ("compressed", loaded.compressed)):
         counts[name]["macs"] = count_macs(net, example)
     macs_ratio = counts["dense"]["macs"] / max(1, counts["compressed"]["macs"])
     files = {name: {"bytes": run.file(name).stat().st_size, "gzip_bytes": _gz_bytes(run.file(name))}
-             for name in (MODEL_ONNX, DENSE_ONNX, MODEL_PT, DENSE_PT)}
+             for name in (MODEL_ONNX, DENSE_ONNX, MODEL_PT, DENSE_PT,
+                          *(precision_path(run.file(g), p).name for p in precision for g in (MODEL_ONNX, DENSE_ONNX)))}
     report = Report(
         created=now(), run=str(Path(run_dir)), method=m.method_name, mode=m.mode, macs_reduction=macs_ratio,
         speedup=measure.speedups(timings, macs_ratio), sparsity_target=m.sparsity_target,
@@ -82,8 +86,10 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         prompt_choice=m.export.prompt_choice,  # why: the validation decision or a flag
         head=_head_summary(m), caller_must_feed=m.export.caller_must_feed, test_images=len(test),
         baseline=m.metrics.get("baseline"), dense_reference=m.metrics.get("dense_reference"),
+        precision_gate={"max_drop": m.export.max_precision_drop, "left_out": m.export.left_out},
+        shipping=shipping,
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
-        precision=precision, tensorrt=tensorrt, cpu=_cpu(precision, latency, m.export.int8_format),
+        precision=precision, tensorrt=tensorrt, gpu=gpu, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()
                    if k in ("mode", "pattern", "exempt", "speedup_target", "macs_reduction")},
         machine={"threads": threads, "provider": "CPUExecutionProvider", "latency_budget_s": latency_budget,

@@ -112,6 +112,9 @@ class RunDir:
             for name in stage.names:
                 os.replace(staging / name, self.file(name))
             self.artifacts.update(stage.entries)
+            for name in stage.discarded:  # an earlier version of an artifact this write decided against
+                self.artifacts.pop(name, None)
+                self.file(name).unlink(missing_ok=True)
             self.save()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -123,6 +126,7 @@ class StagedWrite:
     def __init__(self, run: RunDir, staging: Path) -> None:
         self.run, self.dir = run, staging
         self.entries: dict[str, dict] = {}
+        self.discarded: set[str] = set()
 
     @property
     def names(self) -> list[str]:
@@ -140,6 +144,13 @@ class StagedWrite:
     def record(self, name: str, **meta: object) -> None:
         p = self.path(name)
         self.entries[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, **meta}
+        self.discarded.discard(name)
+
+    def discard(self, name: str) -> None:
+        """`name` is not part of the run after this write: dropped here, and from the run on success."""
+        self.entries.pop(name, None)
+        self.path(name).unlink(missing_ok=True)
+        self.discarded.add(name)
 
 
 def latest_run(root: Path = DEFAULT_RUNS) -> Path:

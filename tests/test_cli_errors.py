@@ -101,7 +101,7 @@ def test_pickled_module_with_trust_runs_and_exports(tmp_path):
     torch.save(DigitsCNN(), model)
     out = tmp_path / "run"
     # --arch gives the pickled module's input normalisation (it must fit it); without it (or --mean/--std)
-    # the module would be refused, never fed ImageNet statistics by assumption (issue 16 item 6)
+    # the module would be refused, never fed ImageNet statistics by assumption
     result = runner.invoke(app, ["compress", str(model), "--data", "digits", "--arch", "digits_cnn", "--trust-pickle",
                                  "--epochs-mask", "1",
                                  "--epochs-tune", "0", "--test-subset", "100", "--out", str(out)])
@@ -133,7 +133,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model file not found") and "Traceback" not in proc.stderr
     help_text = subprocess.run([str(exe), "compress", "--help"], capture_output=True, text=True, timeout=120).stdout
-    assert "Prunable" in help_text and "Deviations" in help_text
+    assert "deviations from the reference" in help_text and "docs/OPTIONS.md" in help_text and "--sparsity" in help_text
 
 
 @pytest.mark.parametrize("extra,needle", [

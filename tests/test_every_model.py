@@ -8,7 +8,7 @@ The small models run by default (DEFAULT, about 2 minutes on 2 idle cores; there
 network is baked and checked but not exported), with ViT and ConvNeXt as miniature configurations
 of torchvision's own classes (TINY: same blocks, one or two of them, narrow); every torchvision
 model by name is marked `every_model` and runs with `-m every_model` (seconds per model are printed
-with -s; per-model seconds and peak RSS are in docs/benchmarks.md). Run it one
+with -s; per-model seconds and peak RSS: git show 6e83c8b:docs/benchmarks.md). Run it one
 process per model (`-k NAME`) on a shared machine: a single process holds the worst model's memory.
 
 Random weights meet the eval-mode BatchNorm statistics of a fresh model (mean 0, variance 1), which
@@ -52,7 +52,7 @@ from torch import nn
 
 from calibration.parity import check_parity, compare_graphs
 from export.deploy_graph import DeployGraph
-from pipelines.export_stage import FP16_MIN_AGREEMENT
+from export.precision_gate import FP16_MIN_AGREEMENT
 from export.onnx_export import PROTOBUF_LIMIT, export_onnx
 from export.precision import to_fp16
 from export.sparsity_check import weight_patterns

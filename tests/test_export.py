@@ -45,6 +45,49 @@ def test_manifest_records_parity_and_artifact_hashes(digits_run):
         assert len(manifest["artifacts"][name]["sha256"]) == 64
 
 
+def test_every_exported_graph_carries_its_classes_and_contract(digits_run, tmp_path):
+    """model.onnx shipped without manifest.json still names its outputs: metadata_props in every graph
+    and precision (fp16/int8 derived from the stamped fp32), with the manifest's sha256 of the final file."""
+    import shutil
+
+    from export.onnx_metadata import read_metadata
+    from pipelines.export_stage import run_export
+    from vpns_deploy import __version__
+    from vpns_deploy.data.cache import sha256_file
+    from vpns_deploy.progress import Reporter
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    run_export(run, reporter=Reporter(quiet=True), precisions=("fp32", "fp16", "int8"), calib_images=64)
+    manifest = json.loads((run / "manifest.json").read_text())
+    for stem, graph in (("model", "compressed"), ("dense", "dense reference")):
+        for name in (f"{stem}.onnx", f"{stem}.fp16.onnx", f"{stem}.int8.onnx"):
+            meta = read_metadata(run / name)
+            assert meta["classes"] == manifest["data"]["classes"] == [str(i) for i in range(10)], name
+            assert meta["input_contract"] == manifest["export"]["caller_must_feed"], name
+            assert meta["input_contract"]["dtype"] == "uint8" and meta["input_contract"]["layout"] == "NHWC"
+            assert (meta["arch"], meta["graph"], meta["producer"]) == ("digits_cnn", graph, f"vpns-deploy {__version__}")
+            assert manifest["artifacts"][name]["sha256"] == sha256_file(run / name), name
+
+
+def test_metadata_names_classes_only_where_the_outputs_are_theirs():
+    from onnx import TensorProto, helper
+
+    from export.onnx_metadata import graph_metadata, stamp
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"other": "kept", "classes": "[\"stale\"]"})
+    props = graph_metadata(["a", "b", "c"], {"dtype": "uint8"}, "resnet20", "dense reference")
+    keys = {p.key: p.value for p in stamp(model, props).metadata_props}
+    assert "classes" not in keys and keys["other"] == "kept" and keys["arch"] == "resnet20"
+    props = graph_metadata(list("abcde"), {"dtype": "uint8"}, None, "compressed")
+    keys = {p.key: p.value for p in stamp(model, props).metadata_props}
+    assert json.loads(keys["classes"]) == list("abcde") and keys["arch"] == ""
+
+
 def test_dense_graph_has_no_prompt(digits_run):
     ops = [n.op_type for n in onnx.load(str(digits_run / "dense.onnx")).graph.node]
     assert ops[:4] == ["Cast", "Transpose", "Mul", "Add"] and "Clip" not in ops

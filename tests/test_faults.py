@@ -1,4 +1,4 @@
-"""Issue 16, "nothing lost, nothing executed": the faults a careful user or an adversary meets.
+"""Nothing lost, nothing executed: the faults a careful user or an adversary meets.
 
 Real processes, real files, real training on the embedded digits; each test fails on the code before
 the fix. The slow parts (whole compress runs) are kept to a few epochs of an 8x8 CNN.

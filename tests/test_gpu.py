@@ -63,3 +63,17 @@ def test_tensorrt_engine_builds_uses_sparse_kernels_and_matches_ort_fp16(tmp_pat
     assert abs(trt_fp16 - ort_fp16) <= 0.005
     lat = report["tensorrt"]["engines"]["fp16"]["latency_ms"]["64"]  # CUDA events, after warm-up
     assert lat["runs"] >= 100 and 0 < lat["median_ms"] <= lat["p90_ms"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [["--mode", "channel", "--sparsity", "0.5"], ["--mode", "2:4"]], ids=["channel", "2of4"])
+def test_structured_modes_train_on_cuda_under_amp_and_export(tmp_path, digits_model, mode):
+    """Channel mode (torch-pruning on the CPU copy, masks back on the GPU) and N:M, on CUDA under AMP."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["compress", str(digits_model), "--arch", "digits_cnn", "--data", "digits", *mode,
+                                      "--epochs-mask", "1", "--epochs-tune", "1", "--batch-size", "64",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["device"].startswith("cuda") and manifest["precision"]["amp"] in ("bf16", "fp16")
+    assert CliRunner().invoke(app, ["export", str(out)]).exit_code == 0

@@ -124,7 +124,7 @@ def test_replace_head_keeps_the_kind_and_input_width_and_is_seeded():
 
 @pytest.mark.parametrize("arch", ["squeezenet1_0", "mobilenet_v3_small"])
 def test_class_count_mismatch_names_both_counts_and_suggests_head(tmp_path, arch):
-    """Issue 16: a 1000-class checkpoint on 4-class data; a conv head must not blame --arch."""
+    """A 1000-class checkpoint on 4-class data; a conv head must not blame --arch."""
     import torchvision
 
     from vpns_deploy.models.checkpoint import load_model

@@ -90,7 +90,7 @@ def test_aux_classifier_nets_load_with_or_without_aux_keys_and_train_to_one_tens
         assert isinstance(out, torch.Tensor) and out.shape == (2, 7)
 
 
-# --- Input specs from the model's own config (issue 13 items 2-3) ---------------------------------
+# --- Input specs from the model's own config ----------------------------------------------------
 
 def test_builtin_architectures_take_their_own_small_sizes():
     from vpns_deploy.models import get_arch
@@ -191,7 +191,7 @@ def test_comma_separated_floats_are_parsed_or_refused():
         parse_floats("0.5,abc", "--std")
 
 
-# --- A pickled module keeps its normalisation (issue 16 item 6) ----------------------------------
+# --- A pickled module keeps its normalisation -----------------------------------------------------
 
 def _digits_top1(loaded, split) -> float:
     return top1(PromptedNet(loaded.net, loaded.inputs, None), split, torch.device("cpu"), prompted=False)
@@ -235,10 +235,13 @@ def _cli(args: list[str]):
 
 
 def test_compress_help_explains_the_input_options():
+    from pipelines.cli_doc import render
+
     text = _cli(["compress", "--help"]).output
-    for needle in ("--input-size", "--mean", "--std", "--interpolation", "bilinear|bicubic|nearest", "timm:NAME",
-                   "efficientnet_lite0..4", "pickled MODEL"):
+    for needle in ("--input-size", "--mean", "--std", "--interpolation", "bilinear, bicubic or nearest", "timm:NAME",
+                   "efficientnet_lite0..4"):
         assert needle in text, needle
+    assert "A pickled MODEL takes its input from --arch" in render()  # the full text: docs/OPTIONS.md
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -82,7 +82,30 @@ def test_report_on_one_run_adds_plots_and_html_to_the_run(digits_run, chromium):
     for name in ("report.html", "training_curves.png", "layer_sparsity.png", "latency.png"):
         assert name in manifest["artifacts"], name
     dom, console = _headless(chromium, digits_run / "report.html")
-    assert console == [] and "MACs per image" in dom
+    assert console == [] and dom.index("What ships") < dom.index("MACs per image")
+
+
+def test_report_opens_with_the_verdict_and_a_snippet_that_runs(digits_run, tmp_path):
+    """The first screen: what ships, speedup and top-1 from the report's own numbers, the settings, and
+    Python that classifies with the shipped file (run here, against it)."""
+    import html
+    import re
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    assert CliRunner().invoke(app, ["report", str(run), "--latency-budget", "1"]).exit_code == 0
+    page = (run / "report.html").read_text()
+    report = json.loads((run / "report.json").read_text())
+    verdict, table = page.index('id="verdict"'), page.index('id="summary"')
+    assert verdict < table
+    first = html.unescape(page[verdict:table])
+    assert "Ships model.onnx" in first and f"{report['speedup']['1']['speedup']:.2f}x" in first
+    assert f"{report['accuracy']['compressed']['onnxruntime']:.2%}" in first and "digits_cnn" in first
+    assert "uint8 NHWC" in first and "0, 1, 2" in first
+    code = html.unescape(re.search(r"<pre><code>(.*?)</code></pre>", page, re.S).group(1))
+    done = subprocess.run([sys.executable, "-c", code], cwd=run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() in [str(i) for i in range(10)], done.stderr
 
 
 def test_sweep_runs_every_point_draws_its_plots_and_resumes_as_a_no_op(tmp_path, digits_model):

@@ -183,7 +183,7 @@ def test_per_epoch_validation_and_test_only_at_stage_end(digits_model):
 
 
 def test_export_data_with_other_channels_is_converted_not_blamed_on_the_arch(tmp_path, digits_run):
-    """issue 16: `export --data` of RGB images for a 1-channel run is converted to the run's input."""
+    """`export --data` of RGB images for a 1-channel run is converted to the run's input."""
     from PIL import Image
 
     from pipelines.load_run import load_run
@@ -242,7 +242,7 @@ def test_streaming_leaves_the_global_rng_alone(mixed):
 
 @pytest.mark.parametrize("mode", ["unstructured", "2:4", "channel"])
 def test_mixed_folder_tiny_timm_model_in_every_mode(tmp_path, mixed, mode):
-    """Issue 13's done-when: a real mixed folder (sizes, grey, RGBA, CMYK, palette) through
+    """A real mixed folder (sizes, grey, RGBA, CMYK, palette) through
     compress -> export -> report on a tiny timm model, in all three modes."""
     import timm
     from typer.testing import CliRunner

@@ -265,7 +265,7 @@ def test_distill_runs_stage2_from_the_dense_teacher(digits_model, digits_splits)
 
 
 def test_distillation_is_off_unless_asked_and_the_flags_decide(digits_model, digits_splits):
-    """No method distils by default (magnitude did until it lost 3.5 points at 70 %, docs/benchmarks.md);
+    """No method distils by default (magnitude + fine-tune loses 3.5 points with it at 70 %, docs/benchmarks.md);
     --distill turns it on for any method, and the stage plan says which loss ran."""
     from dataclasses import replace
 

@@ -2,7 +2,10 @@
 
 Only the network's forward runs under autocast: the prompt is added, and masks (W * mask), scores,
 their top-k and every optimiser step stay in fp32, since parameters, masks and the mask
-re-selection all live outside autocast's op list or outside the forward. fp16 needs loss scaling
+re-selection all live outside autocast's op list or outside the forward. The network's first layer
+runs in fp32 too (`fp32_first_layer`): the prompt is a small addition to the image (|P| about 1e-3 to
+6e-3 of the [0, 1] range at the budgets measured here) that bf16's 8-bit mantissa would round away
+at that layer's input, normalised values near 1 being resolved only to 2^-8. fp16 needs loss scaling
 (GradScaler) against underflowing gradients; bf16 has fp32's exponent range and needs none.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 
 from vpns_deploy.config import AMP_CHOICES, AMP_HELP  # noqa: F401 - AMP_HELP re-exported
@@ -47,11 +51,13 @@ class Amp:
         return self.precision != "off"
 
     @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self, model: nn.Module | None = None) -> Iterator[None]:
+        """autocast for a forward of `model`, whose first layer stays fp32 (see the module docstring)."""
         if not self.enabled:
             yield
             return
-        with torch.autocast(self.device_type, dtype=DTYPES[self.precision]):
+        with fp32_first_layer(model, self.device_type), torch.autocast(self.device_type,
+                                                                      dtype=DTYPES[self.precision]):
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -75,6 +81,39 @@ class Amp:
     def load_state_dict(self, state: dict | None) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The first convolution or linear layer in module order: the one the (prompted) image reaches."""
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+
+
+@contextlib.contextmanager
+def fp32_first_layer(model: nn.Module | None, device_type: str) -> Iterator[None]:
+    """Inside autocast, run `model`'s first layer with autocast off on fp32 input (hooks, removed on exit)."""
+    layer = first_layer(model) if model is not None else None
+    if layer is None:
+        yield
+        return
+    contexts: list[torch.autocast] = []
+
+    def before(module: nn.Module, args: tuple) -> tuple:
+        ctx = torch.autocast(device_type, enabled=False)
+        ctx.__enter__()
+        contexts.append(ctx)
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def after(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        contexts.pop().__exit__(None, None, None)
+
+    handles = [layer.register_forward_pre_hook(before), layer.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        while contexts:  # a forward that raised inside the layer
+            contexts.pop().__exit__(None, None, None)
 
 
 def setup_cuda_speed(device: torch.device) -> None:

@@ -8,7 +8,7 @@ Re-estimating them is forward passes only: no optimiser step, nothing learned fr
 The images are augmented as in training: the network's weights were fitted under statistics of
 augmented batches, and the running averages it is evaluated with track exactly those. Measured on
 Torch-Pruning's ResNet-56 channel cell (10k CIFAR-10 images, 2 fine-tune epochs, 2,000 test images;
-docs/benchmarks.md, 2026-12-03): as trained 63.25 %, re-estimated on 2,000 augmented training images
+git show 6e83c8b:docs/benchmarks.md): as trained 63.25 %, re-estimated on 2,000 augmented training images
 63.55 %, on 2,000 un-augmented ones 59.00 %, on the test images themselves 58.55 %. A clean image's
 statistics are not the ones the next layers learned to read (the padded random crops differ from it).
 """

@@ -22,7 +22,7 @@ def group_norm_keep(masked_net: nn.Module, example: torch.Tensor, budget: Channe
     round_to and the per-group floor as ours, run on a copy until the budget is met; `frozen`
     layers' outputs are never pruned. The channels it removes are tracked back to their original
     indices. Measured on ResNet-56 at 2x fewer MACs: after the same short fine-tune this structure
-    reached 59.6 % where our one-shot L1 ranking (same budget) reached 22.4 % (docs/benchmarks.md),
+    reached 59.6 % where our one-shot L1 ranking (same budget) reached 22.4 % (git show 6e83c8b:docs/benchmarks.md),
     because renormalising after each step spreads the cut instead of emptying the residual streams.
     """
     net = without_hooks(masked_net).cpu().eval()

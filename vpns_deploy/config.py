@@ -28,14 +28,20 @@ PROMPT_TRAINS_IN: tuple[str, ...] = ("both", "mask", "tune")  # the stages whose
 
 
 
-def cli(default: object, help: str) -> object:
+def cli(default: object, help: str, details: str = "") -> object:
     """A field that is also a command-line option: its help text sits beside its default, and
-    pipelines/cli_options.py builds the option from both (so `compress` and `sweep` cannot drift)."""
-    return field(default=default, metadata={"help": help})
+    pipelines/cli_options.py builds the option from both (so `compress` and `sweep` cannot drift).
+    help: the one line `--help` shows (it must read at 80 columns); details: the full explanation,
+    rendered into docs/OPTIONS.md (pipelines/cli_doc.py) beside it."""
+    return field(default=default, metadata={"help": help, "details": details})
 
 
 # INT8 calibration: class-balanced training images run through the whole deployed graph.
 DEFAULT_CALIB_IMAGES = 512
+# A lower-precision graph ships only while its test top-1 is at most this many points below its fp32
+# graph's (export/precision_gate.py): the range post-training quantisation holds on CNNs (ResNet-50
+# loses about 0.6 points in NVIDIA's PTQ example, TF-Lite's int8 EfficientNet-Lite well under one).
+DEFAULT_MAX_PRECISION_DROP = 1.0
 
 # Paper seeds are 7, 9 and 17 (shared/docs/VPNS.md §1); the first is the default.
 DEFAULT_SEED = 7
@@ -62,7 +68,7 @@ LARGE_RESIZE_RATIO = 9 / 8
 # training (vpns_deploy/batchnorm.py: un-augmented ones cost a ResNet-56 channel cell 4 points), so
 # each epoch is judged, and the model shipped, with statistics of the network as masked now. ResNet-20, 90 %, 2,000 images, 1 + 1 epochs: the running averages left by
 # 8-16 steps still described the dense network, and the starting mask scored 10 % (chance) on
-# validation; re-estimated, 32-37 % (bench/probes/init_mask.py, docs/benchmarks.md).
+# validation; re-estimated, 32-37 % (bench/probes/init_mask.py; git show 6e83c8b:docs/benchmarks.md).
 DEFAULT_BN_IMAGES = 2000
 CHANNEL_INITS = ("group_norm", "l1")
 SCORE_OPTIMIZERS = ("adam", "sgd")
@@ -90,10 +96,10 @@ AMP_HELP = ("Mixed precision of training steps: bf16, fp16 (with loss scaling) o
 # what a stage can change is lr x steps. The reference's 1e-4 fits its 30-epoch stage 1 (11,760 steps
 # on CIFAR at batch 256); over 392 steps (1-2 epochs) it barely leaves the magnitude-ranked start,
 # and 1e-3 measured about +3 points for both HYDRA and VPNs (ResNet-20, 90 %, two seeds,
-# docs/benchmarks.md). So the default keeps lr x steps at 0.4 (1e-3 over 392 steps), never below the
+# git show 6e83c8b:docs/benchmarks.md). So the default keeps lr x steps at 0.4 (1e-3 over 392 steps), never below the
 # reference's rate and never above 1e-3: on a few dozen steps a larger rate lets the noisy gradients of
 # a handful of batches reshuffle the mask (ResNet-20, 90 %, 2,000 images, 16 stage-1 steps: validation
-# top-1 after stage 2 30.5 % at 1e-2, 59.5 % at 1e-3, 56.0 % at 1e-4; bench/probes, docs/benchmarks.md).
+# top-1 after stage 2 30.5 % at 1e-2, 59.5 % at 1e-3, 56.0 % at 1e-4; git show 6e83c8b:docs/benchmarks.md).
 REFERENCE_LR_SCORES = 1e-4
 SCORE_TRAVEL = 0.4
 MAX_LR_SCORES = 1e-3
@@ -152,10 +158,10 @@ def check_numbers(obj: object) -> None:
 class OptimConfig:
     """Optimisers of shared/docs/VPNS.md §1 and §9 (CIFAR adaptation)."""
 
-    lr_scores: float | None = cli(None, (  # Adam, coupled weight decay, cosine per epoch; None: SCORE_LR_RULE
+    lr_scores: float | None = cli(None, f"Stage-1 score learning rate (Adam). Default: {SCORE_LR_RULE}.", (  # Adam, coupled weight decay, cosine per epoch; None: SCORE_LR_RULE
         "Adam learning rate of the per-weight scores in stage 1 (unstructured, N:M). Default: "
         f"{SCORE_LR_RULE}, i.e. the reference's 1e-4 for 30-epoch stages and more for short ones (1e-3 over "
-        "392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %: docs/benchmarks.md)."))
+        "392 steps gave HYDRA and VPNs about +3 points on ResNet-20 at 90 %, measured)."))
     # "adam" (VPNs' and our HYDRA's) or "sgd": the paper's own HYDRA baseline (SGD 0.01, momentum 0.9,
     # on the scores), kept selectable so a table can show how much of a margin is the optimiser.
     score_optimizer: str = "adam"
@@ -201,14 +207,15 @@ HEAD_HELP = (
 class CompressConfig:
     """One compression run: what to prune, how, and on what budget."""
 
-    method: Method = cli("vpns", f"One of {', '.join(METHODS)}.")
-    mode: str = cli("unstructured", (
+    method: Method = cli("vpns", f"One of {', '.join(METHODS)}.", " ".join(
+        f"{m.name}: {m.description}" for m in METHOD_REGISTRY))
+    mode: str = cli("unstructured", "unstructured, channel (physically smaller, faster everywhere) or N:M such as 2:4.", (
         "unstructured (global top-k over weights); channel (whole coupled channel groups, then physically "
         "removed: faster on every runtime); N:M such as 2:4 (N of every M input-channel weights: sparse tensor "
         "cores)."))
-    sparsity: float = cli(0.9, "Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable "
+    sparsity: float = cli(0.9, "Fraction removed, in (0, 1): of prunable weights, or of channels (--mode channel).", "Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable "
                                "channels (channel). Unused by N:M.")
-    speedup: float | None = cli(None, (  # channel mode only: overrides sparsity
+    speedup: float | None = cli(None, "--mode channel: target MACs reduction (2.0 halves them), instead of --sparsity.", (  # channel mode only: overrides sparsity
         "Channel mode: target MACs reduction (e.g. 2.0 halves the MACs); the channel fraction is searched at "
         "every mask update, replacing --sparsity."))
     channel_min_keep: float = 0.1  # channel mode: every group keeps at least this fraction
@@ -222,22 +229,22 @@ class CompressConfig:
     # channel mode: "init": widths stay at the initial mask's, stage 1 re-picks which channels (per-group
     # top-k); "learned": stage 1 picks every group's width too (global top-k). ResNet-56, 2x fewer MACs,
     # 1 + 1 epochs: "init" 79.78 % vs Torch-Pruning + 2 epochs 77.69 %; "learned" emptied the residual
-    # streams again (32 -> 16 channels) and trailed it (measured, docs/benchmarks.md).
+    # streams again (32 -> 16 channels) and trailed it (measured; git show 6e83c8b:docs/benchmarks.md).
     channel_widths: str = "init"
     # channel mode, methods that learn scores (VPNs, HYDRA): how the epochs split between the stages.
-    # "tune" (default since 2026-12-04): stage 1 runs one batch and stage 2 runs epochs_mask + epochs_tune
-    # epochs, the same optimiser steps as "even" plus that batch. The scores start at Torch-Pruning's
-    # group-norm mask, whose widths stage 1 keeps (channel_widths "init"), so stage 1 can only re-pick
-    # channels inside groups, with the weights frozen at a network that scores ~21 % at 2x fewer MACs;
-    # its steps pay in stage 2 instead. ResNet-56 at 2x fewer MACs, equal steps (docs/benchmarks.md, issue
-    # 15): 82.14 % vs 80.13 % for "even" at 1 + 1 epochs (mean of seeds 7 and 9), 83.88 % vs 82.20 % at
+    # "tune": stage 1 runs one batch and stage 2 runs epochs_mask + epochs_tune epochs, the same
+    # optimiser steps as "even" plus that batch. The scores start at Torch-Pruning's group-norm mask,
+    # whose widths stage 1 keeps (channel_widths "init"), so stage 1 can only re-pick channels inside
+    # groups, with the weights frozen at a network that scores ~21 % at 2x fewer MACs; its steps pay in
+    # stage 2 instead. ResNet-56 at 2x fewer MACs, equal steps (docs/benchmarks.md, "Channel mode"):
+    # 82.14 % vs 80.13 % for "even" at 1 + 1 epochs (mean of seeds 7 and 9), 83.88 % vs 82.20 % at
     # 2 + 2 (seed 7; Torch-Pruning + fine-tune 82.78 %).
     # "even": the paper's split, stage 1 for epochs_mask epochs (mask_batches_fraction of each).
     channel_split: str = "tune"
     # What to do with the model's head (vpns_deploy/heads.py): keep (classes match), map (frequency
     # label mapping onto the source head, shared/docs/VPNS.md §4) or new (fresh head + warm-up).
-    head: str = cli("keep", HEAD_HELP)
-    head_warmup_epochs: int = cli(1, (
+    head: str = cli("keep", "keep (the head has the data's classes), map (source classes mapped to them) or new.", HEAD_HELP)
+    head_warmup_epochs: int = cli(1, "--head new: epochs that train only the fresh head, before stage 1.", (
         "--head new: epochs that train only the fresh head (SGD, cosine; recipes: compress.optim.lr_head) "
         "before stage 1, counted in the run's optimiser steps."))
     # --head map: which network the frequency label map is computed on. The paper computes it on the
@@ -249,20 +256,20 @@ class CompressConfig:
     label_map_on: str = "dense"
     # unstructured mode: a sparsity that would leave some layer without any weight (its output a
     # constant) is refused unless this is set; see masks.MaskSet.
-    allow_empty_layers: bool = cli(False, (
+    allow_empty_layers: bool = cli(False, "Accept a --sparsity that leaves some layer without any weight.", (
         "Unstructured mode: accept a --sparsity so high that some layer keeps no weight at all (its output "
         "becomes a constant). Refused without this."))
-    epochs_mask: int = cli(30, (
+    epochs_mask: int = cli(30, "Stage-1 (mask finding) epochs (--mode channel: they go to stage 2).", (
         "Stage-1 (mask finding) epochs. Channel mode with VPNs or HYDRA: stage 1 runs one batch and these "
         "epochs go to stage 2 (measured better at equal steps; recipes: compress.channel_split = \"even\" "
         "restores the split)."))
     epochs_tune: int = cli(30, "Stage-2 (subnetwork tuning) epochs.")
     # Fraction of each stage-1 epoch's batches that stage 1 runs (1: all of them): how a run splits its
-    # optimiser steps between mask finding and tuning finer than whole epochs (issue 15, "spend the step
-    # budget where it pays"); recipes: compress.mask_batches_fraction.
+    # optimiser steps between mask finding and tuning finer than whole epochs, so a step budget can go to
+    # the stage where it pays; recipes: compress.mask_batches_fraction.
     mask_batches_fraction: float = 1.0
     batch_size: int = cli(256, "Images per optimiser step.")
-    prompt: PromptKind = cli("pad", (
+    prompt: PromptKind = cli("pad", "Visual prompt: pad (additive frame), expand, fix or random.", (
         "pad: additive frame (identity, zero init); expand: image zero-padded by --pad and the border learned "
         "(sigmoid); fix: top-left square (sigmoid); random: square at a random place per step (sigmoid; "
         "expected mask at evaluation)."))
@@ -278,30 +285,29 @@ class CompressConfig:
     device: str = cli("auto", "auto (CUDA if present), cpu or cuda.")
     train_subset: int | None = cli(None, "Use N class-balanced training images (quick runs).")
     test_subset: int | None = cli(None, "Evaluate on N class-balanced test images (default: all).")
-    val_fraction: float = cli(DEFAULT_VAL_FRACTION, (  # of the training split; 0: no validation split
+    val_fraction: float = cli(DEFAULT_VAL_FRACTION, "Training images held out for validation (it decides the prompt); 0: none.", (  # of the training split; 0: no validation split
         "Fraction of the training split held out (class-balanced, the same images for every --seed) as the "
         "validation split: it is evaluated after every epoch and decides whether the prompt ships; the test "
         "split is measured only at the end of each stage and never chooses anything. 0: no validation split. "
         "With --train-subset N it is carved from the N images."))
-    workers: int | None = cli(None, (  # None: data.loader.default_workers()
+    workers: int | None = cli(None, "Processes that decode streamed images. Default: CPU cores - 1, at most 8.", (  # None: data.loader.default_workers()
         "DataLoader processes that decode and augment streamed images. Default: the CPU cores minus one, at "
         "most 8 (0 on a single core). Never changes a result."))
-    memory_budget: float = cli(DEFAULT_MEMORY_BUDGET, (
+    memory_budget: float = cli(DEFAULT_MEMORY_BUDGET, "Fraction of RAM decoded images may use; a larger data set is streamed.", (
         "Fraction of RAM the decoded images may take: a data set that fits is decoded once into memory (tar "
         "archives also cached on disk by sha256 and size); a larger one is streamed from its files by the "
         "workers. 0: always stream."))
-    bn_images: int = cli(DEFAULT_BN_IMAGES, (
+    bn_images: int = cli(DEFAULT_BN_IMAGES, "Training images that re-estimate BatchNorm after every epoch; 0: never.", (
         "BatchNorm statistics are re-estimated after every epoch on this many training images (augmented as "
         "in training), "
         "so each epoch is judged, and the model shipped, with statistics of the network as masked now (short "
         "runs otherwise evaluate with the dense network's). 0: keep training's running averages."))
-    # Off by default, measured (docs/benchmarks.md, issue 15; ResNet-20, equal optimiser steps): at 90 %
+    # Off by default, measured (docs/benchmarks.md, "Over training budgets"; ResNet-20, equal optimiser steps): at 90 %
     # magnitude + fine-tune gained at every budget (+4.0 at 2,000 images to +0.8 at 50,000), but at 70 % on
     # 50,000 images it lost 3.5 points (82.81 vs 86.34) and at 50 % 4.2: the teacher is the user's network
     # before it saw this data (81 % on its test split), so a student that can pass it is pulled back to
-    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on. (On by default for
-    # magnitude from d5208db until cb1f3c6.)
-    distill: bool = cli(False, (
+    # it. VPNs and HYDRA gained at 2,000 images and lost up to 1.4 points from 10,000 on.
+    distill: bool = cli(False, "Stage 2 also learns from the dense network's logits (distillation).", (
         "Stage 2 (and magnitude's fine-tune) learns from the dense network's logits: "
         "distill_alpha x T^2 x KL at temperature distill_temperature plus (1 - alpha) x cross-entropy. The "
         "teacher's forward passes cost time, not optimiser steps. Off unless given: it helps where the pruned "
@@ -312,15 +318,15 @@ class CompressConfig:
     distill_alpha: float = 0.5  # weight of the soft (teacher) term; recipes: compress.distill_alpha
     # Mixed precision of training steps (vpns_deploy/amp.py): auto = bf16 on CUDA GPUs that have it,
     # else fp16 with loss scaling; off on the CPU (no bf16/fp16 units on this project's CPUs).
-    amp: str = cli("auto", AMP_HELP)
-    preflight: bool = cli(True, (
+    amp: str = cli("auto", "Mixed precision of training: auto, bf16, fp16 or off (auto: off on the CPU).", AMP_HELP)
+    preflight: bool = cli(True, "Measure one training step first; stop early with settings that fit.", (
         "Before the run: measure one training step (time, peak memory) at small batches, print the projected "
         "run time and peak memory, and stop with settings that fit when the run would not fit in free memory."))
-    dense_reference: str = cli("as-given", (
+    dense_reference: str = cli("as-given", "What dense means: as-given, or finetune at the run's step budget.", (
         "What the run compares with. as-given: the model as given (with --head new: backbone plus the new "
         "head after its warm-up, not fine-tuned). finetune: that model fine-tuned, all weights, for as many "
         "optimiser steps as the compressed model gets (the fair reference; about doubles the run time)."))
-    sync_bn: bool = cli(False, "Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch "
+    sync_bn: bool = cli(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm).", "Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch "
                                "(SyncBatchNorm) instead of each GPU's share.")
     optim: OptimConfig = field(default_factory=OptimConfig)
 

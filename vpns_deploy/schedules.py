@@ -1,12 +1,11 @@
 """Learning-rate schedules, stepped once per epoch as in the reference (shared/docs/VPNS.md §1).
 
-Per-iteration stepping was tried (session 3) and measured worse at the one- and two-epoch stages a
-CPU budget allows, in all four comparisons (ResNet-20 HYDRA at 90 %: 79.63 -> 77.67; ResNet-56
-channel Torch-Pruning 2 epochs: 77.69 -> 75.63, 4 epochs: 81.05 -> 80.32; VPNs channel 70.81 ->
-62.87; docs/benchmarks.md): annealing to zero inside a short stage costs more than it gives. What
-per-epoch stepping did get wrong is kept fixed here: the stage-1 prompt multistep (x0.1 at 50 % and
-72 % of the stage) put both milestones at epoch 0 in a stage of one epoch, so the prompt trained at
-1e-6 from its first step. Milestones now never fall before the end of the first epoch.
+Per-epoch, not per-iteration: stepping every batch measured worse at the one- and two-epoch stages
+a CPU budget allows, in all four comparisons (ResNet-20 HYDRA at 90 %: 79.63 vs 77.67; ResNet-56
+channel Torch-Pruning 2 epochs: 77.69 vs 75.63, 4 epochs: 81.05 vs 80.32; VPNs channel 70.81 vs
+62.87): annealing to zero inside a short stage costs more than it gives. Milestones never fall
+before the end of the first epoch: the stage-1 prompt multistep (x0.1 at 50 % and 72 % of the stage)
+would otherwise put both at epoch 0 in a one-epoch stage and train the prompt at 1e-6 throughout.
 """
 from __future__ import annotations
 

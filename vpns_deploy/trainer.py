@@ -108,7 +108,7 @@ def train_step(model: nn.Module, plan: StagePlan, x: torch.Tensor, y: torch.Tens
                sync: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step of one pass: forward, backward, step every optimiser, then after_step.
     `sync` runs between backward and step (distributed: the gradients DDP does not reduce)."""
-    with amp.autocast() if amp is not None else contextlib.nullcontext():
+    with amp.autocast(model) if amp is not None else contextlib.nullcontext():
         logits = model(x, prompted=prompted)
         loss = plan.loss_fn(logits, x, y) if plan.loss_fn is not None else F.cross_entropy(logits, y)
     for opt, _ in plan.optimizers:

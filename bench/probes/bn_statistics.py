@@ -1,16 +1,16 @@
-"""Which BatchNorm statistics should a finished run be evaluated with? (issue 18's channel re-run)
+"""Which BatchNorm statistics should a finished run be evaluated with?
 
 Loads a run's shipped network (no unpickling: the run's own state dicts) and its data exactly as
 compress split them (the manifest's model, data spec, input overrides and configuration), then
 measures top-1 (plain, and prompted where the run has a prompt) on the test split:
   saved        the statistics the run shipped with;
-  augmented    re-estimated on --images training images drawn as training draws them (the default
-               since 2026-12-03: plain batches augmented, prompted ones not);
-  unaugmented  re-estimated on --images un-augmented training images (the default before);
+  augmented    re-estimated on --images training images drawn as training draws them (the product's
+               way: plain batches augmented, prompted ones not);
+  unaugmented  re-estimated on --images un-augmented training images;
   test         re-estimated on the test images themselves (diagnosis only: a bound on matched statistics).
 
     python -m bench.probes.bn_statistics /tmp/tp-product-nobn --test-subset 2000 \\
-        --out bench/results/rerun-2026-12-03/tp_bn_diagnosis.json
+        --out bench/runs/tp_bn_diagnosis.json
 """
 from __future__ import annotations
 

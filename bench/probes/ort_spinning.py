@@ -1,12 +1,12 @@
-"""Does ONNX Runtime's thread spinning distort interleaved timing? (issue 18's latency re-run)
+"""Does ONNX Runtime's thread spinning distort interleaved timing?
 
 The report times graphs interleaved (calibration/latency.py). ORT's intra-op threads spin-wait after
 each call by default, so a session that just ran may hold the cores while the next session's call
 runs. This times graph A alone and interleaved with graph B (one call each in turn), with spinning on
 (ORT's default) and off (what calibration.session.cpu_session sets), at each batch; median ms of A.
 
-    python -m bench.probes.ort_spinning bench/runs/rerun/nm/dense.onnx bench/runs/rerun/nm/model.onnx \\
-        --out bench/results/rerun-2026-12-03/spin_ab.json
+    python -m bench.probes.ort_spinning bench/runs/nm/dense.onnx bench/runs/nm/model.onnx \\
+        --out bench/runs/spin_ab.json
 """
 from __future__ import annotations
 

@@ -1,15 +1,14 @@
 """Peak memory of bench/data_pipeline.py's streamed compress epoch, by code tree and malloc setting.
 
-Issue 18's re-run read 1,373 MiB PSS where docs/benchmarks.md had 978 (2026-11-25, commit 6422977).
-This runs the same command (`vpns-deploy compress` of a random ResNet-20, HYDRA, 1 mask epoch, streamed
-with one worker, on the generated 20,000-JPEG folder) once per --tree (a checkout or `git worktree` of
-any commit), and with --glibc-default once more per tree with vpns_deploy.data.heap.steady_heap
+Attributes a change in the streamed epoch's peak PSS to a code tree or to glibc's heap settings.
+It runs the same command (`vpns-deploy compress` of a random ResNet-20, HYDRA, 1 mask epoch, streamed
+with one worker, on the generated 20,000-JPEG folder) once per --tree (a checkout of any commit), and with --glibc-default once more per tree with vpns_deploy.data.heap.steady_heap
 turned into a no-op (a sitecustomize on PYTHONPATH), in the order given, one at a time.
 
     python -m bench.data_pipeline                   # makes /tmp/vpns-data-bench (folder + model)
-    git worktree add /tmp/wt-6422977 6422977
-    python -m bench.probes.stream_memory --tree /tmp/wt-6422977 --tree . --glibc-default \\
-        --out bench/results/rerun-2026-12-03/memory_by_commit.json
+    git clone -q . /tmp/old && git -C /tmp/old checkout -q 6422977
+    python -m bench.probes.stream_memory --tree /tmp/old --tree . --glibc-default \\
+        --out bench/runs/memory_by_commit.json
 """
 from __future__ import annotations
 

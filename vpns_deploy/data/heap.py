@@ -20,7 +20,7 @@ stays mapped for the next step. Memory freed at the end of a step then stays wit
 TRIM_THRESHOLD of it) instead of going back to the kernel, so its RSS no longer drops between peaks,
 and the peak itself grows a little: bench/data_pipeline.py's streamed ResNet-20 epoch peaked at 1,337
 MiB PSS with these settings and 1,236 MiB with glibc's defaults (0.98 M vs 2.10 M minor faults; one
-run each, 2026-12-03, docs/benchmarks.md). A no-op outside glibc.
+run each, 2026-12-03; git show 6e83c8b:docs/benchmarks.md). A no-op outside glibc.
 """
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ class Method(ABC):
     """One compression method; subclasses set the class attributes and `start`."""
 
     name: ClassVar[str]
+    description: ClassVar[str]  # what a run of it does, for --help and the manifest (method.description)
     uses_prompt: ClassVar[bool] = False  # a visual prompt learns beside the masks (two passes per batch)
     fixed_mask: ClassVar[bool] = False  # the mask is set before training: no mask-finding stage
     modes: ClassVar[tuple[str, ...] | None] = None  # granularities (sparsity.modes names) it runs on; None: all
@@ -96,13 +97,17 @@ class VPNs(LearnedScores):
     """VPNs (shared/docs/VPNS.md): the scores learn together with a visual prompt."""
 
     name, uses_prompt = "vpns", True
+    description = "learned weight scores and a visual prompt, two passes per batch (VPNs)."
 
 
 @_method
 class Hydra(LearnedScores):
-    """HYDRA: the scores learn without a prompt (one pass per batch)."""
+    """VPNs without the prompt and its un-augmented pass: the control that isolates the prompt. Not HYDRA as
+    published (inspire-group/hydra: SGD at lr 0.1 on the scores, a top-k per layer)."""
 
     name = "hydra"
+    description = ("VPNs without the prompt and its un-augmented pass (Adam on the scores, one global "
+                   "top-k); not HYDRA as published (SGD at lr 0.1, a top-k per layer).")
 
 
 @_method
@@ -110,6 +115,7 @@ class Magnitude(Method):
     """The largest weights (channels: by their group's L1 norm) kept, then fine-tuning."""
 
     name, fixed_mask = "magnitude", True
+    description = "global |W| top-k (channels: group L1 norm), then fine-tuning."
 
     def start(self, masks: Granularity) -> None:
         masks.update_from_magnitude()
@@ -121,6 +127,7 @@ class TorchPruningGroupNorm(Method):
     budget, then fine-tuning."""
 
     name, fixed_mask, modes = "tp-groupnorm", True, ("channel",)
+    description = "Torch-Pruning's group-norm pruner to the budget, then fine-tuning (--mode channel)."
     mode_problem = "prunes whole channels (Torch-Pruning's group-norm pruner)"
     mode_fix = "pass --mode channel, or --method magnitude for unstructured/N:M"
 
