@@ -5,7 +5,9 @@ fp16 and int8 graphs are compared with the verified fp32 graph in ONNX Runtime o
 ships only while it loses at most `max_drop` top-1 points (the measured drop, whose 95 % interval is
 recorded beside it: on 1,000 images about +-0.5 to 1 point where a tenth of the predictions change); int8 that loses more is made again with the
 fallback recipe (the stem and the classifier in float), and a precision that still loses more is left
-out of the run with one line and the reason, recorded in manifest.json. fp16 that changes the top-1
+out of the run with one line and the reason, recorded in manifest.json. The compressed graph (what ships)
+is gated; the dense reference is written with the recipe the compressed graph shipped with and judged,
+its verdict recorded, but it never decides what ships. fp16 that changes the top-1
 class of more than 1 % of the images is not rounding but overflow and is left out the same way.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 from calibration.parity import Agreement
 
+# Names the gate's rule in export's fingerprint: runs exported under another rule are exported again.
+GATE_RULE = "compressed-graph-decides-1"
 FP16_MIN_AGREEMENT = 0.99  # below this fp16 is not rounding noise but overflow
 # int8 recipes tried in order (precision.to_int8's keep_float): the full recipe, then the fallback.
 INT8_RECIPES = ("none", "edges")

@@ -2,7 +2,7 @@
 optionally a Resize in front) plus the dense reference, both parity-checked against PyTorch."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -124,6 +124,7 @@ class ExportJob:
     max_drop: float = DEFAULT_MAX_PRECISION_DROP  # the precision gate's tolerance, top-1 points
     calib: object = None  # the INT8 calibration images, drawn once for both graphs
     int8: Int8Format | None = None  # decided on the first graph, kept for the second
+    recipes: dict = field(default_factory=dict)  # precision -> the recipe the compressed graph shipped (None: none)
 
     def calibration(self):
         if "int8" in self.precisions and self.calib is None:
@@ -197,29 +198,43 @@ def _say_prompt(choice: dict, with_prompt: bool | None, loaded: LoadedRun, repor
 
 def _derive(run, fp32: Path, job: "ExportJob") -> dict:
     """fp16 / int8 siblings of a verified fp32 graph, each judged against it in ONNX Runtime on test images
-    (precision_gate.py). The int8 format is measured on the first graph (the compressed one) and kept for
-    the second (the dense one)."""
+    (precision_gate.py). The compressed graph comes first: the gate decides what it ships, and its int8
+    format (measured on it) and recipe are kept for the dense reference, which is judged and recorded but
+    not gated (it is what the report compares with, not what ships)."""
     out = {"fp32": {"file": fp32.name, "ships": True}}
     for precision in job.precisions:
-        if precision != "fp32":
+        if precision == "fp32":
+            continue
+        if fp32.name == MODEL_ONNX:
             out[precision] = _lower_precision(run, fp32, precision, job)
+            job.recipes[precision] = out[precision].get("recipe", "none") if out[precision]["ships"] else None
+        elif job.recipes.get(precision, "none") is None:
+            out[precision] = {"ships": False, "reason": f"left out with {MODEL_ONNX}"}
+        else:
+            out[precision] = _lower_precision(run, fp32, precision, job, (job.recipes.get(precision, "none"),))
     return out
 
 
-def _lower_precision(run, fp32: Path, precision: str, job: "ExportJob") -> dict:
-    """Write `precision` by each recipe in turn until one passes the gate; none passing: no file."""
+def _lower_precision(run, fp32: Path, precision: str, job: "ExportJob", reference_recipes: tuple | None = None
+                     ) -> dict:
+    """Write `precision` by each recipe in turn until one passes the gate; none passing: no file.
+    `reference_recipes`: the dense reference, written by the shipped graph's recipe and kept whatever
+    the gate says (its verdict is recorded)."""
     path = precision_path(fp32, precision)
     attempts = []
-    for recipe in INT8_RECIPES if precision == "int8" else ("none",):
+    recipes = reference_recipes or (INT8_RECIPES if precision == "int8" else ("none",))
+    for recipe in recipes:
         _write_precision(fp32, path, precision, recipe, job)
         agreement = compare_graphs(fp32, path, job.test)
         verdict = judge(precision, agreement, job.max_drop)
         attempts.append({"recipe": recipe, "vs_fp32": agreement.to_dict(), **verdict.to_dict()})
         how = f" [{RECIPE_TEXT[recipe]}]" if precision == "int8" else ""
-        job.reporter.line(f"{path.name}{how}: {verdict.reason}")
-        if verdict.ships:
+        note = "" if verdict.ships or not reference_recipes else " (the dense reference: kept, not shipped)"
+        job.reporter.line(f"{path.name}{how}: {verdict.reason}{note}")
+        if verdict.ships or reference_recipes:
             run.record(path.name, precision=precision)
             return {"file": path.name, "ships": True, "vs_fp32": agreement.to_dict(), "attempts": attempts,
+                    "within_tolerance": verdict.ships,
                     **({"recipe": recipe, "calib_images": len(job.calib), "format": job.int8.format,
                         "activations": job.int8.activations} if precision == "int8" else {})}
     path.unlink(missing_ok=True)
@@ -239,20 +254,16 @@ def _write_precision(fp32: Path, path: Path, precision: str, recipe: str, job: "
 
 
 def _leave_out(stage, results: dict, precisions: tuple[str, ...], reporter: Reporter) -> tuple[list[str], dict]:
-    """A precision ships for both graphs or for neither (the report compares dense and compressed within
-    each precision): the shipped precisions, and why each other one was left out."""
+    """The precisions the compressed graph ships, and why each other one was left out (the dense
+    reference follows it: no file where the compressed graph has none)."""
     left_out = {}
     for precision in precisions:
-        failed = {name: r["precisions"][precision] for name, r in results.items()
-                  if not r["precisions"][precision]["ships"]}
-        if not failed:
+        record = results[MODEL_ONNX]["precisions"].get(precision, {"ships": True})
+        if record["ships"]:
             continue
-        name, record = next(iter(failed.items()))
-        left_out[precision] = f"{name}: {record['reason']}"
-        for other, r in results.items():
-            stage.discard(precision_path(Path(other), precision).name)
-            if r["precisions"][precision]["ships"]:
-                r["precisions"][precision].update(ships=False, file=None, reason=f"left out with {name}")
+        left_out[precision] = f"{MODEL_ONNX}: {record['reason']}"
+        stage.discard(precision_path(Path(MODEL_ONNX), precision).name)
+        stage.discard(precision_path(Path(DENSE_ONNX), precision).name)
         reporter.line(f"warning: {precision} left out of this run ({left_out[precision]}); fp32 ships. Pass "
                       "--max-precision-drop to accept a larger loss")
     return [p for p in precisions if p not in left_out], left_out

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from calibration.cpu import measuring_machine
 from export.precision import INT8_RECIPE
+from export.precision_gate import GATE_RULE
 from pipelines.manifest import Manifest, StageRecord, fingerprint
 from pipelines.run_dir import RunDir
 from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
@@ -60,7 +61,8 @@ class ExportSettings:
                 # the calibration set and the int8 recipe only shape an int8 graph; the gate any lower one
                 "calib_images": self.calib_images if "int8" in self.precisions else None,
                 "int8_recipe": INT8_RECIPE if "int8" in self.precisions else None,
-                "max_precision_drop": float(self.max_drop) if lower else None}
+                "max_precision_drop": float(self.max_drop) if lower else None,
+                "precision_gate": GATE_RULE if lower else None}
 
 
 def export_record(m: Manifest, settings: ExportSettings, outputs: list[str] | None = None) -> StageRecord:

@@ -102,3 +102,20 @@ def test_paired_halfwidth_counts_only_the_images_that_differ():
 def test_max_precision_drop_out_of_range_is_one_line(digits_run):
     with pytest.raises(UserError, match="--max-precision-drop must be between 0 and 100"):
         run_export(digits_run, reporter=Reporter(quiet=True), precisions=("fp32", "int8"), max_drop=-1)
+
+
+def test_the_dense_reference_is_judged_but_never_decides_what_ships(run_copy, monkeypatch):
+    """A bad dense.int8.onnx (the reference the report compares with) is recorded as over the tolerance,
+    kept, and leaves model.int8.onnx shipping."""
+    def scramble_dense_only(*args, **kwargs) -> None:
+        (_scrambled_to_int8 if Path(args[1]).name.startswith("dense") else to_int8)(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines.export_stage, "to_int8", scramble_dense_only)
+    run_export(run_copy, reporter=Reporter(quiet=True), precisions=("fp32", "int8"), calib_images=64)
+    record = json.loads((run_copy / "manifest.json").read_text())["export"]
+    assert record["precisions"] == ["fp32", "int8"] and record["left_out"] == {}
+    dense = record["graphs"]["dense.onnx"]["precisions"]["int8"]
+    assert dense["file"] == "dense.int8.onnx" and not dense["within_tolerance"]
+    assert len(dense["attempts"]) == 1  # the shipped graph's recipe, no fallback for a reference
+    assert record["graphs"]["model.onnx"]["precisions"]["int8"]["within_tolerance"]
+    assert (run_copy / "model.int8.onnx").is_file() and (run_copy / "dense.int8.onnx").is_file()
