@@ -25,7 +25,8 @@ METHOD_OPTIONS = ((CompressConfig, "method"), (CompressConfig, "mode"))
 TRAINING_OPTIONS = tuple((CompressConfig, n) for n in (
     "epochs_mask", "epochs_tune", "batch_size", "prompt", "pad")) + ((OptimConfig, "lr_scores"),) \
     + tuple((CompressConfig, n) for n in ("seed", "device", "train_subset", "test_subset", "val_fraction", "workers",
-                                           "memory_budget", "bn_images", "distill", "amp", "sync_bn"))
+                                           "memory_budget", "bn_images", "distill", "amp", "sync_bn",
+                                           "preflight", "dense_reference"))
 HEAD_OPTIONS = ((ModelSection, "num_classes"), (CompressConfig, "head"), (CompressConfig, "head_warmup_epochs"),
                 (ModelSection, "trust_pickle"))
 FLAGS_ONE_WAY = {"trust_pickle"}  # --trust-pickle only: there is no reason to say --no-trust-pickle

@@ -72,7 +72,7 @@ def comparison_rows(runs: list[plots.Run]) -> list[tuple[str, ...]]:
 
     first = runs[0][2]
     rows: list[tuple[str, ...]] = [
-        ("method / mode", "dense", *(f"{r.method} / {r.mode}" for _, _, r in runs)),
+        ("method / mode", (first.dense_reference or {}).get("label", "dense"), *(f"{r.method} / {r.mode}" for _, _, r in runs)),
         ("sparsity", "0.00%", *(pct(r.sparsity_prunable) for _, _, r in runs)),
         ("top-1, ONNX Runtime (shipped graph)", pct(first.accuracy["dense"]["onnxruntime"]),
          *(pct(r.accuracy["compressed"]["onnxruntime"]) for _, _, r in runs)),

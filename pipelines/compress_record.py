@@ -38,6 +38,8 @@ class DenseReference:
     label_map_record: dict | None = None
     warmup: list = field(default_factory=list)  # --head new: the head warm-up's epoch records
     baseline: Baseline | None = None  # the simplest baseline's top-1 (baseline_check), None: not measured
+    # what the reference is: dense_reference.reference_record (kind, label, text, steps, fine-tune epochs)
+    record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -116,7 +118,7 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
                 "head": head_record(cfg, baked, splits.num_classes, dense.warmup), "deviations": list(DEVIATIONS)},
         other={"created": now(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "device": str(given.device),
                "versions": versions(), **given.other},
-        metrics={"dense_top1": dense.top1, "prompt_decision": decision, **final, "baseline": baseline,
+        metrics={"dense_top1": dense.top1, "dense_reference": dense.record, "prompt_decision": decision, **final, "baseline": baseline,
                  "sparsity": result.masks.sparsity(),
                  "structure": structure(cfg, result.masks, dense.net, baked, example),
                  "prunable_weights": result.masks.total,
@@ -138,6 +140,13 @@ def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
         + (f", {metrics['top1_prompted']:.2%} with" if metrics["top1_prompted"] is not None else "")
         + f" (dense {metrics['dense_top1']:.2%}) -> {out}"
     )
+    reference = metrics.get("dense_reference") or {}
+    if reference.get("text"):
+        reporter.line(f"dense reference: {reference['text']}")
+    shipped = max(metrics["top1_plain"], metrics["top1_prompted"] or 0.0)
+    if reference.get("kind") == "as-given" and shipped > metrics["dense_top1"]:
+        reporter.line("the compressed model beats a dense reference that was not fine-tuned on this data; "
+                      "--dense-reference finetune trains one for the same optimiser steps (a fair comparison)")
     decision = metrics["prompt_decision"]
     if m.prompt is not None:
         numbers = (f": validation top-1 {decision['val_top1_prompted']:.2%} with, {decision['val_top1_plain']:.2%} "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from pathlib import Path
 
@@ -10,32 +9,26 @@ import torch
 
 from pipelines.artifacts import CHECKPOINT
 from pipelines.checkpoint import FileCheckpoint, fingerprint
-from pipelines.compress_record import DenseReference, RunInputs, summarise, write_run
+from pipelines.compress_record import RunInputs, summarise, write_run
+from pipelines.dense_reference import dense_reference
 from pipelines.manifest import run_fingerprint
 from pipelines.rank_checkpoint import RankCheckpoint, distributed_record, silent_reporter
 from pipelines.run_create import check_out, partial_path, staged_directory
 from pipelines.run_dir import RunDir
 from vpns_deploy.amp import Amp, resolve_amp, setup_cuda_speed
 from vpns_deploy.compress import compress
-from vpns_deploy.baseline_check import measure_baseline
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.data import Splits, absolute_spec, build_splits, read_catalog
 from vpns_deploy.device import resolve_device
 from vpns_deploy.distributed import DistContext, session
 from vpns_deploy.errors import UserError
-from vpns_deploy.evaluate import top1
-from vpns_deploy.heads import dense_label_map, prepare_head, warm_up_head
+from vpns_deploy.evaluate import EVAL_BATCH
+from vpns_deploy.heads import prepare_head
 from vpns_deploy.models import InputOverrides, LoadedModel, load_model
+from vpns_deploy.preflight import measure_step, verdict
 from vpns_deploy.progress import Reporter
-from vpns_deploy.prompts import PromptedNet
+from vpns_deploy.run_work import SplitSizes, run_phases
 from vpns_deploy.trainer import StepOptions
-
-
-def _data_text(splits: Splits) -> str:
-    d = splits.details
-    size = f"{d['input_size']} px" if d.get("input_size") else "own size"
-    where = "in RAM" if splits.storage == "memory" else f"streamed, {d.get('workers', 0)} workers"
-    return f"{size}, {where}"
 
 
 def prepare_inputs(
@@ -97,7 +90,8 @@ def _run_compress(
     amp = Amp(resolve_amp(cfg.amp, device), device.type)
     setup_cuda_speed(device)
     loaded, splits = prepare_inputs(model_path, arch, data_spec, cfg, num_classes, trust_pickle, inputs)
-    dense = _dense_reference(loaded, splits, cfg, device, reporter)
+    if cfg.preflight:
+        preflight(loaded, splits, cfg, device, ctx, reporter)  # a run that cannot fit stops here: nothing written
     # One fingerprint: the checkpoint is resumed, and stages call the finished run done, on the same digest.
     key = run_fingerprint(cfg.to_dict(), loaded.sha256, loaded.arch, splits.fingerprint, inputs.to_dict())
     invocation = {"model_path": str(Path(model_path).resolve()), "arch": arch, "data_spec": absolute_spec(data_spec),
@@ -108,7 +102,8 @@ def _run_compress(
     workspace = staged_directory(out, overwrite, checkpoint, resumed) if main else contextlib.nullcontext(None)
     with workspace as tmp:
         try:
-            with reporter:
+            with reporter:  # the lock and partial directory are held from here: warm-up and reference included
+                dense = dense_reference(loaded, splits, cfg, device, reporter)
                 result = compress(loaded, splits, cfg, device, reporter,
                                   checkpoint if ctx is None else RankCheckpoint(checkpoint, ctx),
                                   StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn))
@@ -135,24 +130,17 @@ def resume_key(run_key: str, splits: Splits, ctx: DistContext | None, amp: Amp) 
                         **({"amp": amp.precision} if amp.enabled else {})})
 
 
-def _dense_reference(loaded: LoadedModel, splits: Splits, cfg: CompressConfig, device: torch.device,
-                     reporter: Reporter) -> DenseReference:
-    """The dense network (after a --head new warm-up, before any mask), its test top-1 and the simplest
-    baseline's (baseline_check); says what runs."""
-    warmup = warm_up_head(loaded, splits, cfg, device, reporter) if cfg.head == "new" else []  # before the masks
-    dense = copy.deepcopy(loaded.net).to(device).eval()
-    dense_map, dense_map_record = (dense_label_map(dense, loaded, splits, cfg, device) if cfg.head == "map"
-                                   else (None, None))
-    dense_top1 = top1(PromptedNet(dense, loaded.inputs, None, dense_map).to(device), splits.test, device,
-                      prompted=False)
-    baseline = measure_baseline(dense, loaded, dense_map, splits, cfg, device)
-    val_text = f" / {len(splits.val)} validation" if splits.val is not None else ""
-    reporter.line(
-        f"{cfg.method} {cfg.mode} {cfg.target_text} on {device}: {len(splits.train)} train{val_text} / "
-        f"{len(splits.test)} test images ({_data_text(splits)}), dense top-1 {dense_top1:.2%}, "
-        f"magnitude mask without training {baseline.test_top1:.2%}"
-    )
-    return DenseReference(dense, dense_top1, dense_map, dense_map_record, warmup, baseline)
+def preflight(loaded: LoadedModel, splits: Splits, cfg: CompressConfig, device: torch.device,
+              ctx: DistContext | None, reporter: Reporter) -> None:
+    """Measure one training step, print the run's projected length and peak memory, and stop with
+    settings that fit (UserError) when it would not fit; sets the reporter's pace for its ETAs."""
+    world = ctx.world if ctx is not None else 1
+    batch = max(1, min(cfg.batch_size, len(splits.train)) // world)  # each rank's share under torchrun
+    cost = measure_step(loaded.net, loaded.inputs, splits.train.image_shape, batch, device)
+    sizes = SplitSizes(len(splits.train), len(splits.val) if splits.val is not None else 0, len(splits.test))
+    eval_batch = min(EVAL_BATCH, max(sizes.test, sizes.val))
+    reporter.line(verdict(cost, run_phases(cfg, sizes), eval_batch, splits.train.image_shape[-1]))
+    reporter.pace = {"train": cost.train_seconds_per_image, "forward": cost.forward_seconds_per_image}
 
 
 def resume_compress(run_dir: Path, reporter: Reporter | None = None, overwrite: bool = False) -> Path:

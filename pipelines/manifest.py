@@ -49,9 +49,10 @@ def run_fingerprint(config: dict, model_sha256: str | None, arch: str | None, da
     """THE fingerprint of a compress run: equal exactly when everything that shapes its result is.
 
     Both questions use it: "is this run already made?" (stages, from a recipe, before loading
-    anything heavy) and "may this checkpoint be resumed?" (compress). The worker count is left out:
-    draws are made in the main process, so it never changes a result."""
-    return fingerprint({"config": {k: v for k, v in config.items() if k != "workers"},
+    anything heavy) and "may this checkpoint be resumed?" (compress). The worker count and the
+    preflight are left out: neither changes a result (draws are made in the main process; the
+    preflight trains a copy)."""
+    return fingerprint({"config": {k: v for k, v in config.items() if k not in ("workers", "preflight")},
                         "model_sha256": model_sha256, "arch": arch, "data": data_fingerprint,
                         "input_overrides": input_overrides})
 

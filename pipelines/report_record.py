@@ -41,6 +41,7 @@ class Report:
     head: dict | None = None
     caller_must_feed: dict | None = None
     baseline: dict | None = None  # compress's simplest baseline (vpns_deploy.baseline_check), on its test split
+    dense_reference: dict | None = None  # what "dense" is (pipelines/dense_reference.py): kind, label, text
     precision_gate: dict | None = None  # export's tolerance and the precisions it left out, with why
     shipping: dict | None = None  # report_measure.shipping: the fastest graph within tolerance, per batch
     schema: int = REPORT_SCHEMA

@@ -132,8 +132,10 @@ def precision_warnings(r: Report) -> list[str]:
 
 
 def _title(r: Report) -> str:
+    reference = (r.dense_reference or {}).get("text")
     return (f"{r.method} {r.mode} at {r.sparsity_prunable:.1%} sparsity — ships "
-            f"{'with' if r.ships_prompt else 'without'} the prompt; {r.test_images} test images")
+            f"{'with' if r.ships_prompt else 'without'} the prompt; {r.test_images} test images"
+            + (f"; dense = {reference}" if reference else ""))
 
 
 def render_table(r: Report) -> Table:

@@ -85,7 +85,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         sparsity_prunable=m.metrics["sparsity"], ships_prompt=ships_prompt,
         prompt_choice=m.export.prompt_choice,  # why: the validation decision or a flag
         head=_head_summary(m), caller_must_feed=m.export.caller_must_feed, test_images=len(test),
-        baseline=m.metrics.get("baseline"),
+        baseline=m.metrics.get("baseline"), dense_reference=m.metrics.get("dense_reference"),
         precision_gate={"max_drop": m.export.max_precision_drop, "left_out": m.export.left_out},
         shipping=shipping,
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,10 +49,21 @@ class Baseline:
         return asdict(self)
 
 
+def baseline_batches(splits: Splits, cfg: CompressConfig) -> int:
+    """The batches measure_baseline runs: BN re-estimation, then test and validation."""
+    from vpns_deploy.data.batches import num_batches
+    from vpns_deploy.evaluate import EVAL_BATCH
+
+    bn = num_batches(min(cfg.bn_images, len(splits.train)), cfg.batch_size) if cfg.bn_images else 0
+    val = num_batches(len(splits.val), EVAL_BATCH) if splits.val is not None else 0
+    return bn + num_batches(len(splits.test), EVAL_BATCH) + val
+
+
 @torch.no_grad()
 def measure_baseline(dense: torch.nn.Module, loaded: LoadedModel, label_map: torch.Tensor | None, splits: Splits,
-                     cfg: CompressConfig, device: torch.device) -> Baseline:
-    """Top-1 of a copy of the dense network under the magnitude mask of cfg's mode and sparsity."""
+                     cfg: CompressConfig, device: torch.device, on_batch: Callable[[], None] | None = None) -> Baseline:
+    """Top-1 of a copy of the dense network under the magnitude mask of cfg's mode and sparsity;
+    `on_batch` is called after every batch (progress: baseline_batches of them)."""
     t0 = time.perf_counter()
     granularity = granularity_for(cfg.mode)
     net = copy.deepcopy(dense).cpu()
@@ -61,7 +73,7 @@ def measure_baseline(dense: torch.nn.Module, loaded: LoadedModel, label_map: tor
     masks.update_from_magnitude()
     model = PromptedNet(net, loaded.inputs, None, label_map).to(device)
     seen = recalibrate_bn(model, splits.train, cfg.bn_images, cfg.batch_size, device, cfg.seed,
-                          policy=splits.augment)
-    test = top1(model, splits.test, device, prompted=False)
-    val = top1(model, splits.val, device, prompted=False) if splits.val is not None else None
+                          policy=splits.augment, on_batch=on_batch)
+    test = top1(model, splits.test, device, prompted=False, on_batch=on_batch)
+    val = top1(model, splits.val, device, prompted=False, on_batch=on_batch) if splits.val is not None else None
     return Baseline(BASELINE_NAME, test, val, seen, time.perf_counter() - t0)

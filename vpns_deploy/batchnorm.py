@@ -14,6 +14,8 @@ statistics are not the ones the next layers learned to read (the padded random c
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -26,7 +28,8 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 @torch.no_grad()
 def recalibrate_bn(model: PromptedNet, data: AnySet, images: int, batch_size: int, device: torch.device,
-                   seed: int, passes: tuple[bool, ...] = (False,), policy: AugmentPolicy | None = None) -> int:
+                   seed: int, passes: tuple[bool, ...] = (False,), policy: AugmentPolicy | None = None,
+                   on_batch: Callable[[], None] | None = None) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as an exact average over
     `images` training images (momentum None) drawn as training draws them, then restore each layer's
     momentum and the model's mode. `passes` says, batch by batch in turn, whether the prompt is on
@@ -53,6 +56,8 @@ def recalibrate_bn(model: PromptedNet, data: AnySet, images: int, batch_size: in
         take = min(len(x), images - seen)
         model(x[:take], prompted=on)
         seen += take
+        if on_batch is not None:
+            on_batch()
         if seen >= images:
             break
     for stream in streams.values():

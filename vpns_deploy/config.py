@@ -78,6 +78,17 @@ CHANNEL_SPLITS = ("tune", "even")
 # rounds up to exactly one batch at any data set size.
 ONE_BATCH_FRACTION = 1e-9
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+# What a run compares its compressed model with (pipelines/compress_stage.py): the network as given
+# (after a --head new warm-up), or that network fine-tuned, every weight, for as many optimiser steps as
+# the compressed model's stages take. "as-given" is the default: the fine-tune costs about as long again
+# as the run itself.
+DENSE_REFERENCES: tuple[str, ...] = ("as-given", "finetune")
+# Preflight (vpns_deploy/preflight.py): a run whose projected peak memory exceeds this fraction of the
+# memory still available is refused before anything is written. The rest is room for what the
+# projection leaves out: the allocator's fragmentation, data-loading workers, other processes' growth.
+PREFLIGHT_MEMORY_MARGIN = 0.9
+# Bytes of memory the preflight takes as available on the CPU instead of /proc/meminfo (tests).
+PREFLIGHT_MEMORY_ENV = "VPNS_DEPLOY_MEMORY_AVAILABLE"
 AMP_HELP = ("Mixed precision of training steps: bf16, fp16 (with loss scaling) or off; auto: bf16 on a CUDA GPU "
             "that supports it, fp16 on one that does not, off on the CPU. Masks, top-k and optimiser steps stay fp32.")
 
@@ -308,6 +319,13 @@ class CompressConfig:
     # Mixed precision of training steps (vpns_deploy/amp.py): auto = bf16 on CUDA GPUs that have it,
     # else fp16 with loss scaling; off on the CPU (no bf16/fp16 units on this project's CPUs).
     amp: str = cli("auto", "Mixed precision of training: auto, bf16, fp16 or off (auto: off on the CPU).", AMP_HELP)
+    preflight: bool = cli(True, "Measure one training step first; stop early with settings that fit.", (
+        "Before the run: measure one training step (time, peak memory) at small batches, print the projected "
+        "run time and peak memory, and stop with settings that fit when the run would not fit in free memory."))
+    dense_reference: str = cli("as-given", "What dense means: as-given, or finetune at the run's step budget.", (
+        "What the run compares with. as-given: the model as given (with --head new: backbone plus the new "
+        "head after its warm-up, not fine-tuned). finetune: that model fine-tuned, all weights, for as many "
+        "optimiser steps as the compressed model gets (the fair reference; about doubles the run time)."))
     sync_bn: bool = cli(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm).", "Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch "
                                "(SyncBatchNorm) instead of each GPU's share.")
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -333,11 +351,16 @@ class CompressConfig:
                              ("channel_widths", "channel_widths", CHANNEL_WIDTHS),
                              ("channel_split", "channel_split", CHANNEL_SPLITS), ("prompt", "prompt", PROMPT_KINDS),
                              ("head", "--head", HEADS), ("prompt_trains_in", "prompt_trains_in", PROMPT_TRAINS_IN),
-                             ("label_map_on", "label_map_on", LABEL_MAP_ON), ("amp", "--amp", AMP_CHOICES)))
+                             ("label_map_on", "label_map_on", LABEL_MAP_ON), ("amp", "--amp", AMP_CHOICES),
+                             ("dense_reference", "--dense-reference", DENSE_REFERENCES)))
         if self.mode == "channel" and self.channel_split == "tune" and self.channel_widths == "learned":
             raise UserError("channel_widths \"learned\" needs channel_split \"even\": the widths are learned in "
                             "stage 1, which channel_split \"tune\" cuts to one batch",
                             "set compress.channel_split = \"even\" in the recipe")
+        if self.dense_reference == "finetune" and self.head == "map":
+            raise UserError("--dense-reference finetune needs --head keep or new: with --head map the source head "
+                            "is kept, and fine-tuning it on the data's labels would train the wrong classes",
+                            "pass --dense-reference as-given, or --head new")
         if self.channel_round_to < 1:
             raise UserError(f"channel_round_to must be >= 1, got {self.channel_round_to}", "e.g. 8")
         method = get_method(self.method)

@@ -1,6 +1,8 @@
 """Top-1 of a (prompted) network on a split (in memory or streamed), in PyTorch."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from vpns_deploy.data.batches import eval_batches
@@ -28,11 +30,15 @@ def top1_pair(model: PromptedNet, data: AnySet, device: torch.device,
 
 
 @torch.no_grad()
-def top1(model: PromptedNet, data: AnySet, device: torch.device, prompted: bool = True) -> float:
+def top1(model: PromptedNet, data: AnySet, device: torch.device, prompted: bool = True,
+         on_batch: Callable[[], None] | None = None) -> float:
+    """`on_batch` is called after every batch (progress)."""
     was_training = model.training
     model.eval()
     correct = 0
     for x, y in eval_batches(data, EVAL_BATCH, device):
         correct += int((model(x, prompted=prompted).argmax(1) == y).sum())
+        if on_batch is not None:
+            on_batch()
     model.train(was_training)
     return correct / max(1, len(data))

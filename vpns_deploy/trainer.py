@@ -167,7 +167,8 @@ def run_stage(
         label = f"{plan.name} {epoch}/{plan.epochs}"
         lrs = {f"{i}": opt.param_groups[0]["lr"] for i, (opt, _) in enumerate(plan.optimizers)}
         loss_sum, correct, seen, steps, train_seconds = _train_epoch(
-            model, runner, sync, plan, splits, batch_size, device, gens, reporter, label, opts)
+            model, runner, sync, plan, splits, batch_size, device, gens, reporter, label, opts,
+            announce=epoch == start_epoch)
         for _, sched in plan.optimizers:
             if sched is not None:
                 sched.step()
@@ -192,9 +193,11 @@ def run_stage(
 
 def _train_epoch(model: PromptedNet, runner: nn.Module, sync: Callable[[], None] | None, plan: StagePlan,
                  splits: Splits, batch_size: int, device: torch.device, gens: dict[str, torch.Generator],
-                 reporter: Reporter, label: str, opts: StepOptions) -> tuple[float, int, int, int, float]:
+                 reporter: Reporter, label: str, opts: StepOptions,
+                 announce: bool = False) -> tuple[float, int, int, int, float]:
     """One epoch of optimiser steps (every pass per batch): (loss sum, correct, seen) of the last pass,
-    whose metrics are the ones logged, the optimiser steps and the seconds spent stepping."""
+    whose metrics are the ones logged, the optimiser steps and the seconds spent stepping. `announce`:
+    the stage's first epoch says when it starts, with its estimate (logs)."""
     model.train()
     train = splits.train
     steps_per_epoch = epoch_batches(num_batches(len(train), batch_size), plan.batches_fraction)
@@ -204,7 +207,8 @@ def _train_epoch(model: PromptedNet, runner: nn.Module, sync: Callable[[], None]
                            workers, opts.dist) for p in plan.passes}
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
     t0 = time.perf_counter()
-    with reporter.task(label, steps_per_epoch) as bar:
+    with reporter.task(label, steps_per_epoch, min(batch_size, len(train)) * len(plan.passes),
+                       announce=announce) as bar:
         for _ in range(steps_per_epoch):
             for p in plan.passes:
                 x, y = next(streams[p])
