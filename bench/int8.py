@@ -70,7 +70,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result["rows"] if r["int8_top1"] is not None]
-    labels = [f"{r['network'].split(',')[0]}\n{r['graph']}" for r in rows]
+    labels = [f"{r['network'].split(' ')[0].rstrip(',')}\n{r['graph']}" for r in rows]
     fig, (acc, speed) = plt.subplots(1, 2, figsize=(12, 4.5))
     x = range(len(rows))
     acc.bar([i - 0.2 for i in x], [100 * r["fp32_top1"] for r in rows], 0.4, label="fp32")
