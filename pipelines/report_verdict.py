@@ -7,7 +7,7 @@ import html
 from pipelines.artifacts import MODEL_ONNX
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
-from pipelines.report_render import headline, mode_note, speedup_text
+from pipelines.report_render import graph_file, headline, mode_note, speedup_text
 
 
 def _pct(x: float | None) -> str:
@@ -18,9 +18,10 @@ def verdict_lines(r: Report) -> list[str]:
     """What ships and how it compares with the dense reference, measured in this report."""
     a = r.accuracy
     speed = "; ".join(f"batch {b}: {speedup_text(sp)}" for b, sp in r.speedup.items())
-    return [line for line in (headline(r), mode_note(r)) if line] + [f"Ships {MODEL_ONNX} ({r.method} {r.mode}, {r.sparsity_prunable:.1%} of prunable weights removed, "
-            f"{'with' if r.ships_prompt else 'without'} the prompt).",
-            f"Latency speedup over the dense reference (ONNX Runtime CPU, measured together in this report): {speed}.",
+    return [line for line in (headline(r), mode_note(r)) if line] + [
+            f"The compressed model: {r.method} {r.mode}, {r.sparsity_prunable:.1%} of prunable weights removed, "
+            f"{'with' if r.ships_prompt else 'without'} the prompt.",
+            f"fp32 {MODEL_ONNX} over the dense reference (ONNX Runtime CPU, measured together in this report): {speed}.",
             f"Top-1 on {r.test_images} test images (ONNX Runtime): {_pct(a['compressed']['onnxruntime'])} "
             f"vs {_pct(a['dense']['onnxruntime'])} dense; {r.macs_reduction:.2f}x fewer MACs."]
 
@@ -34,14 +35,20 @@ def settings_lines(m: Manifest) -> list[str]:
             f"Data: {m.data.spec}; {len(classes)} classes in output order: {shown}."]
 
 
-def python_snippet(contract: dict) -> str:
+def shipped_file(r: Report) -> str:
+    """The file the report says to ship (at the first batch size measured), else model.onnx."""
+    best = (r.shipping or {}).get("best") or {}
+    return graph_file(next(iter(best.values()))) if best else MODEL_ONNX
+
+
+def python_snippet(contract: dict, file: str = MODEL_ONNX) -> str:
     """Python that loads the shipped graph with onnxruntime and classifies one image; the report's test
     runs it against the file. The class names come from the graph's own metadata."""
     _, h, w, c = contract["shape"]
     h, w = (h if isinstance(h, int) else 224), (w if isinstance(w, int) else 224)
     return "\n".join([
         "import json", "", "import numpy as np", "import onnxruntime as ort", "",
-        f'session = ort.InferenceSession("{MODEL_ONNX}", providers=["CPUExecutionProvider"])',
+        f'session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])',
         'classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])',
         f"image = np.zeros((1, {h}, {w}, {c}), np.uint8)  # your image: uint8 NHWC, 0..255, sized as stated above",
         'logits = session.run(None, {"images": image})[0]',
@@ -56,6 +63,6 @@ def verdict_html(r: Report, m: Manifest) -> str:
             f"resize: {feed['resize']}." if feed else "Export the run to get the feeding contract.")
     items = "".join(f"<li>{e(line)}</li>" for line in verdict_lines(r))
     settings = "".join(f"<li>{e(line)}</li>" for line in settings_lines(m))
-    code = f"<pre><code>{e(python_snippet(feed))}</code></pre>" if feed else ""
+    code = f"<pre><code>{e(python_snippet(feed, shipped_file(r)))}</code></pre>" if feed else ""
     return (f'<section id="verdict"><h2>What ships</h2><ul>{items}</ul><h2>Settings</h2><ul>{settings}</ul>'
             f"<h2>How to call it</h2><p>{e(call)}</p>{code}</section>")

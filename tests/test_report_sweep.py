@@ -100,7 +100,7 @@ def test_report_opens_with_the_verdict_and_a_snippet_that_runs(digits_run, tmp_p
     verdict, table = page.index('id="verdict"'), page.index('id="summary"')
     assert verdict < table
     first = html.unescape(page[verdict:table])
-    assert "Ships model.onnx" in first and f"{report['speedup']['1']['speedup']:.2f}x" in first
+    assert "Ship model.onnx: faster than dense.onnx" in first and f"{report['speedup']['1']['speedup']:.2f}x" in first
     assert f"{report['accuracy']['compressed']['onnxruntime']:.2%}" in first and "digits_cnn" in first
     assert "uint8 NHWC" in first and "0, 1, 2" in first
     code = html.unescape(re.search(r"<pre><code>(.*?)</code></pre>", page, re.S).group(1))
