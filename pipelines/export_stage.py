@@ -9,7 +9,6 @@ import torch
 
 from calibration.feeds import nhwc_uint8
 from calibration.calibrator import DEFAULT_CALIB_IMAGES, ImageCalibrationReader, calibration_images
-from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
 from calibration.parity import check_parity, compare_graphs, require_parity
 from export.deploy_graph import DeployGraph
 from export.onnx_metadata import graph_metadata, stamp
@@ -25,6 +24,7 @@ from pipelines.load_run import LoadedRun, load_run
 from pipelines.manifest import ExportRecord, Manifest
 from pipelines.run_dir import now
 from pipelines.stage_keys import ExportSettings, export_record
+from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
 from vpns_deploy.errors import UserError
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet

@@ -18,6 +18,7 @@ from export.precision import precision_path
 from export.tensorrt_engine import ort_gpu_providers
 from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX
 from pipelines.load_run import LoadedRun
+from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import Normalize
 
@@ -91,13 +92,13 @@ def precision_graphs(run, threads: int) -> dict[str, Runtime]:
 
 def all_latency(loaded: LoadedRun, graphs: dict[str, Runtime], sample: np.ndarray, ships_prompt: bool,
                 threads: int, budget_s: float, reporter: Reporter) -> Timings:
-    """Every graph the run ships (dense and compressed, in every precision) and the network-only graph,
+    """Every graph in `graphs` (the run's fp32 pair and precision_graphs) and the network-only graph,
     timed in ONE interleaved measurement: every ratio against the dense fp32 graph, the one the user had,
     comes from the same minutes on the same machine."""
     with tempfile.TemporaryDirectory() as tmp:
         net, net_sample = network_only(loaded, sample, ships_prompt, Path(tmp), threads)
-        return timed("every graph", {**graphs, **precision_graphs(loaded.run, threads), "network_only": net}, sample,
-                     budget_s, reporter, samples={"network_only": net_sample})
+        return timed("every graph", {**graphs, "network_only": net}, sample, budget_s, reporter,
+                     samples={"network_only": net_sample})
 
 
 def speedups(timings: Timings, macs_ratio: float) -> dict:
@@ -109,10 +110,10 @@ def speedups(timings: Timings, macs_ratio: float) -> dict:
     return out
 
 
-def precisions(run, test, timings: Timings, threads: int, reporter: Reporter) -> dict:
-    """fp16 / int8 graphs written by export: top-1, and their latency from the one interleaved measurement."""
+def precisions(run, test, graphs: dict[str, Runtime], timings: Timings, reporter: Reporter) -> dict:
+    """fp16 / int8 graphs written by export (precision_graphs): top-1, and their latency from the one
+    interleaved measurement."""
     out = {}
-    graphs = precision_graphs(run, threads)
     for precision in [p for p in run.manifest.export.precisions if p != "fp32"]:
         reporter.line(f"measuring the {precision} graphs (top-1 on {len(test)} images)")
         names = {kind: f"{kind} {precision}" for kind in ("dense", "compressed")}
@@ -129,7 +130,7 @@ def shipping(timings: Timings, accuracy: dict, precision: dict, max_drop: float 
     fp32 graph (what the user had), both from the one interleaved measurement."""
     fp32_top1 = accuracy["compressed"]["onnxruntime"]
     tops = {"compressed": fp32_top1, **{f"compressed {p}": v["compressed"]["onnxruntime"] for p, v in precision.items()}}
-    limit = max_drop if max_drop is not None else 1.0
+    limit = max_drop if max_drop is not None else DEFAULT_MAX_PRECISION_DROP
     candidates = {}
     for name, top in tops.items():
         within = 100 * (fp32_top1 - top) <= limit

@@ -1,9 +1,12 @@
 """The report's words: the dense-vs-compressed table (terminal, markdown) rendered from a Report."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.markup import escape
 from rich.table import Table
 
+from export.precision import precision_path
 from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX
 from pipelines.report_record import Report
 
@@ -80,8 +83,7 @@ def table_rows(r: Report) -> list[tuple[str, str, str]]:
 def graph_file(name: str) -> str:
     """A shipping candidate's name ("compressed", "compressed int8") -> its file."""
     kind, _, precision = name.partition(" ")
-    base = MODEL_ONNX if kind == "compressed" else DENSE_ONNX
-    return base if not precision else base.replace(".onnx", f".{precision}.onnx")
+    return precision_path(Path(MODEL_ONNX if kind == "compressed" else DENSE_ONNX), precision or "fp32").name
 
 
 def headline(r: Report) -> str | None:
