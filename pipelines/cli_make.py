@@ -18,7 +18,9 @@ from pipelines.recipe import ARCH_SHORT
 from vpns_deploy.config import DEVIATIONS, CompressConfig
 from vpns_deploy.errors import UserError
 
-SPARSITY, SPEEDUP = ((CompressConfig, "sparsity"),), ((CompressConfig, "speedup"),)
+SPARSITY = ((CompressConfig, "sparsity"),)
+TARGET = tuple((CompressConfig, n) for n in ("budget_by", "target_runtime", "target_batch", "max_drop"))
+SPEEDUP = ((CompressConfig, "speedup"), *TARGET)
 EMPTY_LAYERS = ((CompressConfig, "allow_empty_layers"),)
 
 COMPRESS_HELP = (
@@ -105,12 +107,12 @@ def compress(
 
 
 @friendly
-@with_options(MODEL_OPTIONS, METHOD_OPTIONS, TRAINING_OPTIONS, HEAD_OPTIONS)
+@with_options(MODEL_OPTIONS, METHOD_OPTIONS, TARGET, TRAINING_OPTIONS, HEAD_OPTIONS)
 def sweep(
     model: Annotated[Path, typer.Argument(help="Checkpoint, as for compress.")],
     data: Annotated[str, typer.Option(help=DATA_HELP)],
     sparsity: Annotated[str, typer.Option(help="Comma-separated targets, one run each (unstructured: of weights; channel: of channels).")] = "0.5,0.7,0.9",
-    speedup: Annotated[Optional[str], typer.Option(help="Channel mode: comma-separated MACs reductions instead of --sparsity, e.g. 1.5,2,3.")] = None,
+    speedup: Annotated[Optional[str], typer.Option(help="Channel mode: comma-separated speedups instead of --sparsity, e.g. 1.5,2,3.")] = None,
     options: dict | None = None,
     precision: PrecisionOpt = "fp32",
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory: one run per point inside it (default runs/sweep-<arch>-<method>-<mode>).")] = None,

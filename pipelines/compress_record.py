@@ -121,12 +121,51 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
         metrics={"dense_top1": dense.top1, "dense_reference": dense.record, "prompt_decision": decision, **final, "baseline": baseline,
                  "sparsity": result.masks.sparsity(),
                  "structure": structure(cfg, result.masks, dense.net, baked, example),
+                 "target": target_record(cfg, result, dense, decision, final, given),
                  "prunable_weights": result.masks.total,
                  "per_layer": [vars(s) | {"sparsity": s.sparsity} for s in result.masks.stats()],
                  "epochs": [r.to_dict() for r in [*dense.warmup, *result.history]]},  # the head warm-up counts too
     )
     run.save()
     return run.manifest
+
+
+def target_record(cfg: CompressConfig, result, dense: DenseReference, decision: dict, final: dict,
+                  given: RunInputs) -> dict:
+    """What the run was asked for in the user's terms and what it reached: --speedup (measured, or MACs)
+    and --max-drop (validation top-1 points below the dense reference)."""
+    record: dict = {"speedup": cfg.speedup, "budget_by": cfg.budget_by if cfg.speedup else None,
+                    "runtime": cfg.target_runtime, "batch": cfg.target_batch, "latency": result.latency_budget}
+    if cfg.max_drop is None or given.splits.val is None:
+        return record | {"accuracy": None}
+    net = PromptedNet(dense.net, given.loaded.inputs, None, dense.label_map).to(given.device).eval()
+    dense_val = top1_pair(net, given.splits.val, given.device, False)[0]
+    shipped_val = final["val_top1_prompted"] if decision["fold"] else final["val_top1_plain"]
+    drop = 100 * (dense_val - shipped_val)
+    return record | {"accuracy": {"max_drop": cfg.max_drop, "dense_val_top1": dense_val, "val_top1": shipped_val,
+                                  "drop_points": drop, "within": drop <= cfg.max_drop}}
+
+
+def target_lines(target: dict | None) -> list[str]:
+    """The run against what it was asked for: the measured latency budget and the accuracy budget."""
+    if not target:
+        return []
+    lines = []
+    lat = target.get("latency")
+    if lat and lat.get("measured"):
+        m = lat["measured"]
+        lines.append(f"target: {lat['target']:g}x on {target['runtime']} at batch {target['batch']}: "
+                     f"{m['speedup']:.2f}x measured [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}] "
+                     f"({'met' if lat['met'] else 'not met'}; {lat['macs_ratio']:.2f}x fewer MACs)")
+    acc = target.get("accuracy")
+    if acc:
+        over = not acc["within"]
+        lines.append(f"{'warning: ' if over else ''}accuracy budget: validation top-1 {acc['val_top1']:.2%} vs "
+                     f"{acc['dense_val_top1']:.2%} dense ({-acc['drop_points']:+.2f} points), "
+                     f"{'over' if over else 'within'} --max-drop {acc['max_drop']:g}"
+                     + ("; this is the best point this run reached: a lower --speedup/--sparsity or more epochs "
+                        "gets back within it" if over else ""))
+    return lines
 
 
 def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
@@ -156,6 +195,8 @@ def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
     baseline = metrics.get("baseline")
     if baseline is not None:
         reporter.line(baseline_text(baseline))
+    for line in target_lines(metrics.get("target")):
+        reporter.line(line)
 
 
 def baseline_text(baseline: dict) -> str:

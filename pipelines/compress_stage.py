@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from pathlib import Path
 
@@ -100,13 +101,13 @@ def _run_compress(
     checkpoint = FileCheckpoint(partial_path(out) / CHECKPOINT, resume_key(key, splits, ctx, amp), invocation)
     resumed = lambda p: reporter.line(f"found an unfinished run with the same settings in {p}")  # noqa: E731
     workspace = staged_directory(out, overwrite, checkpoint, resumed) if main else contextlib.nullcontext(None)
-    with workspace as tmp:
+    with target_probe(loaded, splits, cfg, ctx, reporter) as probe, workspace as tmp:
         try:
             with reporter:  # the lock and partial directory are held from here: warm-up and reference included
                 dense = dense_reference(loaded, splits, cfg, device, reporter)
                 result = compress(loaded, splits, cfg, device, reporter,
                                   checkpoint if ctx is None else RankCheckpoint(checkpoint, ctx),
-                                  StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn))
+                                  StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn), probe)
         except KeyboardInterrupt:
             if checkpoint.path.exists() and main:
                 reporter.line("interrupted; the same command resumes from the last finished epoch")
@@ -120,6 +121,23 @@ def _run_compress(
                              RunInputs(model_path, loaded, splits, cfg, inputs, key, device, other))
     summarise(manifest, out, reporter)
     return Path(out)
+
+
+def target_probe(loaded: LoadedModel, splits: Splits, cfg: CompressConfig, ctx: DistContext | None,
+                 reporter: Reporter) -> contextlib.AbstractContextManager:
+    """--budget-by latency: the dense network exported and opened on the target runtime (an error line
+    here, before anything is written, when the runtime cannot run on this machine); else nothing."""
+    if not cfg.latency_budget:
+        return contextlib.nullcontext(None)
+    if ctx is not None:
+        raise UserError("--budget-by latency measures on one process, not under torchrun",
+                        "run the search once without torchrun, or pass --budget-by macs under torchrun")
+    from export.target_runtime import NetworkProbe
+
+    reporter.line(f"latency budget: timing on {cfg.target_runtime} at batch {cfg.target_batch} "
+                  "(the dense network exported once; each candidate compacted, exported and timed against it)")
+    return NetworkProbe(copy.deepcopy(loaded.net).cpu().eval(), tuple(splits.train.image_shape), cfg.target_runtime,
+                        cfg.target_batch)
 
 
 def resume_key(run_key: str, splits: Splits, ctx: DistContext | None, amp: Amp) -> str:

@@ -19,6 +19,7 @@ from export.tensorrt_engine import ort_gpu_providers
 from pipelines.artifacts import DENSE_ONNX, MODEL_ONNX
 from pipelines.load_run import LoadedRun
 from vpns_deploy.config import DEFAULT_MAX_PRECISION_DROP
+from vpns_deploy.latency_budget import TOLERANCE
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import Normalize
 
@@ -49,12 +50,19 @@ def accuracy(loaded: LoadedRun, graphs: dict[str, Runtime], test, device: torch.
     return out
 
 
+def report_batches(manifest) -> tuple[int, ...]:
+    """The batch sizes a report times: LATENCY_BATCHES, plus the batch compress's --speedup was set at."""
+    target = (manifest.metrics or {}).get("target") or {}
+    extra = {target["batch"]} if target.get("speedup") and target.get("batch") else set()
+    return tuple(sorted(set(LATENCY_BATCHES) | extra))
+
+
 def timed(what: str, runtimes: dict[str, Runtime], sample: np.ndarray, budget_s: float, reporter: Reporter,
-          samples: dict[str, np.ndarray] | None = None) -> Timings:
+          samples: dict[str, np.ndarray] | None = None, batches: tuple[int, ...] = LATENCY_BATCHES) -> Timings:
     """latency_by_batch with a progress bar and one line per batch size saying what was measured."""
-    with reporter, reporter.task(f"latency {what}", total=MAX_RUNS * len(LATENCY_BATCHES)) as bar:
-        timings = latency_by_batch(runtimes, sample, budget_s, tick=bar.advance, samples=samples)
-    for b in (str(b) for b in LATENCY_BATCHES):
+    with reporter, reporter.task(f"latency {what}", total=MAX_RUNS * len(batches)) as bar:
+        timings = latency_by_batch(runtimes, sample, budget_s, batches, tick=bar.advance, samples=samples)
+    for b in (str(b) for b in batches):
         parts = [f"{name} {t[b].median_ms:.3f} ms [{t[b].ci95_ms[0]:.3f}, {t[b].ci95_ms[1]:.3f}]"
                  for name, t in timings.items()]
         first = next(iter(timings.values()))[b]
@@ -79,7 +87,7 @@ def network_only(loaded: LoadedRun, sample: np.ndarray, ships_prompt: bool, tmp:
         normalised = Normalize(loaded.inputs)(x01)
     path = tmp / "network.onnx"
     export_onnx(loaded.compressed, normalised.contiguous(), path, input_name="x")
-    return OrtRuntime(cpu_session(path, threads), "network_only"), np.repeat(normalised[:1].numpy(), 64, axis=0)
+    return OrtRuntime(cpu_session(path, threads), "network_only"), np.repeat(normalised[:1].numpy(), len(sample), axis=0)
 
 
 def precision_graphs(run, threads: int) -> dict[str, Runtime]:
@@ -91,14 +99,15 @@ def precision_graphs(run, threads: int) -> dict[str, Runtime]:
 
 
 def all_latency(loaded: LoadedRun, graphs: dict[str, Runtime], sample: np.ndarray, ships_prompt: bool,
-                threads: int, budget_s: float, reporter: Reporter) -> Timings:
+                threads: int, budget_s: float, reporter: Reporter, batches: tuple[int, ...] = LATENCY_BATCHES
+                ) -> Timings:
     """Every graph in `graphs` (the run's fp32 pair and precision_graphs) and the network-only graph,
     timed in ONE interleaved measurement: every ratio against the dense fp32 graph, the one the user had,
     comes from the same minutes on the same machine."""
     with tempfile.TemporaryDirectory() as tmp:
         net, net_sample = network_only(loaded, sample, ships_prompt, Path(tmp), threads)
         return timed("every graph", {**graphs, "network_only": net}, sample, budget_s, reporter,
-                     samples={"network_only": net_sample})
+                     samples={"network_only": net_sample}, batches=batches)
 
 
 def speedups(timings: Timings, macs_ratio: float) -> dict:
@@ -142,6 +151,23 @@ def shipping(timings: Timings, accuracy: dict, precision: dict, max_drop: float 
             for b in timings["dense"]}
     return {"reference": "dense", "reference_top1": accuracy["dense"]["onnxruntime"], "max_drop": limit,
             "candidates": candidates, "best": best}
+
+
+def target(manifest, shipping: dict) -> dict | None:
+    """compress's --speedup against this report: the graph to ship at the target batch and its speedup
+    over the dense fp32 graph, measured here (ONNX Runtime CPU), and whether that meets the target."""
+    t = (manifest.metrics or {}).get("target") or {}
+    if not t.get("speedup"):
+        return None
+    b = str(t["batch"])
+    out = {"speedup": t["speedup"], "budget_by": t["budget_by"], "runtime": t["runtime"], "batch": t["batch"],
+           "at_compress": (t.get("latency") or {}).get("measured"), "accuracy": t.get("accuracy")}
+    if t["runtime"] != "ort-cpu" or b not in shipping["best"]:
+        return out | {"shipped": None}  # this report measures ONNX Runtime CPU only
+    graph = shipping["best"][b]
+    sp = shipping["candidates"][graph]["speedup_vs_dense_fp32"][b]
+    met = sp["speedup"] >= t["speedup"] * (1 - TOLERANCE)
+    return out | {"shipped": {"graph": graph, **sp, "met": met}}
 
 
 def gpu(loaded: LoadedRun, sample: np.ndarray, ships_prompt: bool, device: torch.device, budget_s: float,

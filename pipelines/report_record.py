@@ -44,6 +44,7 @@ class Report:
     dense_reference: dict | None = None  # what "dense" is (pipelines/dense_reference.py): kind, label, text
     precision_gate: dict | None = None  # export's tolerance and the precisions it left out, with why
     shipping: dict | None = None  # report_measure.shipping: the fastest graph within tolerance, per batch
+    target: dict | None = None  # report_measure.target: compress's --speedup against what this report measured
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict:

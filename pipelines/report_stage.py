@@ -59,11 +59,13 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
               for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX))}
     reporter.line(f"measuring top-1 on {len(test)} test images (PyTorch on {device}, ONNX Runtime CPU)")
     accuracy = measure.accuracy(loaded, graphs, test, device, ships_prompt)
-    reporter.line(f"measuring ONNX Runtime CPU latency ({threads} threads), batch {LATENCY_BATCHES}, graphs "
+    batches = measure.report_batches(m)
+    reporter.line(f"measuring ONNX Runtime CPU latency ({threads} threads), batch {batches}, graphs "
                   f"interleaved, at most {latency_budget:g} s per graph")
-    sample = nhwc_uint8(test, 0, 64)
+    sample = nhwc_uint8(test, 0, max(batches))
     lower = measure.precision_graphs(run, threads)
-    timings = measure.all_latency(loaded, {**graphs, **lower}, sample, ships_prompt, threads, latency_budget, reporter)
+    timings = measure.all_latency(loaded, {**graphs, **lower}, sample, ships_prompt, threads, latency_budget, reporter,
+                                  batches)
     latency = {k: v for k, v in measure.as_json(timings).items() if k in ("dense", "compressed", "network_only")}
     overhead = {b: {"ms": latency["compressed"][b]["median_ms"] - latency["network_only"][b]["median_ms"],
                     "fraction": 1 - latency["network_only"][b]["median_ms"] / latency["compressed"][b]["median_ms"]}
@@ -88,7 +90,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         head=_head_summary(m), caller_must_feed=m.export.caller_must_feed, test_images=len(test),
         baseline=m.metrics.get("baseline"), dense_reference=m.metrics.get("dense_reference"),
         precision_gate={"max_drop": m.export.max_precision_drop, "left_out": m.export.left_out},
-        shipping=shipping,
+        shipping=shipping, target=measure.target(m, shipping),
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
         precision=precision, tensorrt=tensorrt, gpu=gpu, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()

@@ -7,7 +7,7 @@ import html
 from pipelines.artifacts import MODEL_ONNX
 from pipelines.manifest import Manifest
 from pipelines.report_record import Report
-from pipelines.report_render import graph_file, headline, mode_note, speedup_text
+from pipelines.report_render import graph_file, headline, mode_note, speedup_text, target_line
 
 
 def _pct(x: float | None) -> str:
@@ -18,7 +18,7 @@ def verdict_lines(r: Report) -> list[str]:
     """What ships and how it compares with the dense reference, measured in this report."""
     a = r.accuracy
     speed = "; ".join(f"batch {b}: {speedup_text(sp)}" for b, sp in r.speedup.items())
-    return [line for line in (headline(r), mode_note(r)) if line] + [
+    return [line for line in (headline(r), target_line(r), mode_note(r)) if line] + [
             f"The compressed model: {r.method} {r.mode}, {r.sparsity_prunable:.1%} of prunable weights removed, "
             f"{'with' if r.ships_prompt else 'without'} the prompt.",
             f"fp32 {MODEL_ONNX} over the dense reference (ONNX Runtime CPU, measured together in this report): {speed}.",

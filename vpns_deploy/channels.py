@@ -231,6 +231,30 @@ class ChannelMaskSet(nn.Module, Granularity):
         for i, keep in enumerate(self.group_norm_keep()):
             self.group_mask(i).copy_(keep.to(self.group_mask(i).device))
 
+    # -- a budget in measured latency (latency_budget.py) -------------------------------------
+    def retarget(self, macs_ratio: float) -> None:
+        """Budget the next selection at `macs_ratio` fewer MACs, widths free to change again."""
+        self.budget.speedup_target = macs_ratio
+        self.budget.sparsity_target = None
+        self.fixed_counts.zero_()
+
+    def retarget_kept(self, macs_ratio: float) -> None:
+        """A resumed run's chosen budget back in place, the restored widths kept."""
+        self.budget.speedup_target = macs_ratio
+        self.budget.sparsity_target = None
+
+    def kept_widths(self) -> tuple[int, ...]:
+        """Kept channels per group: all a compacted network's latency depends on."""
+        return tuple(int(self.group_mask(i).sum()) for i in range(len(self.groups)))
+
+    @torch.no_grad()
+    def floor_ratio(self) -> float:
+        """The largest MACs reduction the budget allows: every group at its floor (min_keep, round_to)."""
+        b = self.budget
+        gid, ch, floor = b.order(self.magnitude())
+        masks = b.masks_for(gid, [ch[gid == i] for i in range(len(b.sizes))], floor)
+        return b.dense_macs / max(1, b.macs_of(masks))
+
     def zero_pruned_weights(self) -> None:
         """Nothing to do: removed channels are zeroed at their producers' outputs by the hooks."""
 

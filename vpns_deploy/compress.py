@@ -17,6 +17,7 @@ from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.distributed import identical_on_ranks
 from vpns_deploy.heads import set_label_map
+from vpns_deploy.latency_budget import MAX_CANDIDATES, TOLERANCE, SpeedupProbe, search
 from vpns_deploy.models.checkpoint import LoadedModel
 from vpns_deploy.progress import Reporter
 from vpns_deploy.prompts import PromptedNet, PromptSpec, VisualPrompt
@@ -37,6 +38,7 @@ class CompressResult:
     stage_plans: dict[str, dict] = field(default_factory=dict)
     label_map: dict | None = None  # --head map: heads.label_map_record of the frozen mapping
     rank_checksums: dict[str, list[str]] = field(default_factory=dict)  # torchrun: per stage, per rank
+    latency_budget: dict | None = None  # --budget-by latency: latency_budget.LatencyBudget.to_dict(), verified
 
 
 def build_prompt_spec(cfg: CompressConfig, image_shape: tuple[int, int, int]) -> PromptSpec:
@@ -138,7 +140,7 @@ class _StageRunner:
                 "torch_rng": torch.get_rng_state(),
                 "history": [r.to_dict() for r in result.history],
                 "stage_seconds": result.stage_seconds, "stage_plans": result.stage_plans,
-                "label_map": result.label_map}
+                "label_map": result.label_map, "latency_budget": result.latency_budget}
 
 
 def _restore(result: CompressResult, saved: dict, reporter: Reporter) -> None:
@@ -150,6 +152,9 @@ def _restore(result: CompressResult, saved: dict, reporter: Reporter) -> None:
     result.stage_seconds = dict(saved["stage_seconds"])
     result.stage_plans = dict(saved["stage_plans"])
     result.label_map = saved.get("label_map")
+    result.latency_budget = saved.get("latency_budget")
+    if result.latency_budget is not None:  # later selections (widths "learned") keep the chosen budget
+        result.masks.retarget_kept(result.latency_budget["macs_ratio"])
     reporter.line(f"resuming after {saved['stage']} epoch {saved['epoch']} (checkpoint)")
 
 
@@ -161,12 +166,14 @@ def compress(
     reporter: Reporter,
     checkpoint: TrainingCheckpoint | None = None,
     opts: StepOptions | None = None,
+    probe: SpeedupProbe | None = None,
 ) -> CompressResult:
     """Run the method's stages; with a checkpoint, save after every epoch and resume from it.
 
     A resumed run restores the network (weights, scores, masks, BN statistics), prompt, optimiser
     and scheduler states, data-stream generators and the global RNG, so on the CPU it ends
-    bit-identical to an uninterrupted run.
+    bit-identical to an uninterrupted run. With a probe (channel mode, --budget-by latency) the
+    channel budget is the MACs reduction whose compacted network meets cfg.speedup on the probe's runtime.
     """
     torch.manual_seed(cfg.seed)
     method, granularity = get_method(cfg.method), granularity_for(cfg.mode)
@@ -191,6 +198,8 @@ def compress(
         _restore(result, saved, reporter)
     else:
         method.start(masks)
+        if probe is not None:
+            result.latency_budget = latency_target(net, masks, method, cfg, probe, reporter)
     for note in masks.notes():  # groups kept whole, a target out of reach
         reporter.line(note)
     if dense_map is not None:  # label_map_on "dense": computed before the mask, frozen from here on
@@ -206,5 +215,34 @@ def compress(
         runner.run(make_plan())  # making the plan also sets what trains in this stage
     if method.tune_epochs(cfg) == 0:
         masks.freeze()
+    if probe is not None and result.latency_budget is not None:
+        verify_latency(net, masks, probe, result.latency_budget, reporter)
     model.eval()
     return result
+
+
+def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConfig, probe: SpeedupProbe,
+                   reporter: Reporter) -> dict:
+    """Search the channel budget that meets cfg.speedup measured on the probe's runtime (latency_budget.py);
+    the masks are left at it, their widths fixed for the run (channel_widths "init")."""
+    def select(ratio: float):
+        masks.retarget(ratio)
+        method.start(masks)
+        return masks.kept_widths(), lambda: masks.baked(net)
+
+    with reporter.task("latency budget: compact, export and time candidates", MAX_CANDIDATES) as bar:
+        found = search(cfg.speedup, select, probe, masks.floor_ratio(), lambda s: (bar.advance(), reporter.line(s)))
+    reporter.line(found.line())
+    return found.to_dict() | {"widths": list(masks.kept_widths())}
+
+
+def verify_latency(net: nn.Module, masks: Granularity, probe: SpeedupProbe, record: dict, reporter: Reporter) -> None:
+    """The widths that ship, measured against the target once more (free when they are the chosen
+    candidate's: the probe caches by widths); recorded as record["verified"]."""
+    m = probe.measure(masks.kept_widths(), lambda: masks.baked(net))
+    record["verified"] = {"speedup": m.speedup, "ci95": list(m.ci95), "cached": m.cached,
+                          "widths_changed": list(masks.kept_widths()) != record["widths"],
+                          "within_tolerance": abs(m.speedup / record["target"] - 1) <= TOLERANCE}
+    if record["verified"]["widths_changed"] and not record["verified"]["within_tolerance"]:
+        reporter.line(f"warning: the widths stage 1 chose run {m.speedup:.2f}x faster than dense on the target, "
+                      f"not the --speedup {record['target']:g} the budget was searched for")

@@ -83,6 +83,12 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 # the compressed model's stages take. "as-given" is the default: the fine-tune costs about as long again
 # as the run itself.
 DENSE_REFERENCES: tuple[str, ...] = ("as-given", "finetune")
+# What --speedup counts (vpns_deploy/latency_budget.py): "latency", the compacted network's measured speedup
+# over the dense one on the target runtime at the target batch; "macs", the MACs reduction (a proxy: the
+# same 2.00x MACs ran 1.68x to 2.94x faster across networks and batch sizes on ONNX Runtime, measured).
+BUDGETS_BY: tuple[str, ...] = ("latency", "macs")
+# Runtimes a latency budget can be measured on (export/target_runtime.py opens each).
+TARGET_RUNTIMES: tuple[str, ...] = ("ort-cpu", "ort-cuda", "tensorrt")
 # Preflight (vpns_deploy/preflight.py): a run whose projected peak memory exceeds this fraction of the
 # memory still available is refused before anything is written. The rest is room for what the
 # projection leaves out: the allocator's fragmentation, data-loading workers, other processes' growth.
@@ -114,7 +120,7 @@ def auto_lr_scores(steps: int) -> float:
 # Numeric fields that are also command-line options (errors name the option; others the recipe key).
 CLI_NUMBERS = frozenset({"sparsity", "speedup", "lr_scores", "epochs_mask", "epochs_tune", "batch_size", "pad",
                          "seed", "train_subset", "test_subset", "epochs", "lr", "val_fraction", "workers",
-                         "memory_budget", "bn_images"})
+                         "memory_budget", "bn_images", "target_batch", "max_drop"})
 
 
 def check_choices(obj: object, table: tuple[tuple[str, str, tuple[str, ...]], ...]) -> None:
@@ -215,9 +221,27 @@ class CompressConfig:
         "cores)."))
     sparsity: float = cli(0.9, "Fraction removed, in (0, 1): of prunable weights, or of channels (--mode channel).", "Fraction removed, in (0, 1): of prunable weights (unstructured) or of prunable "
                                "channels (channel). Unused by N:M.")
-    speedup: float | None = cli(None, "--mode channel: target MACs reduction (2.0 halves them), instead of --sparsity.", (  # channel mode only: overrides sparsity
-        "Channel mode: target MACs reduction (e.g. 2.0 halves the MACs); the channel fraction is searched at "
-        "every mask update, replacing --sparsity."))
+    speedup: float | None = cli(None, "--mode channel: how many times faster than dense, instead of --sparsity.", (  # channel mode only: overrides sparsity
+        "Channel mode: how many times faster the compressed network must run than the dense one, replacing "
+        "--sparsity. With --budget-by latency (default) it is measured: the network-only graphs (fp32) on "
+        "--target-runtime at --target-batch, the channel budget searched until the compacted network meets it "
+        "(within 5 %); with --budget-by macs it is a MACs reduction (2.0 halves the MACs). Unstructured and N:M "
+        "sparsity keep every layer's shape, so no runtime here runs them faster: only channel mode can."))
+    budget_by: str = cli("latency", "What --speedup counts: latency (measured on the target) or macs.", (
+        "What --speedup counts. latency: the measured speedup of the compacted network over the dense one on "
+        "--target-runtime at --target-batch (a few candidate budgets compacted, exported and timed, cached per "
+        "machine, runtime, input size and batch). macs: the MACs reduction, not measured (a proxy: the same "
+        "2x MACs ran 1.7x to 2.9x faster across networks and batch sizes)."))
+    target_runtime: str = cli("ort-cpu", "Where --speedup is measured: ort-cpu, ort-cuda or tensorrt.", (
+        "The runtime --speedup (with --budget-by latency) is measured on: ONNX Runtime on the CPU (ort-cpu) "
+        "or a CUDA GPU (ort-cuda), or TensorRT where it is installed."))
+    target_batch: int = cli(1, "Batch size --speedup is measured at.", (
+        "Images per call when --speedup is measured: 1 for interactive use, the serving batch otherwise. "
+        "Speedups differ by batch (the same network can be 2x faster at batch 1 and 1.8x at batch 64)."))
+    max_drop: float | None = cli(None, "Accuracy budget: validation top-1 points below the dense reference.", (
+        "The accuracy budget: validation top-1 points the compressed network may lose against the dense "
+        "reference (see --dense-reference). A run over it finishes and says so (exit 0) with the point it "
+        "reached; a lower --speedup or longer training is the way back into the budget."))
     channel_min_keep: float = 0.1  # channel mode: every group keeps at least this fraction
     # channel mode: kept channels per group in multiples of this. ONNX Runtime's CPU convs run 16-channel
     # blocks: ResNet-56 at 2x fewer MACs ran 1.96x faster with multiples of 16, 1.43x with 8 (measured).
@@ -340,11 +364,18 @@ class CompressConfig:
                 "pass e.g. --sparsity 0.9 (90 % of prunable weights removed)",
             )
         kind = parse_mode(self.mode)[0]
-        if self.speedup is not None and (self.mode != "channel" or self.speedup <= 1.0):
+        if self.speedup is not None and self.mode != "channel":
             raise UserError(
-                f"--speedup {self.speedup} needs --mode channel and a value > 1",
-                "pass e.g. --mode channel --speedup 2.0 (half the MACs), or leave --speedup out",
+                f"--speedup needs --mode channel: {self.mode} sparsity keeps every layer's shape, so no runtime "
+                "here runs it faster (ONNX Runtime computes it dense; TensorRT speeds up only 2:4 on wide layers)",
+                "pass --mode channel --speedup 2 (whole channels removed: faster everywhere), or --sparsity",
             )
+        if self.speedup is not None and self.speedup <= 1.0:
+            raise UserError(f"--speedup must be > 1, got {self.speedup}", "pass e.g. --speedup 2.0 (twice as fast)")
+        if self.target_batch < 1:
+            raise UserError(f"--target-batch must be >= 1, got {self.target_batch}", "e.g. 1, or your serving batch")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
+            raise UserError(f"--max-drop must lie in [0, 100] top-1 points, got {self.max_drop}", "e.g. 1.0")
         if not 0.0 < self.channel_min_keep <= 1.0:
             raise UserError(f"channel_min_keep must lie in (0, 1], got {self.channel_min_keep}", "e.g. 0.1")
         check_choices(self, (("channel_init", "channel_init", CHANNEL_INITS),
@@ -352,7 +383,9 @@ class CompressConfig:
                              ("channel_split", "channel_split", CHANNEL_SPLITS), ("prompt", "prompt", PROMPT_KINDS),
                              ("head", "--head", HEADS), ("prompt_trains_in", "prompt_trains_in", PROMPT_TRAINS_IN),
                              ("label_map_on", "label_map_on", LABEL_MAP_ON), ("amp", "--amp", AMP_CHOICES),
-                             ("dense_reference", "--dense-reference", DENSE_REFERENCES)))
+                             ("dense_reference", "--dense-reference", DENSE_REFERENCES),
+                             ("budget_by", "--budget-by", BUDGETS_BY),
+                             ("target_runtime", "--target-runtime", TARGET_RUNTIMES)))
         if self.mode == "channel" and self.channel_split == "tune" and self.channel_widths == "learned":
             raise UserError("channel_widths \"learned\" needs channel_split \"even\": the widths are learned in "
                             "stage 1, which channel_split \"tune\" cuts to one batch",
@@ -408,6 +441,11 @@ class CompressConfig:
         if self.mode == "channel" and self.speedup is not None:
             return f"x{self.speedup:g}"
         return f"s{self.sparsity:g}"
+
+    @property
+    def latency_budget(self) -> bool:
+        """--speedup is a measured latency target (channel mode, --budget-by latency)."""
+        return self.mode == "channel" and self.speedup is not None and self.budget_by == "latency"
 
     @property
     def uses_prompt(self) -> bool:

@@ -1,0 +1,110 @@
+"""The target runtime a latency budget is measured on, and the probe that times compacted networks
+against the dense one there (vpns_deploy/latency_budget.py searches; this module measures).
+
+One code path for every target: each candidate is exported to ONNX (network only, fp32, float NCHW
+input: the prompt and normalisation in front cost the same in both graphs) and opened as a
+calibration.Runtime, ONNX Runtime on the CPU or a CUDA GPU, or a TensorRT engine built from the same
+file; dense and candidate are timed interleaved (calibration/latency.py) at the target batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from calibration.latency import measure_interleaved, speedup
+from calibration.latency_cache import LatencyCache
+from calibration.runtime import OrtRuntime, Runtime
+from calibration.session import cpu_session, cpu_threads
+from vpns_deploy.errors import UserError
+from vpns_deploy.latency_budget import Measured
+
+PROBE_BUDGET_S = 4.0  # seconds of timed calls per graph and candidate (at least 3 calls each)
+
+
+def open_target(runtime: str, onnx_path: Path, batch: int, workdir: Path) -> Runtime:
+    """`onnx_path` ready to run on `runtime` (config.TARGET_RUNTIMES); one error line when it cannot be here."""
+    if runtime == "ort-cpu":
+        return OrtRuntime(cpu_session(onnx_path), "onnxruntime-cpu")
+    if runtime == "ort-cuda":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        if "CUDAExecutionProvider" not in session.get_providers():
+            raise UserError("--target-runtime ort-cuda: ONNX Runtime cannot run on a CUDA GPU here (it needs "
+                            "onnxruntime-gpu and a GPU with its CUDA libraries)",
+                            "measure where the model will run, or pass --target-runtime ort-cpu")
+        return OrtRuntime(session, "onnxruntime-cuda")
+    from export.tensorrt_engine import EngineRunner, build_engine, probe
+
+    found = probe()
+    if not found.usable:
+        raise UserError(f"--target-runtime tensorrt: TensorRT is not usable here ({found.reason})",
+                        "measure on the machine that has TensorRT, or pass --target-runtime ort-cpu/ort-cuda")
+    engine = workdir / (onnx_path.stem + ".engine")
+    build_engine(onnx_path, engine, workdir / "timing.cache", sparse=False, max_batch=batch, opt_batch=batch)
+    return EngineRunner(engine)
+
+
+def structure_digest(net: nn.Module) -> str:
+    """The dense network's layers and tensor shapes (not its values): what its latency depends on."""
+    layout = [[n, list(t.shape)] for n, t in net.state_dict().items()]
+    layout += [[n, type(m).__name__] for n, m in net.named_modules()]
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()
+
+
+class NetworkProbe:
+    """latency_budget.SpeedupProbe on one target runtime and batch; use as a context manager."""
+
+    def __init__(self, dense: nn.Module, image_shape: tuple[int, ...], runtime: str, batch: int,
+                 budget_s: float = PROBE_BUDGET_S, cache_root: Path | None = None) -> None:
+        from calibration.cpu import measuring_machine
+        from export.onnx_export import export_onnx
+
+        self.runtime, self.batch, self.budget_s = runtime, batch, budget_s
+        self._tmp = tempfile.TemporaryDirectory(prefix="vpns-probe-")
+        self.workdir = Path(self._tmp.name)
+        self.example = torch.zeros(1, *image_shape)
+        self.input = np.random.default_rng(0).standard_normal((batch, *image_shape)).astype(np.float32)
+        dense_path = self.workdir / "dense.onnx"
+        export_onnx(dense, self.example, dense_path)
+        self.dense = open_target(runtime, dense_path, batch, self.workdir)
+        threads = cpu_threads() if runtime == "ort-cpu" else None
+        self.key = {"machine": measuring_machine(), "runtime": runtime, "threads": threads,
+                    "input": list(image_shape), "batch": batch, "precision": "fp32",
+                    "network": structure_digest(dense)}
+        self.cache = LatencyCache(self.key, cache_root)
+
+    def __enter__(self) -> NetworkProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "batch": self.batch, "precision": "fp32", "graph": "network only",
+                "budget_s_per_graph": self.budget_s, "cache": str(self.cache.path),
+                "machine": self.key["machine"]["cpu"], "threads": self.key["threads"]}
+
+    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module]) -> Measured:
+        hit = self.cache.get(widths)
+        if hit is not None:
+            return Measured(hit["speedup"], tuple(hit["ci95"]), hit["dense_ms"], hit["ms"], cached=True)
+        from export.onnx_export import export_onnx
+
+        path = self.workdir / "candidate.onnx"
+        export_onnx(build(), self.example, path)
+        candidate = open_target(self.runtime, path, self.batch, self.workdir)
+        timed = measure_interleaved({"dense": self.dense, "candidate": candidate},
+                                    {"dense": self.input, "candidate": self.input}, self.budget_s)
+        s = speedup(timed["dense"], timed["candidate"])
+        m = Measured(s.speedup, s.ci95, timed["dense"].median_ms, timed["candidate"].median_ms, cached=False)
+        self.cache.put(widths, {"speedup": m.speedup, "ci95": list(m.ci95), "dense_ms": m.dense_ms, "ms": m.ms,
+                                "runs": timed["candidate"].runs})
+        return m

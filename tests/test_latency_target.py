@@ -1,0 +1,136 @@
+"""--speedup as a measured latency target: the budget search, the latency cache's keys, and the whole
+path (compress -> export -> report) on the digits model, a target it cannot meet included."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+from rich.console import Console
+from torch import nn
+
+from calibration.latency_cache import LatencyCache
+from vpns_deploy.config import CompressConfig
+from vpns_deploy.errors import UserError
+from vpns_deploy.latency_budget import MAX_CANDIDATES, TOLERANCE, Measured, search
+from vpns_deploy.progress import Reporter
+
+
+class PowerLaw:
+    """A runtime whose speedup is macs_ratio ** exponent: the shape the search assumes, exactly."""
+
+    def __init__(self, exponent: float, ceiling: float = math.inf) -> None:
+        self.exponent, self.ceiling, self.calls = exponent, ceiling, 0
+
+    def measure(self, widths, build) -> Measured:
+        self.calls += 1
+        s = min(self.ceiling, (widths[0] / 1000) ** self.exponent)
+        return Measured(s, (s * 0.98, s * 1.02), 10.0, 10.0 / s, cached=False)
+
+    def describe(self) -> dict:
+        return {"runtime": "power law", "batch": 1}
+
+
+def _select(ratio: float):
+    """Widths that encode the budget (1000 x ratio, on a grid of 10), as channel rounding does."""
+    return (int(round(ratio * 100)) * 10,), nn.Identity
+
+
+@pytest.mark.parametrize("exponent", [0.5, 0.8, 1.3])
+def test_search_meets_a_target_when_macs_mispredict_latency(exponent):
+    probe = PowerLaw(exponent)
+    found = search(2.0, _select, probe, max_ratio=50.0)
+    assert found.met, found.to_dict()
+    assert abs(found.chosen.measured.speedup / 2.0 - 1) <= TOLERANCE
+    assert probe.calls <= MAX_CANDIDATES
+    assert found.chosen.macs_ratio == pytest.approx(2.0 ** (1 / exponent), rel=0.1)
+
+
+def test_an_unreachable_target_gives_the_fastest_point_and_says_so():
+    found = search(3.0, _select, PowerLaw(1.0, ceiling=1.6), max_ratio=4.0)
+    assert not found.met and found.reachable == pytest.approx(1.6)
+    assert found.chosen.measured.speedup == pytest.approx(1.6)
+    assert "out of reach" in found.line() and "best reachable point" in found.line()
+
+
+def test_the_cache_is_keyed_by_machine_runtime_batch_and_input(tmp_path):
+    key = {"machine": {"cpu": "A", "cores": 2}, "runtime": "ort-cpu", "threads": 2, "input": [3, 32, 32],
+           "batch": 1, "precision": "fp32", "network": "n"}
+    point = {"speedup": 1.7, "ci95": [1.6, 1.8], "dense_ms": 2.0, "ms": 1.2, "runs": 20}
+    LatencyCache(key, tmp_path).put((16, 32), point)
+    assert LatencyCache(key, tmp_path).get((16, 32))["speedup"] == 1.7
+    assert LatencyCache(key, tmp_path).get((16, 16)) is None  # other widths
+    for change in ({"batch": 32}, {"machine": {"cpu": "B", "cores": 2}}, {"runtime": "ort-cuda"},
+                   {"input": [3, 64, 64]}, {"threads": 1}):
+        assert LatencyCache(key | change, tmp_path).get((16, 32)) is None, change
+    # a file that is not what the cache wrote is ignored, then rewritten
+    path = LatencyCache(key, tmp_path).path
+    path.write_text("{not json")
+    assert LatencyCache(key, tmp_path).get((16, 32)) is None
+    LatencyCache(key, tmp_path).put((16, 32), point)
+    assert json.loads(path.read_text())["points"]
+
+
+def test_the_probe_times_once_per_widths_and_target(tmp_path):
+    """A real ONNX Runtime probe: a second probe of the same network and target reads the cache (the
+    candidate is not even built), another batch size measures again."""
+    from export.target_runtime import NetworkProbe
+
+    dense = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
+    small = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
+
+    def never():
+        raise AssertionError("a cached candidate must not be built")
+
+    with NetworkProbe(dense, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
+        first = probe.measure((16,), lambda: small)
+    assert not first.cached and first.speedup > 0 and first.dense_ms > 0
+    with NetworkProbe(dense, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
+        assert probe.measure((16,), never) == Measured(first.speedup, first.ci95, first.dense_ms, first.ms, True)
+    with NetworkProbe(dense, (3, 16, 16), "ort-cpu", 2, budget_s=0.2, cache_root=tmp_path) as probe:
+        assert not probe.measure((16,), lambda: small).cached
+
+
+def test_speedup_outside_channel_mode_says_why_it_cannot_be_faster():
+    with pytest.raises(UserError) as e:
+        CompressConfig(mode="unstructured", speedup=2.0)
+    assert "keeps every layer's shape" in str(e.value) and "pass --mode channel" in str(e.value)
+    with pytest.raises(UserError, match="target-batch"):
+        CompressConfig(mode="channel", speedup=2.0, target_batch=0)
+    with pytest.raises(UserError, match="budget-by"):
+        CompressConfig(mode="channel", speedup=2.0, budget_by="flops")
+    assert CompressConfig(mode="channel", speedup=2.0).latency_budget
+    assert not CompressConfig(mode="channel", speedup=2.0, budget_by="macs").latency_budget
+
+
+def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
+    """A target digits cannot meet (its 8-px network is mostly per-call overhead): the best reachable
+    point, a clear line, exit without error; the manifest and the report say what was asked and reached."""
+    from pipelines.compress_stage import run_compress
+    from pipelines.export_stage import run_export
+    from pipelines.report_stage import run_report
+    from pipelines.run_dir import RunDir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = CompressConfig(mode="channel", speedup=20.0, target_batch=2, epochs_mask=1, epochs_tune=1, batch_size=64,
+                         max_drop=50.0, train_subset=400)
+    buf = io.StringIO()
+    out = run_compress(digits_model, "digits_cnn", "digits", cfg, tmp_path / "run",
+                       reporter=Reporter(quiet=True, console=Console(file=buf, width=400)))
+    said = buf.getvalue()
+    assert "warning: --speedup 20 is out of reach on ort-cpu, batch 2" in said, said
+    target = RunDir.open(out).manifest.metrics["target"]
+    lat = target["latency"]
+    assert target["budget_by"] == "latency" and target["batch"] == 2 and not lat["met"]
+    assert 1 <= len(lat["candidates"]) <= MAX_CANDIDATES
+    assert lat["measured"]["speedup"] == max(c["speedup"] for c in lat["candidates"])
+    assert lat["probe"]["runtime"] == "ort-cpu" and lat["verified"]["cached"]  # the shipped widths were measured
+    assert target["accuracy"]["within"] and "accuracy budget" in said
+
+    run_export(out, reporter=Reporter(quiet=True))
+    report = run_report(out, reporter=Reporter(quiet=True), print_table=False, latency_budget=1.0)
+    assert "2" in report["latency_ms"]["dense"]  # the target batch is timed beside 1 and 64
+    shipped = report["target"]["shipped"]
+    assert shipped is not None and shipped["met"] is False
+    assert "Target: 20x faster than dense at batch 2 on ort-cpu: not met" in (out / "report.md").read_text()
