@@ -70,7 +70,7 @@ class NetworkProbe:
         self.runtime, self.batch, self.budget_s = runtime, batch, budget_s
         self._tmp = tempfile.TemporaryDirectory(prefix="vpns-probe-")
         self.workdir = Path(self._tmp.name)
-        self.example = torch.zeros(1, *image_shape)
+        self.example = torch.zeros(2, *image_shape)  # batch 2: a batch-1 example pins the exported batch dimension
         self.input = np.random.default_rng(0).standard_normal((batch, *image_shape)).astype(np.float32)
         dense_path = self.workdir / "dense.onnx"
         export_onnx(dense, self.example, dense_path)
@@ -92,8 +92,8 @@ class NetworkProbe:
                 "budget_s_per_graph": self.budget_s, "cache": str(self.cache.path),
                 "machine": self.key["machine"]["cpu"], "threads": self.key["threads"]}
 
-    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module]) -> Measured:
-        hit = self.cache.get(widths)
+    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False) -> Measured:
+        hit = None if fresh else self.cache.get(widths)
         if hit is not None:
             return Measured(hit["speedup"], tuple(hit["ci95"]), hit["dense_ms"], hit["ms"], cached=True)
         from export.onnx_export import export_onnx

@@ -230,19 +230,20 @@ def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConf
         method.start(masks)
         return masks.kept_widths(), lambda: masks.baked(net)
 
+    t0 = time.perf_counter()
     with reporter.task("latency budget: compact, export and time candidates", MAX_CANDIDATES) as bar:
         found = search(cfg.speedup, select, probe, masks.floor_ratio(), lambda s: (bar.advance(), reporter.line(s)))
     reporter.line(found.line())
-    return found.to_dict() | {"widths": list(masks.kept_widths())}
+    return found.to_dict() | {"widths": list(masks.kept_widths()), "seconds": time.perf_counter() - t0}
 
 
 def verify_latency(net: nn.Module, masks: Granularity, probe: SpeedupProbe, record: dict, reporter: Reporter) -> None:
-    """The widths that ship, measured against the target once more (free when they are the chosen
-    candidate's: the probe caches by widths); recorded as record["verified"]."""
-    m = probe.measure(masks.kept_widths(), lambda: masks.baked(net))
+    """The network that ships, compacted, exported and timed against the dense one once more (not read
+    from the cache): an independent measurement of what the search chose; recorded as record["verified"]."""
+    m = probe.measure(masks.kept_widths(), lambda: masks.baked(net), fresh=True)
     record["verified"] = {"speedup": m.speedup, "ci95": list(m.ci95), "cached": m.cached,
                           "widths_changed": list(masks.kept_widths()) != record["widths"],
                           "within_tolerance": abs(m.speedup / record["target"] - 1) <= TOLERANCE}
-    if record["verified"]["widths_changed"] and not record["verified"]["within_tolerance"]:
-        reporter.line(f"warning: the widths stage 1 chose run {m.speedup:.2f}x faster than dense on the target, "
-                      f"not the --speedup {record['target']:g} the budget was searched for")
+    reporter.line(f"latency check: the compacted network runs {m.speedup:.2f}x [{m.ci95[0]:.2f}, {m.ci95[1]:.2f}] "
+                  f"faster than dense on {record['probe']['runtime']} at batch {record['probe']['batch']} "
+                  f"(measured again, target {record['target']:g}x)")

@@ -41,8 +41,9 @@ class Measured:
 class SpeedupProbe(Protocol):
     """Measures a compacted network against the dense one on the target runtime."""
 
-    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module]) -> Measured:
-        """The speedup of `build()` (called only when `widths` is not cached) over the dense network."""
+    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False) -> Measured:
+        """The speedup of `build()` over the dense network; from the cache when `widths` were measured
+        before (then `build` is not called), unless `fresh`."""
         ...
 
     def describe(self) -> dict:
