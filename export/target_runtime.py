@@ -22,10 +22,10 @@ from calibration.latency import measure_interleaved, speedup
 from calibration.latency_cache import LatencyCache
 from calibration.runtime import OrtRuntime, Runtime
 from calibration.session import cpu_session, cpu_threads
+from vpns_deploy.config import CompressConfig
 from vpns_deploy.errors import UserError
 from vpns_deploy.latency_budget import Measured
 
-PROBE_BUDGET_S = 4.0  # seconds of timed calls per graph and candidate (at least 3 calls each)
 
 
 def open_target(runtime: str, onnx_path: Path, batch: int, workdir: Path) -> Runtime:
@@ -63,7 +63,7 @@ class NetworkProbe:
     """latency_budget.SpeedupProbe on one target runtime and batch; use as a context manager."""
 
     def __init__(self, dense: nn.Module, image_shape: tuple[int, ...], runtime: str, batch: int,
-                 budget_s: float = PROBE_BUDGET_S, cache_root: Path | None = None) -> None:
+                 budget_s: float = CompressConfig.target_probe_seconds, cache_root: Path | None = None) -> None:
         from calibration.cpu import measuring_machine
         from export.onnx_export import export_onnx
 

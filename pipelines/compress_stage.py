@@ -137,7 +137,7 @@ def target_probe(loaded: LoadedModel, splits: Splits, cfg: CompressConfig, ctx: 
     reporter.line(f"latency budget: timing on {cfg.target_runtime} at batch {cfg.target_batch} "
                   "(the dense network exported once; each candidate compacted, exported and timed against it)")
     return NetworkProbe(copy.deepcopy(loaded.net).cpu().eval(), tuple(splits.train.image_shape), cfg.target_runtime,
-                        cfg.target_batch)
+                        cfg.target_batch, cfg.target_probe_seconds)
 
 
 def resume_key(run_key: str, splits: Splits, ctx: DistContext | None, amp: Amp) -> str:

@@ -114,7 +114,7 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cfg = CompressConfig(mode="channel", speedup=20.0, target_batch=2, epochs_mask=1, epochs_tune=1, batch_size=64,
-                         max_drop=50.0, train_subset=400)
+                         max_drop=50.0, train_subset=400, target_probe_seconds=0.3)
     buf = io.StringIO()
     out = run_compress(digits_model, "digits_cnn", "digits", cfg, tmp_path / "run",
                        reporter=Reporter(quiet=True, console=Console(file=buf, width=400)))

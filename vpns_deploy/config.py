@@ -238,6 +238,9 @@ class CompressConfig:
     target_batch: int = cli(1, "Batch size --speedup is measured at.", (
         "Images per call when --speedup is measured: 1 for interactive use, the serving batch otherwise. "
         "Speedups differ by batch (the same network can be 2x faster at batch 1 and 1.8x at batch 64)."))
+    # Seconds of timed calls per graph (dense and candidate, interleaved) for each candidate budget the
+    # latency search measures (at least 3 calls each); at most latency_budget.MAX_CANDIDATES candidates.
+    target_probe_seconds: float = 4.0
     max_drop: float | None = cli(None, "Accuracy budget: validation top-1 points below the dense reference.", (
         "The accuracy budget: validation top-1 points the compressed network may lose against the dense "
         "reference (see --dense-reference). A run over it finishes and says so (exit 0) with the point it "
@@ -374,6 +377,8 @@ class CompressConfig:
             raise UserError(f"--speedup must be > 1, got {self.speedup}", "pass e.g. --speedup 2.0 (twice as fast)")
         if self.target_batch < 1:
             raise UserError(f"--target-batch must be >= 1, got {self.target_batch}", "e.g. 1, or your serving batch")
+        if not 0.0 < self.target_probe_seconds < 600:
+            raise UserError(f"target_probe_seconds must lie in (0, 600), got {self.target_probe_seconds}", "e.g. 4")
         if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
             raise UserError(f"--max-drop must lie in [0, 100] top-1 points, got {self.max_drop}", "e.g. 1.0")
         if not 0.0 < self.channel_min_keep <= 1.0:
