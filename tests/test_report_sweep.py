@@ -137,3 +137,10 @@ def test_sweep_rejects_bad_targets_before_running(tmp_path, digits_model):
     bad = CliRunner().invoke(app, base + ["--speedup", "2"])
     assert bad.exit_code == 2 and "--mode channel" in bad.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_speedup_front_keeps_points_no_other_beats_on_speed_and_accuracy():
+    from pipelines.plots import speedup_front
+
+    points = [(1.0, 90.0), (2.0, 85.0), (1.5, 80.0), (3.0, 70.0), (2.5, 60.0)]
+    assert speedup_front(points) == [(1.0, 90.0), (2.0, 85.0), (3.0, 70.0)]
