@@ -31,11 +31,11 @@ def ensure_models(folder: Path = RUNS / "models") -> None:
     import torchvision
 
     folder.mkdir(parents=True, exist_ok=True)
+    if all((folder / f"{name}.pt").is_file() for name in RANDOM_INIT):
+        return
+    torch.manual_seed(0)  # once, then each network in order: the files are reproducible as a set
     for name, builder in RANDOM_INIT.items():
-        path = folder / f"{name}.pt"
-        if not path.is_file():
-            torch.manual_seed(0)
-            torch.save(getattr(torchvision.models, builder)().state_dict(), path)
+        torch.save(getattr(torchvision.models, builder)().state_dict(), folder / f"{name}.pt")
 
 
 def cell(run: Path) -> dict:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
               "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
               "machine": f"{facts.model} ({', '.join(facts.instruction_sets)}), {cpu_threads()} cores",
-              "measured": sorted(json.loads((r / "manifest.json").read_text())["other"]["created"] for r in runs),
+              "measured": sorted(json.loads((r / "manifest.json").read_text())["created"] for r in runs),
               "runtime": "ONNX Runtime CPU, fp32, network-only graphs, 224 px",
               "cells": [cell(r) for r in runs]}
     result["markdown"] = markdown(result)
