@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from calibration.latency import LATENCY_BATCHES, MAX_RUNS, Latency, latency_by_batch, speedup
+from calibration.layer_profile import PROFILE_CALLS
 from calibration.runtime import OrtRuntime, Runtime, TorchRuntime, top1
 from calibration.session import cpu_session
 from export.onnx_export import export_onnx
@@ -151,6 +152,17 @@ def shipping(timings: Timings, accuracy: dict, precision: dict, max_drop: float 
             for b in timings["dense"]}
     return {"reference": "dense", "reference_top1": accuracy["dense"]["onnxruntime"], "max_drop": limit,
             "candidates": candidates, "best": best}
+
+
+def slowest_layers(run, sample: np.ndarray, threads: int, batch: int = 1) -> dict:
+    """The ten nodes with the most kernel time in the dense and the compressed fp32 graph (ORT's profile)."""
+    from calibration.layer_profile import slowest_nodes
+    from calibration.latency import tile_batch
+
+    x = tile_batch(sample, batch)
+    return {"batch": batch, "calls": PROFILE_CALLS,
+            **{kind: slowest_nodes(run.verified(name), x, threads=threads)
+               for kind, name in (("dense", DENSE_ONNX), ("compressed", MODEL_ONNX))}}
 
 
 def target(manifest, shipping: dict) -> dict | None:

@@ -45,6 +45,7 @@ class Report:
     precision_gate: dict | None = None  # export's tolerance and the precisions it left out, with why
     shipping: dict | None = None  # report_measure.shipping: the fastest graph within tolerance, per batch
     target: dict | None = None  # report_measure.target: compress's --speedup against what this report measured
+    slowest_layers: dict | None = None  # report_measure.slowest_layers: ORT's per-node profile, dense vs compressed
     schema: int = REPORT_SCHEMA
 
     def to_dict(self) -> dict:

@@ -172,6 +172,24 @@ def render_table(r: Report) -> Table:
     return table
 
 
+def slowest_layer_lines(r: Report) -> list[str]:
+    """The slowest nodes before and after (ONNX Runtime's profile), side by side: where the time went."""
+    s = r.slowest_layers
+    if not s:
+        return []
+    label = lambda n: f"{n['module'] or n['node']} ({n['op']})"  # noqa: E731
+    lines = ["", f"Slowest layers, fp32, batch {s['batch']} (ONNX Runtime's profile, mean of {s['calls']} calls; "
+             "share of all kernel time):", "", "| # | dense | ms | share | compressed | ms | share |",
+             "|---:|---|---:|---:|---|---:|---:|"]
+    for i in range(max(len(s["dense"]), len(s["compressed"]))):
+        cells = []
+        for kind in ("dense", "compressed"):
+            n = s[kind][i] if i < len(s[kind]) else None
+            cells += [label(n), f"{n['ms']:.3f}", f"{n['share']:.0%}"] if n else ["", "", ""]
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(r: Report) -> str:
     lines = [f"# vpns-deploy report: {r.run}", "", _title(r) + ".", ""]
     lines += [f"**{line}**" for line in (headline(r), target_line(r)) if line] + [""]
@@ -185,6 +203,7 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"{n}:{mm} layers: every prunable layer except these, which stay dense: {exempt}.",
                   f"{n}:{mm} zeros make nothing faster in ONNX Runtime on a CPU (measured above); the speed-up "
                   "belongs to sparse tensor cores (TensorRT with SPARSE_WEIGHTS on Ampere or newer GPUs)."]
+    lines += slowest_layer_lines(r)
     lines += [line for w in precision_warnings(r) for line in ("", f"**{w.split(':', 1)[0]}:**{w.split(':', 1)[1]}")]
     if r.baseline and r.baseline["below"]:
         lines += ["", f"**Warning:** at compress, the shipped model ({_pct(r.baseline['shipped_test_top1'])}) scored "

@@ -91,6 +91,7 @@ def run_report(run_dir: Path, data_spec: str | None = None, reporter: Reporter |
         baseline=m.metrics.get("baseline"), dense_reference=m.metrics.get("dense_reference"),
         precision_gate={"max_drop": m.export.max_precision_drop, "left_out": m.export.left_out},
         shipping=shipping, target=measure.target(m, shipping),
+        slowest_layers=measure.slowest_layers(run, sample, threads),
         accuracy=accuracy, counts=counts, files=files, latency_ms=latency, preprocessing_overhead=overhead,
         precision=precision, tensorrt=tensorrt, gpu=gpu, cpu=_cpu(precision, latency, m.export.int8_format),
         structure={k: v for k, v in m.metrics.get("structure", {}).items()

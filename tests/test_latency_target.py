@@ -134,4 +134,10 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
     assert "2" in report["latency_ms"]["dense"]  # the target batch is timed beside 1 and 64
     shipped = report["target"]["shipped"]
     assert shipped is not None and shipped["met"] is False
-    assert "Target: 20x faster than dense at batch 2 on ort-cpu: not met" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Target: 20x faster than dense at batch 2 on ort-cpu: not met" in md
+    # where the time goes: ORT's per-node profile of both graphs, mapped back to the network's modules
+    layers = report["slowest_layers"]
+    assert 0 < len(layers["compressed"]) <= 10 and all(n["ms"] > 0 for n in layers["dense"])
+    assert any(n["module"].startswith("features") for n in layers["dense"]), layers["dense"]
+    assert "Slowest layers, fp32, batch 1" in md
