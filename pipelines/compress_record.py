@@ -199,6 +199,25 @@ def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
         reporter.line(line)
 
 
+def phase_line(m: Manifest, dense_seconds: float, total_seconds: float) -> str:
+    """Where this process's wall-clock went: training steps, per-epoch evaluation, the dense reference and
+    baseline, the latency search, and the rest (loading and decoding data, the final evaluation, saving).
+    A resumed run counts the epochs of earlier processes in training and evaluation, so "other" is omitted."""
+    from vpns_deploy.progress import duration_text
+
+    epochs = m.metrics["epochs"]
+    train = sum(e["train_seconds"] for e in epochs)
+    evaluation = sum(e.get("eval_seconds") or 0.0 for e in epochs)
+    search = ((m.metrics.get("target") or {}).get("latency") or {}).get("seconds") or 0.0
+    parts = [("training", train), ("per-epoch evaluation", evaluation),
+             ("dense reference and baseline", dense_seconds), ("latency search", search)]
+    rest = total_seconds - sum(s for _, s in parts)
+    shown = [f"{name} {duration_text(s)}" for name, s in parts if s >= 0.5]
+    if rest >= 0:
+        shown.append(f"other (data, final evaluation, saving) {duration_text(rest)}")
+    return f"time: {duration_text(total_seconds)} in this process: " + ", ".join(shown)
+
+
 def baseline_text(baseline: dict) -> str:
     """One line: the shipped model against the simplest baseline, a warning when it is below."""
     numbers = (f"shipped model {baseline['shipped_test_top1']:.2%} vs {baseline['test_top1']:.2%} for the simplest "

@@ -10,7 +10,7 @@ import torch
 
 from pipelines.artifacts import CHECKPOINT
 from pipelines.checkpoint import FileCheckpoint, fingerprint
-from pipelines.compress_record import RunInputs, summarise, write_run
+from pipelines.compress_record import RunInputs, phase_line, summarise, write_run
 from pipelines.dense_reference import dense_reference
 from pipelines.manifest import run_fingerprint
 from pipelines.rank_checkpoint import RankCheckpoint, distributed_record, silent_reporter
@@ -104,7 +104,9 @@ def _run_compress(
     with target_probe(loaded, splits, cfg, ctx, reporter) as probe, workspace as tmp:
         try:
             with reporter:  # the lock and partial directory are held from here: warm-up and reference included
+                t_dense = time.perf_counter()
                 dense = dense_reference(loaded, splits, cfg, device, reporter)
+                t_dense = time.perf_counter() - t_dense
                 result = compress(loaded, splits, cfg, device, reporter,
                                   checkpoint if ctx is None else RankCheckpoint(checkpoint, ctx),
                                   StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn), probe)
@@ -120,6 +122,7 @@ def _run_compress(
         manifest = write_run(RunDir(tmp), result, dense,
                              RunInputs(model_path, loaded, splits, cfg, inputs, key, device, other))
     summarise(manifest, out, reporter)
+    reporter.line(phase_line(manifest, t_dense, time.perf_counter() - t_start))
     return Path(out)
 
 

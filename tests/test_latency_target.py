@@ -128,6 +128,7 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
     assert lat["probe"]["runtime"] == "ort-cpu" and not lat["verified"]["cached"]  # timed again at the end
     assert "latency check: the compacted network runs" in said
     assert target["accuracy"]["within"] and "accuracy budget" in said
+    assert "time: " in said and "latency search 0:00:" in said  # what each phase of the run cost
 
     run_export(out, reporter=Reporter(quiet=True))
     report = run_report(out, reporter=Reporter(quiet=True), print_table=False, latency_budget=1.0)
