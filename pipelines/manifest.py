@@ -52,9 +52,28 @@ def run_fingerprint(config: dict, model_sha256: str | None, arch: str | None, da
     anything heavy) and "may this checkpoint be resumed?" (compress). The worker count and the
     preflight are left out: neither changes a result (draws are made in the main process; the
     preflight trains a copy)."""
-    return fingerprint({"config": {k: v for k, v in config.items() if k not in ("workers", "preflight")},
-                        "model_sha256": model_sha256, "arch": arch, "data": data_fingerprint,
-                        "input_overrides": input_overrides})
+    return fingerprint({"config": identity(config), "model_sha256": model_sha256, "arch": arch,
+                        "data": data_fingerprint, "input_overrides": input_overrides})
+
+
+TARGET_FIELDS = ("budget_by", "target_runtime", "target_batch", "target_probe_seconds")  # used with --speedup only
+
+
+def identity(config: dict) -> dict:
+    """The config fields that decide a run's result. Left out: the worker count and the preflight
+    (they change no result), the latency target's settings unless --speedup is a measured latency (unused), and
+    fields whose value is the one that reproduces runs made before the field existed (dense_reference
+    "as-given", no max_drop), so those runs keep their identity and are still found, skipped, resumed."""
+    out = {k: v for k, v in config.items() if k not in ("workers", "preflight")}
+    if out.get("dense_reference") == "as-given":
+        out.pop("dense_reference")
+    if out.get("max_drop") is None:
+        out.pop("max_drop", None)
+    latency = out.get("speedup") is not None and out.get("mode") == "channel" and out.get("budget_by") == "latency"
+    if not latency:  # a MACs budget is what --speedup meant before budget_by existed
+        for k in TARGET_FIELDS:
+            out.pop(k, None)
+    return out
 
 
 @dataclass

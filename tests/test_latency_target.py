@@ -142,3 +142,17 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
     assert 0 < len(layers["compressed"]) <= 10 and all(n["ms"] > 0 for n in layers["dense"])
     assert any(n["module"].startswith("features") for n in layers["dense"]), layers["dense"]
     assert "Slowest layers, fp32, batch 1" in md
+
+
+def test_run_identity_ignores_target_settings_a_run_does_not_use():
+    """Runs made before the latency target existed keep their identity (found, skipped, resumed): its
+    settings count only when --speedup is a measured latency."""
+    from pipelines.manifest import identity
+
+    plain = CompressConfig(sparsity=0.9).to_dict()
+    assert identity(plain) == identity(plain | {"target_batch": 32, "budget_by": "macs", "max_drop": None})
+    macs = CompressConfig(mode="channel", speedup=2.0, budget_by="macs").to_dict()
+    assert "budget_by" not in identity(macs) and identity(macs) == identity(macs | {"target_batch": 8})
+    latency = CompressConfig(mode="channel", speedup=2.0).to_dict()
+    assert identity(latency) != identity(macs)
+    assert identity(latency) != identity(latency | {"target_batch": 8})
