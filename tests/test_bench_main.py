@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import bench.__main__ as tables
 from bench import accuracy, channel, grid, transfer
+from conftest import DIGITS_RECIPE
 from pipelines.cli import app
 from pipelines.recipe import load_grid
 from vpns_deploy.config import ONE_BATCH_FRACTION
@@ -19,20 +20,7 @@ from vpns_deploy.sparsity.methods import get_method
 
 ROOT = Path(tables.__file__).resolve().parents[1]
 SUMMARISERS = {"accuracy": accuracy, "channel": channel, "transfer": transfer}
-DIGITS = """
-[run]
-out = "{out}"
-[model]
-path = "{model}"
-arch = "digits_cnn"
-[data]
-spec = "digits"
-[compress]
-sparsity = 0.9
-epochs_mask = 1
-epochs_tune = 1
-batch_size = 128
-[grid]
+DIGITS = DIGITS_RECIPE + """[grid]
 variants = [
   {{ name = "vpns", "compress.seed" = 7 }},
   {{ name = "hydra", "compress.method" = "hydra", "compress.epochs_mask" = 2, "compress.epochs_tune" = 2 }},
@@ -109,6 +97,14 @@ def test_list_names_every_table(capsys):
     tables.main(["--list"])
     out = capsys.readouterr().out
     assert all(name in out for name in tables.TABLES)
+
+
+def test_measurement_tables_print_from_their_json(capsys):
+    tables.main(["precision"])
+    assert "| compressed-int8 | 87.30 |" in capsys.readouterr().out
+    tables.main(["throughput"])
+    out = capsys.readouterr().out
+    assert "1 process(es):" in out and "2 process(es):" in out and "ResNet-20 epoch, new: train 133.4 s" in out
 
 
 def test_show_prints_the_committed_tables_without_runs(capsys):

@@ -6,25 +6,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import DIGITS_RECIPE
 from pipelines.recipe import load_recipe
 from pipelines.cli import app
 from vpns_deploy.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD = """
-[run]
-out = "{out}"
-[model]
-path = "{model}"
-arch = "digits_cnn"
-[data]
-spec = "digits"
-[compress]
-sparsity = 0.9
-epochs_mask = 1
-epochs_tune = 1
-batch_size = 64
-[compress.optim]
+GOOD = DIGITS_RECIPE + """[compress.optim]
 lr_prompt_mask = 1e-3
 [export]
 prompt = true
@@ -105,20 +93,7 @@ def test_invalid_recipe_runs_nothing(tmp_path, digits_model):
     assert not (tmp_path / "run").exists()
 
 
-GRID = """
-[run]
-out = "{out}"
-[model]
-path = "{model}"
-arch = "digits_cnn"
-[data]
-spec = "digits"
-[compress]
-sparsity = 0.9
-epochs_mask = 1
-epochs_tune = 1
-batch_size = 64
-[grid]
+GRID = DIGITS_RECIPE + """[grid]
 variants = [
   {{ name = "vpns-seed7", "compress.seed" = 7 }},
   {{ name = "hydra-seed9", "compress.method" = "hydra", "compress.seed" = 9, "compress.optim.lr_scores" = 1e-3 }},
