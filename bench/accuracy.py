@@ -139,7 +139,8 @@ def plot(result: dict, path: Path) -> None:
     by_steps.set_ylabel("test top-1 % at 90 % sparsity")
     for ax in (by_sp, by_steps):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a grid of one budget draws nothing by sparsity
+            ax.legend(fontsize=7)
     fig.suptitle("ResNet-20, CIFAR-10-JPEG, equal optimiser steps per method", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -145,14 +145,12 @@ def run_recipe_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
-    """Run a recipe: pretrain (optional) -> compress -> export -> report, validated before anything runs.
+    """Run a recipe: pretrain (optional) -> compress -> export -> report.
 
-    Stages whose outputs exist, verify against their sha256 and match the recipe are skipped; an
-    interrupted compress resumes from its last finished epoch. Re-running a recipe is always safe.
-
-    A recipe with a [grid] section is several runs: each variant changes dotted fields (e.g.
-    "compress.seed" = 9) and runs in RUN_OUT/NAME, in order. Every variant is validated first; finished
-    ones are skipped and an interrupted one resumes, as for one recipe.
+    Validated before anything runs; stages done earlier (outputs verified, same settings) are skipped and
+    an interrupted compress resumes, so re-running is always safe. A [grid] of named variants, e.g.
+    { name = "seed9", "compress.seed" = 9 }, makes one run per variant in RUN_OUT/NAME, all validated
+    first, each skipped or resumed likewise.
     """
     from pipelines.recipe import load_grid
     from pipelines.stages import run_recipe
