@@ -6,7 +6,7 @@ folder, the old tree and the peak-memory runner, which belong together.
     python -m bench.data_pipeline                       # the full benchmark (run it on quiet cores)
     python -m bench.data_pipeline --cifar-tar ../shared/data/cifar10-jpeg.tar.gz \\
         --model ../shared/models/cifar10/resnet20-12fca82f.th --epoch-time-only [--epoch-repeats 2]  # ResNet-20 epoch, before/after
-                                                        # (saved to bench/results/data_pipeline_epoch.json)
+                                                        # (its "epoch" part of the same JSON, the rest kept)
 
 Parts (each saved in one JSON, default bench/results/data_pipeline.json, with the exact command):
 1. throughput: a generated ImageFolder of --images JPEGs of --side px (10 classes); images/s of
@@ -250,15 +250,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epoch-repeats", type=int, default=1,
                    help="timed epochs per design, interleaved (old, new, new, old, ...); the median is reported")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vpns-data-bench")
-    p.add_argument("--out", type=Path, help="JSON to write (default bench/results/data_pipeline.json, "
-                   "data_pipeline_epoch.json with --epoch-time-only)")
+    p.add_argument("--out", type=Path, help="JSON to write (default bench/results/data_pipeline.json; "
+                   "--epoch-time-only replaces its epoch part and keeps the rest)")
     args = p.parse_args(argv)
     # the pre-change code runs from its own extracted tree (another cwd): paths must be absolute
     args.cifar_tar = args.cifar_tar.resolve() if args.cifar_tar else None
     args.model = args.model.resolve() if args.model else None
     if args.out is None:
-        args.out = ROOT / "bench" / "results" / ("data_pipeline_epoch.json" if args.epoch_time_only
-                                                 else "data_pipeline.json")
+        args.out = ROOT / "bench" / "results" / "data_pipeline.json"
     if args.epoch_time_only and (args.cifar_tar is None or args.model is None):
         p.error("--epoch-time-only needs --cifar-tar and --model")
     return args
@@ -306,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
                 runs = ", ".join(f"{t:.1f}" for t in r["train_seconds_runs"])
                 print(f"  {name}: {r['train_seconds']:.1f} s train (median of {runs}), {r['eval_seconds']:.1f} s eval",
                       flush=True)
+    if args.epoch_time_only and args.out.is_file():  # the epoch part alone: the other parts are kept
+        result = {**json.loads(args.out.read_text()), "epoch": result["epoch"],
+                  "epoch_measured": {k: result[k] for k in ("command", "created", "versions", "cpu_count")}}
     atomic_write_json(args.out, result)
     print(f"saved {args.out}", flush=True)
     return result

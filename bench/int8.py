@@ -1,23 +1,16 @@
 """int8 against fp32 per network, from product runs: test top-1 of both graphs on the full test split and
-their ONNX Runtime CPU latency from report's one interleaved measurement (bench/recipes/int8-*.toml).
+their ONNX Runtime CPU latency from report's one interleaved measurement (bench/recipes/int8.toml).
 
-    vpns-deploy run bench/recipes/int8-resnet20.toml            # one run per recipe (resumable, skips
-    vpns-deploy run bench/recipes/int8-resnet56-channel.toml    # what is done)
-    vpns-deploy run bench/recipes/int8-lite0-transfer.toml
-    python -m bench.int8                                        # the table, JSON and PNG from those runs
-    python -m bench int8                                        # the table again from the committed JSON
+    vpns-deploy run bench/recipes/int8.toml     # one run per network (bench/runs/int8/NAME; resumable)
+    python -m bench int8                        # bench/results/int8.json + .png and the table from them
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "bench/runs/int8"
-OUT = ROOT / "bench/results/int8.json"
+from bench import grid
+
 NAMES = {"resnet20-s0.9": "ResNet-20, 90 % unstructured", "resnet56-channel-2x": "ResNet-56, channel 2x MACs",
          "lite0-transfer-s0.7": "EfficientNet-Lite0 -> CIFAR-10, 128 px, 70 %"}
 
@@ -86,35 +79,32 @@ def plot(result: dict, path: Path) -> None:
         ax.legend()
     fig.suptitle(f"int8 vs fp32 per network ({result['machine']['cpu']})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, nargs="*", default=None, help="run directories (default: bench/runs/int8/*)")
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    runs = args.runs or sorted(d for d in RUNS.iterdir() if (d / "report.json").is_file())
-    if not runs:
-        sys.exit(f"error: no reported runs under {RUNS}; run the recipes in bench/recipes/int8-*.toml first")
-    reports = [json.loads((r / "report.json").read_text()) for r in runs]
+def main(argv: list[str] | None = None) -> dict:
+    args = grid.table_args(__doc__, argv)
+    runs = grid.grid_runs(args.recipe or grid.RECIPES / "int8.toml", needs="report.json")
+    grid.require_all(runs, args.partial)
+    reports = [json.loads((r / "report.json").read_text()) for r in runs.runs.values()]
     cpu = reports[0]["cpu"]
+    created = {name: {"created": json.loads((r / "manifest.json").read_text())["created"],
+                      "platform": json.loads((r / "manifest.json").read_text())["versions"]["platform"]}
+               for name, r in runs.runs.items()}
+    previous = args.out / "int8.json"
     result = {
-        "command": "python -m bench.int8 " + " ".join(str(r.relative_to(ROOT)) if r.is_relative_to(ROOT) else str(r)
-                                                     for r in runs),
-        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
-        "measured": [r["created"] for r in reports],
+        "table": "int8", "command": "python -m bench int8", "recipe": grid.rel(runs.recipe),
+        "runs_command": runs.command, "missing": runs.missing,
+        "measured": grid.provenance(created, json.loads(previous.read_text()) if previous.is_file() else None,
+                                    runs.command),
         "machine": {"cpu": f"{cpu['model']} ({', '.join(cpu['instruction_sets'])})",
                     "threads": reports[0]["machine"]["threads"], "onnxruntime": reports[0]["machine"].get(
                         "onnxruntime-gpu") or reports[0]["machine"].get("onnxruntime")},
-        "rows": [r for run in runs for r in row(run)],
+        "rows": [r for run in runs.runs.values() for r in row(run)], "runs": created,
     }
-    result["markdown"] = markdown(result)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out.with_suffix(".png"))
-    print(result["markdown"])
+    result["markdown"] = {"int8": markdown(result)}
+    return grid.write("int8", result, plot, args.out)
 
 
 if __name__ == "__main__":

@@ -2,19 +2,21 @@
 stage-2 steps, per architecture and precision, in one process or under torchrun.
 
     python -m bench.throughput                                   # ResNet-50, EfficientNet-Lite0, 224 px
-    torchrun --standalone --nproc-per-node 2 -m bench.throughput --out bench/results/throughput-2p.json
+    torchrun --standalone --nproc-per-node 2 -m bench.throughput    # the same under two processes
 
 Every kind runs the product's code path: the stage plans of vpns_deploy/compress.py, trainer.train_step,
 amp.Amp and (under torchrun) distributed.stage_runner with each rank's share of the global batch.
 Inputs are random 224-px images (a step's cost does not depend on pixel values), the weights random
 (nothing is downloaded). Per kind: median step time over --steps after --warmup, images/s = global
-batch / median step time; rank 0 writes the JSON with the exact command, device and world size.
+batch / median step time; rank 0 writes the JSON with the exact command, device and world size
+(one entry per world size in `runs`: a run replaces the entry of its own world size).
 Run it with nothing else on the machine; never by the test suite beyond a tiny setting.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shlex
 import statistics
@@ -128,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict | None:
               "world_size": ctx.world if ctx else 1, "global_batch": args.batch_size, "size": args.size,
               "threads": torch.get_num_threads(), "machine": versions(), "rows": rows,
               "ratios": _ratios(rows)}
-    atomic_write_json(args.out, report)
+    kept = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    runs = sorted([r for r in kept if r["world_size"] != report["world_size"]] + [report], key=lambda r: r["world_size"])
+    atomic_write_json(args.out, {"runs": runs})
     return report
 
 

@@ -33,7 +33,7 @@ def cpu_session(path: Path, threads: int | None = None, spinning: bool = False) 
     ResNet-56 (32 px, 2 cores) read 6.14 ms at batch 1 interleaved against 2.30 ms alone, and 113 vs
     73.5 ms at batch 64; with spinning off, 2.24 vs 2.29 ms and 75.4 vs 75.5 ms (measured 2026-12-03;
     git show 6e83c8b:docs/benchmarks.md). Alone, spinning off costs nothing measurable there. `spinning=True` (ORT's default)
-    exists for bench/probes/ort_spinning.py, which measures exactly that difference."""
+    exists to measure exactly that difference (git show 60685c4:bench/probes/ort_spinning.py)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = optimization_level(path)
     opts.intra_op_num_threads = threads or cpu_threads()

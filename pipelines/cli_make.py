@@ -147,23 +147,29 @@ def run_recipe_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help=QUIET_HELP)] = False,
 ) -> None:
-    """Run a recipe: pretrain (optional) -> compress -> export -> report, validated before anything runs.
+    """Run a recipe: pretrain (optional) -> compress -> export -> report.
 
-    Stages whose outputs exist, verify against their sha256 and match the recipe are skipped; an
-    interrupted compress resumes from its last finished epoch. Re-running a recipe is always safe.
+    Validated before anything runs; stages done earlier (outputs verified, same settings) are skipped and
+    an interrupted compress resumes, so re-running is always safe. A [grid] of named variants, e.g.
+    { name = "seed9", "compress.seed" = 9 }, makes one run per variant in RUN_OUT/NAME, all validated
+    first, each skipped or resumed likewise.
     """
-    from pipelines.recipe import load_recipe
+    from pipelines.recipe import load_grid
     from pipelines.stages import run_recipe
 
-    parsed = load_recipe(recipe)
-    ran = run_recipe(parsed, overwrite=overwrite, reporter=reporter(quiet))
-    report_json = parsed.out / "report.json"
-    if report_json.is_file() and is_rank0():  # under torchrun: rank 0 alone
-        from pipelines.report_record import Report
-        from pipelines.report_render import render_table
-        from vpns_deploy.progress import out_console
+    grid = load_grid(recipe)
+    for i, variant in enumerate(grid.variants, 1):
+        parsed = variant.recipe
+        if len(grid.variants) > 1:
+            say(f"[{i}/{len(grid.variants)}] {variant.name}")
+        ran = run_recipe(parsed, overwrite=overwrite, reporter=reporter(quiet))
+        report_json = parsed.out / "report.json"
+        if report_json.is_file() and is_rank0() and len(grid.variants) == 1:  # under torchrun: rank 0 alone
+            from pipelines.report_record import Report
+            from pipelines.report_render import render_table
+            from vpns_deploy.progress import out_console
 
-        out_console.print(render_table(Report.read(report_json)))
-    say(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
+            out_console.print(render_table(Report.read(report_json)))
+        say(f"{parsed.out}: {'ran ' + ', '.join(ran) if ran else 'every stage was already done'}")
 
 

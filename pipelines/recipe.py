@@ -10,6 +10,13 @@
                 precisions = ["fp32", "fp16", "int8"], calib_images, trt
     [report]    (optional) enabled = true, latency_budget = 30 (seconds of timed calls per graph)
 
+    [grid]      (optional) variants = [{ name = "seed9", "compress.seed" = 9 }, ...]: several runs from
+                one file. Each variant is the recipe with the dotted fields it names changed (any field of
+                any section but run.out, e.g. "compress.method", "compress.optim.lr_prompt_mask",
+                "model.input_size") and runs in <run.out>/<name>, in the order listed. The sections
+                outside [grid] must form a valid recipe themselves; every variant is validated before the
+                first one runs, and each then runs, skips or resumes as a recipe does.
+
 Relative paths are taken from the directory the command runs in, as on the command line.
 """
 from __future__ import annotations
@@ -168,7 +175,7 @@ def _type_name(hint: object) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _build(cls: type, table: dict, where: str, origin: Path):
+def _build(cls: type, table: dict, where: str, origin: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -196,24 +203,138 @@ def _build(cls: type, table: dict, where: str, origin: Path):
     return built
 
 
-def load_recipe(path: Path) -> Recipe:
+def _read(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe not found: {path}", "pass the path of a .toml recipe (see recipes/)")
     try:
-        doc = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid TOML ({exc})", "fix the syntax") from None
+
+
+def _recipe(doc: dict, path: Path, origin: str) -> Recipe:
+    """A recipe from its parsed sections; `origin` names it in errors (the file, or a grid variant of it)."""
     unknown = [k for k in doc if k not in SECTIONS]
     if unknown:
-        raise UserError(f"{path}: unknown section [{unknown[0]}]", f"known sections: {', '.join(SECTIONS)}")
+        raise UserError(f"{origin}: unknown section [{unknown[0]}]",
+                        f"known sections: {', '.join(SECTIONS)}, {GRID}")
     for name in REQUIRED:
         if name not in doc:
-            raise UserError(f"{path}: missing section [{name}]", "add it to the recipe")
+            raise UserError(f"{origin}: missing section [{name}]", "add it to the recipe")
     built = {}
     for name, table in doc.items():
         if not isinstance(table, dict):
-            raise UserError(f"{path}: {name} must be a section", f"write [{name}]")
-        built[name] = _build(SECTIONS[name], table, name, path)
+            raise UserError(f"{origin}: {name} must be a section", f"write [{name}]")
+        built[name] = _build(SECTIONS[name], table, name, origin)
     return Recipe(source=path, **built)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """One run's recipe; a file with a [grid] is several runs (load_runs)."""
+    doc = _read(path)
+    if GRID in doc:
+        raise UserError(f"{path} is a grid recipe ([{GRID}] describes several runs)",
+                        "run it with `vpns-deploy run`, which runs every variant")
+    return _recipe(doc, Path(path), str(path))
+
+
+# A grid: one recipe file describing several runs (the [grid] section of the module docstring).
+GRID = "grid"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One run of a grid: its name (its folder under the grid's run.out), the fields it changes and
+    the complete recipe it runs."""
+
+    name: str
+    changes: dict[str, object]  # dotted field ("compress.optim.lr_prompt_mask") -> value
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class Grid:
+    source: Path
+    out: Path  # the grid's run.out: variant NAME runs in out/NAME
+    variants: tuple[Variant, ...]
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+def _dotted(table: dict, prefix: str = "") -> dict[str, object]:
+    """{"compress": {"seed": 9}} and {"compress.seed": 9} both -> {"compress.seed": 9}."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _changed(base: dict, changes: dict[str, object], origin: str) -> dict:
+    """A deep copy of the recipe's sections with each dotted field set (missing tables are created)."""
+    import copy
+
+    doc = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        parts = dotted.split(".")
+        if dotted == "run.out":
+            raise UserError(f"{origin}: a variant cannot set run.out",
+                            "each variant runs in <run.out>/<its name>; rename the variant instead")
+        if len(parts) < 2 or parts[0] not in SECTIONS:
+            raise UserError(f"{origin}: unknown field {dotted!r}",
+                            f"name a field as section.key, e.g. \"compress.seed\" (sections: {', '.join(SECTIONS)})")
+        table = doc
+        for part in parts[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise UserError(f"{origin}: {dotted!r} sets a field inside {part}, which is not a table",
+                                "name a field of a section or of one of its tables")
+        table[parts[-1]] = value
+    return doc
+
+
+def _variant_name(entry: object, i: int, path: Path) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise UserError(f"{path}: grid.variants[{i}] needs a name",
+                        'write { name = "seed9", "compress.seed" = 9 }')
+    name = entry["name"]
+    if name.strip() in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise UserError(f"{path}: grid variant name {name!r} is not a folder name",
+                        "use letters, digits, '-', '_' or '.' (it names the run's folder)")
+    return name
+
+
+def load_grid(path: Path) -> Grid:
+    """Every run a recipe file describes: its [grid] variants, all validated; a file without [grid] is a
+    grid of one, named after its run.out, that runs in run.out itself."""
+    path = Path(path)
+    doc = _read(path)
+    grid = doc.pop(GRID, None)
+    if grid is None:
+        recipe = _recipe(doc, path, str(path))
+        return Grid(path, recipe.out, (Variant(recipe.out.name, {}, recipe),))
+    entries = grid.get("variants") if isinstance(grid, dict) else None
+    extra = [k for k in grid if k != "variants"] if isinstance(grid, dict) else []
+    if extra:
+        raise UserError(f"{path}: unknown key grid.{extra[0]}", "a [grid] holds only variants = [...]")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: [grid] needs variants = [...], at least one",
+                        'write variants = [{ name = "seed9", "compress.seed" = 9 }]')
+    base = _recipe(doc, path, str(path))  # the shared sections are valid on their own
+    variants: list[Variant] = []
+    for i, entry in enumerate(entries):
+        name = _variant_name(entry, i, path)
+        if any(v.name == name for v in variants):
+            raise UserError(f"{path}: grid variant {name!r} is named twice", "give every variant its own name")
+        origin = f"{path}, grid variant {name!r}"
+        changes = _dotted({k: v for k, v in entry.items() if k != "name"})
+        sections = _changed(doc, changes, origin)
+        sections["run"] = {**sections["run"], "out": str(base.out / name)}
+        variants.append(Variant(name, changes, _recipe(sections, path, origin)))
+    return Grid(path, base.out, tuple(variants))
 

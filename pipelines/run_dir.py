@@ -135,7 +135,7 @@ class StagedWrite:
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    file = path  # so helpers written for a RunDir (file/record/manifest) take a StagedWrite unchanged
+    file = path  # so functions written for a RunDir (file/record/manifest) take a StagedWrite unchanged
 
     @property
     def manifest(self) -> Manifest | None:

@@ -11,6 +11,22 @@ SHARED = ROOT.parent / "shared"
 CIFAR_TAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
 RESNET20 = SHARED / "models" / "cifar10" / "resnet20-12fca82f.th"
 RESNET56 = SHARED / "models" / "cifar10" / "resnet56-4bfd9763.th"
+# A one-run recipe on the digits data (str.format: out=, model=; braces meant for TOML doubled): the
+# sections tests add to, e.g. [export] or a [grid].
+DIGITS_RECIPE = """
+[run]
+out = "{out}"
+[model]
+path = "{model}"
+arch = "digits_cnn"
+[data]
+spec = "digits"
+[compress]
+sparsity = 0.9
+epochs_mask = 1
+epochs_tune = 1
+batch_size = 64
+"""
 
 
 def _require(path: Path) -> Path:

@@ -133,7 +133,7 @@ def test_timm_key_names_pass_through(tmp_path):
         assert torch.equal(loaded.net(x), net(x))
 
 
-def test_checkpoint_helper_locates_the_installed_weights(lite0_checkpoint, capsys):
+def test_checkpoint_path_locates_the_installed_weights(lite0_checkpoint, capsys):
     from vpns_deploy.data.cache import sha256_file
     from vpns_deploy.models.efficientnet_lite import main
 

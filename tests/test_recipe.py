@@ -6,25 +6,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import DIGITS_RECIPE
 from pipelines.recipe import load_recipe
 from pipelines.cli import app
 from vpns_deploy.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD = """
-[run]
-out = "{out}"
-[model]
-path = "{model}"
-arch = "digits_cnn"
-[data]
-spec = "digits"
-[compress]
-sparsity = 0.9
-epochs_mask = 1
-epochs_tune = 1
-batch_size = 64
-[compress.optim]
+GOOD = DIGITS_RECIPE + """[compress.optim]
 lr_prompt_mask = 1e-3
 [export]
 prompt = true
@@ -103,3 +91,75 @@ def test_invalid_recipe_runs_nothing(tmp_path, digits_model):
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2 and "sparsity" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+GRID = DIGITS_RECIPE + """[grid]
+variants = [
+  {{ name = "vpns-seed7", "compress.seed" = 7 }},
+  {{ name = "hydra-seed9", "compress.method" = "hydra", "compress.seed" = 9, "compress.optim.lr_scores" = 1e-3 }},
+]
+"""
+
+
+def _grid(tmp_path, model="m.pt", text=GRID) -> Path:
+    return _write(tmp_path, text.format(out=tmp_path / "grid", model=model))
+
+
+def test_grid_variants_change_only_their_fields(tmp_path):
+    from pipelines.recipe import load_grid
+
+    grid = load_grid(_grid(tmp_path))
+    assert [v.name for v in grid.variants] == ["vpns-seed7", "hydra-seed9"]
+    first, second = (v.recipe for v in grid.variants)
+    assert first.out == tmp_path / "grid" / "vpns-seed7" and second.out == tmp_path / "grid" / "hydra-seed9"
+    assert (first.compress.method, first.compress.seed, first.compress.optim.lr_scores) == ("vpns", 7, None)
+    assert (second.compress.method, second.compress.seed, second.compress.optim.lr_scores) == ("hydra", 9, 1e-3)
+    assert second.compress.sparsity == 0.9 and second.compress.optim.lr_weights == first.compress.optim.lr_weights
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (('"compress.seed" = 7', '"compress.sed" = 7'), "grid variant 'vpns-seed7': unknown key compress.sed"),
+    (('"compress.seed" = 7', '"compres.seed" = 7'), "grid variant 'vpns-seed7': unknown field 'compres.seed'"),
+    (('"compress.seed" = 9', '"compress.sparsity" = 1.5'), "grid variant 'hydra-seed9': [compress] sparsity"),
+    (('"compress.seed" = 9', '"compress.seed" = "nine"'), "grid variant 'hydra-seed9': compress.seed must be int"),
+    (('name = "hydra-seed9"', 'name = "vpns-seed7"'), "grid variant 'vpns-seed7' is named twice"),
+    (('name = "hydra-seed9"', 'name = "../up"'), "grid variant name '../up' is not a folder name"),
+    (('"compress.seed" = 7', '"run.out" = "elsewhere"'), "a variant cannot set run.out"),
+    (("variants = [", "variant = ["), "unknown key grid.variant"),
+    (('{ name = "vpns-seed7", ', "{ "), "grid.variants[0] needs a name"),
+])
+def test_grid_mistakes_name_the_variant_and_nothing_runs(tmp_path, digits_model, edit, needle):
+    recipe = _grid(tmp_path, digits_model, GRID.replace(*edit))
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert not (tmp_path / "grid").exists()
+
+
+def test_grid_runs_every_variant_then_skips_finished_ones(tmp_path, digits_model):
+    import json
+
+    recipe = _grid(tmp_path, digits_model)
+    runner = CliRunner()
+    first = runner.invoke(app, ["run", str(recipe)])
+    assert first.exit_code == 0, first.output
+    assert "[1/2] vpns-seed7" in first.stdout and "[2/2] hydra-seed9" in first.stdout
+    for name, method, seed in (("vpns-seed7", "vpns", 7), ("hydra-seed9", "hydra", 9)):
+        manifest = json.loads((tmp_path / "grid" / name / "manifest.json").read_text())
+        assert (manifest["config"]["method"], manifest["config"]["seed"]) == (method, seed)
+    # one more variant: the finished two are skipped, only the new one runs
+    recipe.write_text(recipe.read_text().replace(
+        "\n]\n", '\n  { name = "magnitude-seed7", "compress.method" = "magnitude", "compress.seed" = 7 },\n]\n'))
+    second = runner.invoke(app, ["run", str(recipe)])
+    assert second.exit_code == 0, second.output
+    assert second.stdout.count("every stage was already done") == 2
+    assert f"{tmp_path / 'grid' / 'magnitude-seed7'}: ran compress" in second.stdout
+
+
+def test_a_plain_recipe_is_a_grid_of_one(tmp_path):
+    from pipelines.recipe import load_grid
+
+    grid = load_grid(_write(tmp_path, _good(tmp_path)))
+    assert len(grid.variants) == 1 and grid.variants[0].recipe.out == tmp_path / "run"
+    with pytest.raises(UserError, match="is a grid recipe"):
+        load_recipe(_grid(tmp_path))

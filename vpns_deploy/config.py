@@ -68,7 +68,7 @@ LARGE_RESIZE_RATIO = 9 / 8
 # training (vpns_deploy/batchnorm.py: un-augmented ones cost a ResNet-56 channel cell 4 points), so
 # each epoch is judged, and the model shipped, with statistics of the network as masked now. ResNet-20, 90 %, 2,000 images, 1 + 1 epochs: the running averages left by
 # 8-16 steps still described the dense network, and the starting mask scored 10 % (chance) on
-# validation; re-estimated, 32-37 % (bench/probes/init_mask.py; git show 6e83c8b:docs/benchmarks.md).
+# validation; re-estimated, 32-37 % (git show 60685c4:bench/probes/init_mask.py; git show 6e83c8b:docs/benchmarks.md).
 DEFAULT_BN_IMAGES = 2000
 CHANNEL_INITS = ("group_norm", "l1")
 SCORE_OPTIMIZERS = ("adam", "sgd")
@@ -276,7 +276,7 @@ class CompressConfig:
         "before stage 1, counted in the run's optimiser steps."))
     # --head map: which network the frequency label map is computed on. The paper computes it on the
     # masked network right after the initial mask (VPNS.md §4). Measured on EfficientNet-Lite0
-    # (ImageNet) -> CIFAR-10 at 128 px (bench/probes/flm_mask.py, docs/benchmarks.md): under the initial
+    # (ImageNet) -> CIFAR-10 at 128 px (git show 60685c4:bench/probes/flm_mask.py, docs/benchmarks.md): under the initial
     # 70 % or 90 % mask the network predicts 1-2 ImageNet classes for every image, so the map is
     # arbitrary (chance top-1 before training), while the dense network's map gives 42.7 % top-1 with
     # no training at all. So the default is "dense"; "masked" is the paper's placement.
