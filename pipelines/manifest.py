@@ -61,12 +61,10 @@ TARGET_FIELDS = ("budget_by", "target_runtime", "target_batch", "target_probe_se
 
 def identity(config: dict) -> dict:
     """The config fields that decide a run's result. Left out: the worker count and the preflight
-    (they change no result), the latency target's settings unless --speedup is a measured latency (unused), and
-    fields whose value is the one that reproduces runs made before the field existed (dense_reference
-    "as-given", no max_drop), so those runs keep their identity and are still found, skipped, resumed."""
+    (they change no result), the latency target's settings unless --speedup is a measured latency (unused:
+    a MACs budget is what --speedup meant before they existed) and an unset max_drop (a check, not a
+    setting), so runs made before these options keep their identity and are still found, skipped, resumed."""
     out = {k: v for k, v in config.items() if k not in ("workers", "preflight")}
-    if out.get("dense_reference") == "as-given":
-        out.pop("dense_reference")
     if out.get("max_drop") is None:
         out.pop("max_drop", None)
     latency = out.get("speedup") is not None and out.get("mode") == "channel" and out.get("budget_by") == "latency"

@@ -146,7 +146,7 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
 
 def test_run_identity_ignores_target_settings_a_run_does_not_use():
     """Runs made before the latency target existed keep their identity (found, skipped, resumed): its
-    settings count only when --speedup is a measured latency."""
+    settings count only when --speedup is a measured latency, and an unset --max-drop not at all."""
     from pipelines.manifest import identity
 
     plain = CompressConfig(sparsity=0.9).to_dict()
