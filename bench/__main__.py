@@ -1,6 +1,7 @@
 """Regenerate one table of the results page (docs/benchmarks.md), by name.
 
-    python -m bench TABLE [--partial] [--out DIR]   # accuracy (and floor), channel, transfer, int8
+    python -m bench TABLE [--partial] [--out DIR]   # accuracy (and floor), channel, transfer, int8,
+                                                    # target, prompt
     python -m bench TABLE --show                    # print the committed table; reads no runs
     python -m bench precision | throughput          # print a measurement table from its JSON
     python -m bench --list
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results"
 GRID_TABLES = {"accuracy": "bench.accuracy", "floor": "bench.accuracy", "channel": "bench.channel",
-               "transfer": "bench.transfer", "int8": "bench.int8"}
+               "transfer": "bench.transfer", "int8": "bench.int8", "target": "bench.target", "prompt": "bench.prompt"}
 
 
 def _grid(name: str) -> Callable[[list[str]], None]:
@@ -44,6 +45,8 @@ def _grid(name: str) -> Callable[[list[str]], None]:
         "channel": "ResNet-56 channel mode vs Torch-Pruning at equal steps (recipes/channel.toml).",
         "transfer": "EfficientNet-Lite0 -> CIFAR-10, zero-prompt control, probes (recipes/transfer.toml).",
         "int8": "fp32 vs int8 per network (recipes/int8.toml).",
+        "target": "--speedup measured vs the MACs budget per backbone and batch (recipes/target.toml).",
+        "prompt": "The learned prompt vs its zero-prompt control, paired by seed (recipes/prompt.toml).",
     }[name]
     return table
 

@@ -1,5 +1,5 @@
 """Does the learned prompt help? VPNs against its paired control (the same run with the prompt frozen at
-zero) at each seed, from the runs of bench/recipes/prompt/*.toml (EfficientNet-Lite0 -> CIFAR-10-JPEG,
+zero) at each seed, from the runs of bench/recipes/prompt.toml (EfficientNet-Lite0 -> CIFAR-10-JPEG,
 128 px, 9,500 / 500 images, 1 + 1 epochs, 90 % unstructured, prompt rates matched to each stage's steps).
 
 Per seed: test top-1 of the VPNs network with and without its prompt and of the control, |P| after each
@@ -7,36 +7,29 @@ stage; over seeds: the paired differences with their standard error. The mask ch
 kept weights on which VPNs' mask and its control's differ at one seed, against two controls of different
 seeds: a prompt that moves the mask no more than a seed change does is not what decides the mask.
 
-    vpns-deploy run bench/recipes/prompt/<cell>.toml   # each cell (resumable; finished ones are skipped)
-    python -m bench.prompt                             # the table, JSON and PNG from the runs there are
+    vpns-deploy run bench/recipes/prompt.toml   # the runs (resumable; finished ones are skipped)
+    python -m bench prompt [--partial]          # the table, JSON and PNG from them
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "bench/runs/prompt"
-OUT = ROOT / "bench/results/prompt.json"
 SEEDS = (7, 9, 17)
 
 
-def _run(arm: str, seed: int) -> Path:
-    return RUNS / f"{arm}-s0.9-seed{seed}"
-
-
-def arm(run: Path) -> dict | None:
+def arm(run: Path) -> dict:
     """Test top-1 (plain, prompted), |P| after each stage, the prompt decision of one finished run."""
-    if not (run / "manifest.json").is_file():
-        return None
-    m = json.loads((run / "manifest.json").read_text())["metrics"]
-    return {"top1_plain": m["top1_plain"], "top1_prompted": m["top1_prompted"],
-            "prompt_mean_abs": {e["stage"]: e.get("prompt_mean_abs") for e in m["epochs"]},
-            "fold": m["prompt_decision"]["fold"],
-            "shipped": m["top1_prompted"] if m["prompt_decision"]["fold"] else m["top1_plain"]}
+    from bench.grid import run_record
+
+    m = json.loads((run / "manifest.json").read_text())
+    metrics = m["metrics"]
+    return {"created": m["created"], "platform": run_record(run).get("platform"), "run": str(run),
+            "top1_plain": metrics["top1_plain"], "top1_prompted": metrics["top1_prompted"],
+            "prompt_mean_abs": {e["stage"]: e.get("prompt_mean_abs") for e in metrics["epochs"]},
+            "fold": metrics["prompt_decision"]["fold"],
+            "shipped": metrics["top1_prompted"] if metrics["prompt_decision"]["fold"] else metrics["top1_plain"]}
 
 
 def paired(diffs: list[float]) -> dict:
@@ -62,61 +55,76 @@ def mask_difference(a: Path, b: Path) -> dict:
             "fraction_of_kept": differ / 2 / max(kept, 1)}
 
 
-def summarise() -> dict:
-    cells = {seed: {name: arm(_run(name, seed)) for name in ("vpns", "zero")} for seed in SEEDS}
-    pairs = {s: c for s, c in cells.items() if c["vpns"] and c["zero"]}
-    result: dict = {"cells": {str(s): c for s, c in cells.items()}, "paired_seeds": sorted(pairs)}
+def summarise(records: dict[str, dict]) -> dict:
+    cells = {seed: {a: records.get(f"{a}-s0.9-seed{seed}") for a in ("vpns", "zero")} for seed in SEEDS}
+    pairs = [c for c in cells.values() if c["vpns"] and c["zero"]]
+    out: dict = {"paired_seeds": [s for s, c in cells.items() if c["vpns"] and c["zero"]]}
     if pairs:
-        pts = lambda f: paired([100 * (f(c["vpns"]) - c["zero"]["top1_plain"]) for c in pairs.values()])  # noqa: E731
-        result["vpns_minus_control"] = {"prompted": pts(lambda v: v["top1_prompted"]),
-                                        "plain": pts(lambda v: v["top1_plain"]),
-                                        "shipped": pts(lambda v: v["shipped"])}
+        def diff(f):
+            return paired([100 * (f(c["vpns"]) - c["zero"]["top1_plain"]) for c in pairs])
+
+        out["vpns_minus_control"] = {"prompted": diff(lambda v: v["top1_prompted"]),
+                                     "plain": diff(lambda v: v["top1_plain"]), "shipped": diff(lambda v: v["shipped"])}
     masks = {}
-    if (_run("vpns", 7) / "masks.pt").is_file() and (_run("zero", 7) / "masks.pt").is_file():
-        masks["vpns_vs_control_seed7"] = mask_difference(_run("vpns", 7), _run("zero", 7))
-    if (_run("zero", 7) / "masks.pt").is_file() and (_run("zero", 9) / "masks.pt").is_file():
-        masks["control_seed7_vs_seed9"] = mask_difference(_run("zero", 7), _run("zero", 9))
-    result["masks"] = masks
-    return result
+    for key, (a, b) in {"vpns_vs_control_seed7": ("vpns-s0.9-seed7", "zero-s0.9-seed7"),
+                        "control_seed7_vs_seed9": ("zero-s0.9-seed7", "zero-s0.9-seed9")}.items():
+        if a in records and b in records:
+            masks[key] = mask_difference(Path(records[a]["run"]), Path(records[b]["run"]))
+    out["masks"] = masks
+    out["markdown"] = {"The learned prompt against its zero-prompt control": markdown(cells, out)}
+    return out
 
 
-def markdown(result: dict) -> str:
-    lines = ["| seed | VPNs, prompted % | VPNs, plain % | control % | VPNs shipped | |P| stage 1 / 2 |",
+def markdown(cells: dict, out: dict) -> str:
+    fmt = lambda x: "-" if x is None else f"{100 * x:.2f}"  # noqa: E731
+    lines = ["| seed | VPNs, prompted % | VPNs, plain % | control % | VPNs ships | mean abs(P) after stage 1 / 2 |",
              "|---:|---:|---:|---:|---|---|"]
-    for seed, c in result["cells"].items():
+    for seed, c in cells.items():
         v, z = c["vpns"], c["zero"]
         if not v and not z:
             continue
-        fmt = lambda x: "-" if x is None else f"{100 * x:.2f}"  # noqa: E731
-        p = (v or {}).get("prompt_mean_abs", {})
+        pm = (v or {}).get("prompt_mean_abs", {})
         lines.append(f"| {seed} | {fmt(v and v['top1_prompted'])} | {fmt(v and v['top1_plain'])} | "
                      f"{fmt(z and z['top1_plain'])} | {'-' if not v else ('prompt' if v['fold'] else 'plain')} | "
-                     f"{p.get('mask', 0) or 0:.4f} / {p.get('tune', 0) or 0:.4f} |")
-    d = result.get("vpns_minus_control")
-    if d:
-        lines.append("")
-        for k, v in d.items():
-            se = "" if v["se"] is None else f" +- {v['se']:.2f} (SE)"
-            lines.append(f"VPNs {k} - control: {v['mean']:+.2f}{se} points over {v['n']} paired seed(s)")
-    for k, v in result["masks"].items():
-        lines.append(f"mask difference, {k.replace('_', ' ')}: {100 * v['fraction_of_kept']:.1f} % of kept weights")
+                     + (f"{pm.get('mask') or 0:.4f} / {pm.get('tune') or 0:.4f} |" if v else "- |"))
+    for k, d in (out.get("vpns_minus_control") or {}).items():
+        se = "" if d["se"] is None else f" +- {d['se']:.2f} (standard error)"
+        lines.append(f"\nVPNs {k} minus control: {d['mean']:+.2f}{se} points over {d['n']} paired seed(s).")
+    for k, m in out["masks"].items():
+        lines.append(f"\nMasks, {k.replace('_', ' ')}: {100 * m['fraction_of_kept']:.1f} % of kept weights differ.")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    result = summarise()
-    result["command"] = "python -m bench.prompt"
-    result["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                      text=True).stdout.strip()
-    from calibration.cpu import cpu_facts
+def plot(result: dict, path: Path) -> None:
+    """Per seed: test top-1 of VPNs (prompted, plain) and of its control."""
+    import matplotlib
 
-    result["machine"] = cpu_facts().model
-    result["markdown"] = markdown(result)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(result["markdown"])
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    seeds = [s for s in SEEDS if f"vpns-s0.9-seed{s}" in runs or f"zero-s0.9-seed{s}" in runs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, name, key) in enumerate((("VPNs, prompted", "vpns", "top1_prompted"),
+                                            ("VPNs, plain", "vpns", "top1_plain"), ("control", "zero", "top1_plain"))):
+        xs = [j + (i - 1) * 0.25 for j, s in enumerate(seeds) if f"{name}-s0.9-seed{s}" in runs]
+        ys = [100 * runs[f"{name}-s0.9-seed{s}"][key] for s in seeds if f"{name}-s0.9-seed{s}" in runs]
+        ax.bar(xs, ys, 0.25, label=label)
+    ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+    ax.set_ylim(70, 80)
+    ax.set_ylabel("test top-1 %")
+    ax.legend(fontsize=8)
+    ax.set_title("EfficientNet-Lite0 -> CIFAR-10, 90 %: learned prompt vs zero prompt", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from bench import grid
+
+    args = grid.table_args(__doc__, argv)
+    return grid.regenerate("prompt", summarise, plot, args.recipe, args.out, args.partial, record=arm)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,16 @@ depends on the widths, not the weights), read from its manifest.json: the search
 is the MACs budget itself, S x fewer MACs, timed), the budget chosen, and the check that compacts,
 exports and times the chosen network again at the end (not from the cache).
 
-    python -m bench target        # the models (random init, seeded) if missing, the runs, then the table
+    python -m bench target                       # writes the random-init models if missing, then the table
+    vpns-deploy run bench/recipes/target.toml    # the runs it reads (about 10 minutes on 2 cores)
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "bench/recipes/target.toml"
 RUNS = ROOT / "bench/runs/target"
-OUT = ROOT / "bench/results/target.json"
 NETWORKS = {"resnet50": "ResNet-50", "mobilenetv3l": "MobileNetV3-Large", "lite0": "EfficientNet-Lite0"}
 RANDOM_INIT = {"resnet50": "resnet50", "mobilenet_v3_large": "mobilenet_v3_large"}  # torchvision, seed 0
 ACHIEVED_WITHIN = 0.10  # the benchmark's bar: the re-measured speedup within 10 % of the request
@@ -40,12 +36,15 @@ def ensure_models(folder: Path = RUNS / "models") -> None:
 
 def cell(run: Path) -> dict:
     """One run's latency target: asked, what the MACs budget alone gave, chosen, re-measured."""
+    from bench.grid import run_record
+
     m = json.loads((run / "manifest.json").read_text())
     t = m["metrics"]["target"]
     lat = t["latency"]
     first, chosen, check = lat["candidates"][0], lat["measured"], lat["verified"]
-    net, target, batch = run.name.rsplit("-", 2)
-    return {"run": run.name, "network": NETWORKS.get(net, net), "target": lat["target"], "batch": t["batch"],
+    net = run.name.rsplit("-", 2)[0]
+    return {"created": m["created"], "platform": run_record(run).get("platform"),
+            "network": NETWORKS.get(net, net), "target": lat["target"], "batch": t["batch"],
             "macs_budget": {"macs_ratio": first["macs_ratio"], "speedup": first["speedup"], "ci95": first["ci95"]},
             "latency_budget": {"macs_ratio": lat["macs_ratio"], "speedup": chosen["speedup"], "ci95": chosen["ci95"],
                                "met": lat["met"], "reachable": lat["reachable"]},
@@ -56,17 +55,24 @@ def cell(run: Path) -> dict:
             "macs": m["metrics"]["structure"]["macs"]}
 
 
-def markdown(result: dict) -> str:
+def summarise(records: dict[str, dict]) -> dict:
+    from calibration.cpu import cpu_facts
+    from calibration.session import cpu_threads
+
+    facts = cpu_facts()
+    cells = sorted(records.values(), key=lambda c: (list(NETWORKS.values()).index(c["network"]), c["batch"], c["target"]))
     lines = ["| network | batch | target | MACs budget: MACs / measured | latency budget: MACs / measured | "
              "re-measured [95 %] | within 10 % | candidates | dense ms |",
              "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for c in result["cells"]:
+    for c in cells:
         mb, lb, ch = c["macs_budget"], c["latency_budget"], c["check"]
         lines.append(f"| {c['network']} | {c['batch']} | {c['target']:g}x | {mb['macs_ratio']:.2f}x / {mb['speedup']:.2f}x | "
                      f"{lb['macs_ratio']:.2f}x / {lb['speedup']:.2f}x | {ch['speedup']:.2f}x [{ch['ci95'][0]:.2f}, "
                      f"{ch['ci95'][1]:.2f}] | {'yes' if ch['within'] else 'no'} | {len(c['candidates'])} | "
                      f"{c['dense_ms']:.1f} |")
-    return "\n".join(lines)
+    return {"machine": f"{facts.model} ({', '.join(facts.instruction_sets)}), {cpu_threads()} cores",
+            "runtime": "ONNX Runtime CPU, fp32, network-only graphs, 224 px",
+            "markdown": {"Latency targets": "\n".join(lines)}}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -76,14 +82,14 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cells = list(result["runs"].values())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, batch in zip(axes, (1, 32)):
         for name in NETWORKS.values():
-            pts = sorted(p for c in result["cells"] if c["network"] == name and c["batch"] == batch
-                         for p in c["candidates"])
+            pts = sorted(p for c in cells if c["network"] == name and c["batch"] == batch for p in c["candidates"])
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name, ms=4)
-        top = max([4.5] + [p[0] for c in result["cells"] for p in c["candidates"]])
+        top = max([4.5] + [p[0] for c in cells for p in c["candidates"]])
         ax.plot([1, top], [1, top], color="grey", lw=1, ls="--", label="speedup = MACs reduction")
         ax.set_title(f"batch {batch}")
         ax.set_xlabel("MACs reduction (channel mode)")
@@ -92,43 +98,16 @@ def plot(result: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"MACs vs measured latency at 224 px ({result['machine']})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--no-run", action="store_true", help="summarise the runs there are; run nothing")
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    if not args.no_run:
-        ensure_models()
-        done = subprocess.run([sys.executable, "-m", "pipelines", "run", "--quiet", str(RECIPE)], cwd=ROOT)
-        if done.returncode != 0:
-            sys.exit(done.returncode)
-    runs = sorted((d for d in RUNS.iterdir() if (d / "manifest.json").is_file()), key=_order) if RUNS.is_dir() else []
-    if not runs:
-        sys.exit(f"error: no runs under {RUNS}; run `python -m bench target` (without --no-run) first")
-    from calibration.cpu import cpu_facts
-    from calibration.session import cpu_threads
+def main(argv: list[str] | None = None) -> dict:
+    from bench import grid
 
-    facts = cpu_facts()
-    result = {"command": "python -m bench target",
-              "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(),
-              "machine": f"{facts.model} ({', '.join(facts.instruction_sets)}), {cpu_threads()} cores",
-              "measured": sorted(json.loads((r / "manifest.json").read_text())["created"] for r in runs),
-              "runtime": "ONNX Runtime CPU, fp32, network-only graphs, 224 px",
-              "cells": [cell(r) for r in runs]}
-    result["markdown"] = markdown(result)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out.with_suffix(".png"))
-    print(result["markdown"])
-
-
-def _order(run: Path) -> tuple:
-    net, target, batch = run.name.rsplit("-", 2)
-    return list(NETWORKS).index(net) if net in NETWORKS else 99, int(batch[1:]), float(target[1:])
+    args = grid.table_args(__doc__, argv)
+    ensure_models()  # the recipe's inputs (not a run): `vpns-deploy run bench/recipes/target.toml` needs them
+    return grid.regenerate("target", summarise, plot, args.recipe, args.out, args.partial, record=cell)
 
 
 if __name__ == "__main__":
