@@ -60,7 +60,9 @@ def summarise(records: dict[str, dict]) -> dict:
     from calibration.session import cpu_threads
 
     facts = cpu_facts()
-    cells = sorted(records.values(), key=lambda c: (list(NETWORKS.values()).index(c["network"]), c["batch"], c["target"]))
+    order = list(NETWORKS.values())
+    cells = sorted(records.values(), key=lambda c: (order.index(c["network"]) if c["network"] in order else len(order),
+                                                   c["batch"], c["target"]))
     lines = ["| network | batch | target | MACs budget: MACs / measured | latency budget: MACs / measured | "
              "re-measured [95 %] | within 10 % | candidates | dense ms |",
              "|---|---:|---:|---:|---:|---:|---|---:|---:|"]

@@ -130,6 +130,14 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
     assert target["accuracy"]["within"] and "accuracy budget" in said
     assert "time: " in said and "latency search 0:00:" in said  # what each phase of the run cost
 
+    # the results page's summariser reads the same record (bench/target.py)
+    from bench.target import cell, summarise
+
+    row = cell(out)
+    assert row["macs_budget"]["macs_ratio"] <= 20.0  # the first candidate: the MACs budget itself, or the floor
+    assert row["check"]["speedup"] == lat["verified"]["speedup"] and not row["check"]["within"]
+    assert f"| {row['network']} | 2 | 20x |" in summarise({"run": row})["markdown"]["Latency targets"]
+
     run_export(out, reporter=Reporter(quiet=True))
     report = run_report(out, reporter=Reporter(quiet=True), print_table=False, latency_budget=1.0)
     assert "2" in report["latency_ms"]["dense"]  # the target batch is timed beside 1 and 64
