@@ -228,7 +228,7 @@ def test_channel_run_compacts_exports_and_reports(tmp_path, digits_model):
     from vpns_deploy.progress import Reporter
 
     out = tmp_path / "digits-channel"
-    cfg = CompressConfig(mode="channel", speedup=1.5, epochs_mask=1, epochs_tune=1, batch_size=64,
+    cfg = CompressConfig(mode="channel", speedup=1.5, budget_by="macs", epochs_mask=1, epochs_tune=1, batch_size=64,
                          channel_round_to=4)
     run_compress(digits_model, "digits_cnn", "digits", cfg, out, reporter=Reporter(quiet=True))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -299,7 +299,7 @@ def test_tp_groupnorm_method_is_torch_prunings_mask_then_fine_tuning(digits_mode
 
     with pytest.raises(UserError, match="--mode channel"):
         CompressConfig(method="tp-groupnorm", mode="unstructured")
-    cfg = CompressConfig(method="tp-groupnorm", mode="channel", speedup=1.5, epochs_mask=1, epochs_tune=1,
+    cfg = CompressConfig(method="tp-groupnorm", mode="channel", speedup=1.5, budget_by="macs", epochs_mask=1, epochs_tune=1,
                          batch_size=64, channel_round_to=4)
     loaded = load_model(digits_model, "digits_cnn", 10)
     reference = ChannelMaskSet(copy.deepcopy(loaded.net), torch.zeros(1, *digits_splits.train.image_shape),
@@ -321,7 +321,7 @@ def test_channel_split_tune_is_the_default_one_batch_of_stage_1_then_all_epochs_
     from vpns_deploy.models import load_model
     from vpns_deploy.progress import Reporter
 
-    base = dict(mode="channel", speedup=1.5, epochs_mask=2, epochs_tune=1, batch_size=64, channel_round_to=4)
+    base = dict(mode="channel", speedup=1.5, budget_by="macs", epochs_mask=2, epochs_tune=1, batch_size=64, channel_round_to=4)
     assert CompressConfig(**base).channel_split == "tune"
     assert (CompressConfig(**base).mask_epochs, CompressConfig(**base).tune_epochs_effective) == (1, 3)
     assert CompressConfig(**{**base, "method": "hydra"}).tune_epochs_effective == 3

@@ -138,7 +138,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("extra,needle", [
     (["--mode", "4:2"], "unknown mode '4:2'"),
-    (["--mode", "channel", "--speedup", "0.5"], "--speedup 0.5 needs --mode channel and a value > 1"),
+    (["--mode", "channel", "--speedup", "0.5"], "--speedup must be > 1, got 0.5"),
     (["--speedup", "2"], "needs --mode channel"),
     (["--lr-scores", "0"], "--lr-scores must be > 0"),
 ])
