@@ -164,3 +164,23 @@ def test_run_identity_ignores_target_settings_a_run_does_not_use():
     latency = CompressConfig(mode="channel", speedup=2.0).to_dict()
     assert identity(latency) != identity(macs)
     assert identity(latency) != identity(latency | {"target_batch": 8})
+
+
+class Steps(PowerLaw):
+    """A runtime whose latency falls in one step: 2.7x up to 4.5x fewer MACs, then 3.6x."""
+
+    def measure(self, widths, build) -> Measured:
+        self.calls += 1
+        ratio = widths[0] / 1000
+        s = ratio * 0.64 if ratio < 4.5 else 3.6 + 0.01 * (ratio - 4.5)
+        s = min(s, 2.7) if ratio < 4.5 else s
+        return Measured(s, (s * 0.98, s * 1.02), 10.0, 10.0 / s, cached=False)
+
+
+def test_a_target_inside_a_latency_step_ships_the_least_pruned_network_that_meets_it():
+    found = search(3.0, _select, Steps(1.0), max_ratio=10.0)
+    assert not found.met and found.reachable is None
+    assert found.chosen.measured.speedup >= 3.0  # the promise kept, with speed to spare
+    assert found.chosen.macs_ratio == min(c.macs_ratio for c in found.candidates if c.measured.speedup >= 3.0)
+    assert 4.5 <= found.chosen.macs_ratio < 5.0  # bisection closed in on the step
+    assert "least pruned network at least that fast" in found.line()
