@@ -12,9 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from calibration.session import cpu_threads, optimization_level
+from calibration.session import cpu_session
 
 PROFILE_CALLS = 20  # timed calls averaged per node (after WARMUP untimed ones)
 WARMUP = 3
@@ -23,16 +22,8 @@ WARMUP = 3
 def slowest_nodes(path: Path, batch: np.ndarray, top: int = 10, calls: int = PROFILE_CALLS,
                   threads: int | None = None) -> list[dict]:
     """The `top` nodes with the most kernel time per call: name, operator, ms per call, share of all nodes."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = optimization_level(path)
-    opts.intra_op_num_threads = threads or cpu_threads()
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(path, threads, profile_prefix=str(Path(tmp) / "profile"))
         feed = {session.get_inputs()[0].name: batch}
         for _ in range(WARMUP + calls):
             session.run(None, feed)

@@ -24,7 +24,8 @@ def optimization_level(path: Path) -> "ort.GraphOptimizationLevel":
     return ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if fp16 else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
-def cpu_session(path: Path, threads: int | None = None, spinning: bool = False) -> ort.InferenceSession:
+def cpu_session(path: Path, threads: int | None = None, spinning: bool = False,
+                profile_prefix: str | None = None) -> ort.InferenceSession:
     """A CPU session with graph optimisations (optimization_level), a fixed thread count (for stable
     timings) and its threads sleeping, not spinning, between calls.
 
@@ -33,13 +34,17 @@ def cpu_session(path: Path, threads: int | None = None, spinning: bool = False) 
     ResNet-56 (32 px, 2 cores) read 6.14 ms at batch 1 interleaved against 2.30 ms alone, and 113 vs
     73.5 ms at batch 64; with spinning off, 2.24 vs 2.29 ms and 75.4 vs 75.5 ms (measured 2026-12-03;
     git show 6e83c8b:docs/benchmarks.md). Alone, spinning off costs nothing measurable there. `spinning=True` (ORT's default)
-    exists to measure exactly that difference (git show 60685c4:bench/probes/ort_spinning.py)."""
+    exists to measure exactly that difference (git show 60685c4:bench/probes/ort_spinning.py).
+    `profile_prefix`: ORT's per-node profile written there (calibration/layer_profile.py)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = optimization_level(path)
     opts.intra_op_num_threads = threads or cpu_threads()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
 
 

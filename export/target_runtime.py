@@ -8,8 +8,6 @@ file; dense and candidate are timed interleaved (calibration/latency.py) at the 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +17,13 @@ import torch
 from torch import nn
 
 from calibration.latency import measure_interleaved, speedup
-from calibration.latency_cache import LatencyCache
+from calibration.latency_cache import LatencyCache, digest
 from calibration.runtime import OrtRuntime, Runtime
 from calibration.session import cpu_session, cpu_threads
+from export.onnx_export import export_onnx
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.errors import UserError
 from vpns_deploy.latency_budget import Measured
-
 
 
 def open_target(runtime: str, onnx_path: Path, batch: int, workdir: Path) -> Runtime:
@@ -56,7 +54,7 @@ def structure_digest(net: nn.Module) -> str:
     """The dense network's layers and tensor shapes (not its values): what its latency depends on."""
     layout = [[n, list(t.shape)] for n, t in net.state_dict().items()]
     layout += [[n, type(m).__name__] for n, m in net.named_modules()]
-    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()
+    return digest(layout)
 
 
 class NetworkProbe:
@@ -65,7 +63,6 @@ class NetworkProbe:
     def __init__(self, dense: nn.Module, image_shape: tuple[int, ...], runtime: str, batch: int,
                  budget_s: float = CompressConfig.target_probe_seconds, cache_root: Path | None = None) -> None:
         from calibration.cpu import measuring_machine
-        from export.onnx_export import export_onnx
 
         self.runtime, self.batch, self.budget_s = runtime, batch, budget_s
         self._tmp = tempfile.TemporaryDirectory(prefix="vpns-probe-")
@@ -96,8 +93,6 @@ class NetworkProbe:
         hit = None if fresh else self.cache.get(widths)
         if hit is not None:
             return Measured(hit["speedup"], tuple(hit["ci95"]), hit["dense_ms"], hit["ms"], cached=True)
-        from export.onnx_export import export_onnx
-
         path = self.workdir / "candidate.onnx"
         export_onnx(build(), self.example, path)
         candidate = open_target(self.runtime, path, self.batch, self.workdir)

@@ -234,8 +234,7 @@ class ChannelMaskSet(nn.Module, Granularity):
     # -- a budget in measured latency (latency_budget.py) -------------------------------------
     def retarget(self, macs_ratio: float) -> None:
         """Budget the next selection at `macs_ratio` fewer MACs, widths free to change again."""
-        self.budget.speedup_target = macs_ratio
-        self.budget.sparsity_target = None
+        self.retarget_kept(macs_ratio)
         self.fixed_counts.zero_()
 
     def retarget_kept(self, macs_ratio: float) -> None:
