@@ -117,7 +117,7 @@ class ReportSection:
     enabled: bool = True
     latency_budget: float = cli(DEFAULT_BUDGET_S, "Seconds of timed calls per graph (at least 3 calls, at most 200).", (
         "Seconds of timed calls per graph (over batch 1 and 64; graphs compared are timed interleaved): the "
-        "latency measurement stops there, or at 200 calls each, whichever comes first; every graph gets at "
+        "latency measurement stops there, or at 1,000 timed calls each, whichever comes first; every graph gets at "
         "least 3 timed calls."))
 
     def __post_init__(self) -> None:

@@ -228,9 +228,9 @@ def render_markdown(r: Report) -> str:
     m = r.machine
     lines += ["", f"Measured {r.created} with ONNX Runtime {m.get('onnxruntime-gpu') or m.get('onnxruntime')} "
               f"({m['provider']}, {m['threads']} threads), torch {m.get('torch')}, on {m['platform']}.",
-              f"Latency: graphs that are compared run interleaved (one call each in turn) after up to 5 warm-up "
-              f"rounds (TensorRT: 20), for at most {m.get('latency_budget_s', '?')} s per graph over both batch sizes (200 calls "
-              "at most); median, p90 and a 95 % bootstrap interval of the median. A speedup whose 95 % interval "
+              f"Latency: graphs that are compared run interleaved in turns (each back to back for about 20 ms, after "
+              f"one untimed call) after up to 5 warm-up rounds (TensorRT: 20), for at most "
+              f"{m.get('latency_budget_s', '?')} s per graph over both batch sizes (1,000 timed calls at most); median, p90 and a 95 % bootstrap interval of the median. A speedup whose 95 % interval "
               "holds 1.0 is marked within noise: this measurement cannot tell the two graphs apart (the interval covers "
               "call-to-call noise in this measurement only, not differences between sessions or runs, so a few "
               "per cent either way with a tight interval is still no evidence of a real speedup). The "

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from calibration.cpu import cpu_facts
-from calibration.latency import MAX_RUNS, MIN_TIMED, Latency, latency_by_batch, speedup
+from calibration.latency import (BLOCK_MS, MAX_BLOCK, MAX_RUNS, MIN_TIMED, Latency, block_size, latency_by_batch,
+                                 measure_interleaved, speedup)
 from calibration.runtime import OrtRuntime, TorchRuntime, top1
 from calibration.session import cpu_session
 from pipelines.cli import app
@@ -52,6 +53,41 @@ def test_latency_stops_at_its_budget_with_an_interval(tmp_path):
         assert got.ci95_ms[0] <= got.median_ms <= got.ci95_ms[1]
     slowest = max(max(lat[n]["256"].times_ms) for n in lat) / 1e3
     assert took <= 2 * 0.4 + 4 * slowest + 0.5, took  # two graphs' budgets plus the calls that straddle them
+
+
+class _LoggedRuntime(OrtRuntime):
+    """A real ONNX Runtime session that also writes down, in order, which graph each call was."""
+
+    def __init__(self, session, name: str, log: list[str]) -> None:
+        super().__init__(session, name)
+        self.log = log
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.log.append(self.name)
+        return super().infer(batch)
+
+
+def test_graphs_take_turns_in_blocks_after_an_untimed_call(tmp_path):
+    """A fast graph runs back to back (about BLOCK_MS per turn, one untimed call first: the caches the
+    other graph filled), a graph slower than BLOCK_MS one call per turn; turns alternate."""
+    assert block_size(0.1) == MAX_BLOCK and block_size(BLOCK_MS / 4) == 4 and block_size(5 * BLOCK_MS) == 1
+    _matmul_graph(tmp_path / "fast.onnx", n=16, layers=1)  # microseconds a call
+    _matmul_graph(tmp_path / "slow.onnx", n=768, layers=16)  # batch 384: about 3.6 GMAC, over 13 ms a call (one turn: one call)
+    log: list[str] = []
+    fast = _LoggedRuntime(cpu_session(tmp_path / "fast.onnx", threads=1), "fast", log)
+    slow = _LoggedRuntime(cpu_session(tmp_path / "slow.onnx", threads=1), "slow", log)
+    rng = np.random.default_rng(0)
+    batches = {"fast": rng.integers(0, 255, (1, 16, 1, 1), dtype=np.uint8),
+               "slow": rng.integers(0, 255, (384, 768, 1, 1), dtype=np.uint8)}
+    got = measure_interleaved({"fast": fast, "slow": slow}, batches, 0.3)
+    warm = got["fast"].warmup
+    rounds = got["slow"].runs  # one timed call per turn for the slow graph
+    expected = []
+    for i in range(rounds):
+        turn = {"fast": ["fast"] * (MAX_BLOCK + 1), "slow": ["slow"]}  # the untimed call, then the block
+        expected += turn["fast"] + turn["slow"] if i % 2 == 0 else turn["slow"] + turn["fast"]
+    assert log[2 * warm:] == expected
+    assert got["fast"].runs == MAX_BLOCK * rounds and rounds >= MIN_TIMED
 
 
 def test_cpu_sessions_sleep_between_calls(tmp_path):
