@@ -339,11 +339,12 @@ def test_channel_split_tune_is_the_default_one_batch_of_stage_1_then_all_epochs_
     def stages(cfg: CompressConfig) -> list[tuple[str, int]]:
         loaded = load_model(digits_model, "digits_cnn", 10)
         history = compress(loaded, digits_splits, cfg, torch.device("cpu"), Reporter(quiet=True)).history
-        return [(r.stage, r.optimizer_steps) for r in history]
+        return [(r.stage, r.optimizer_steps, r.test_acc_plain is not None) for r in history]
 
     batches = -(-len(digits_splits.train) // 64)
-    tune = stages(CompressConfig(**base))
-    assert tune == [("mask", 2)] + [("tune", 2 * batches)] * 3  # one batch, two passes; then 2 + 1 epochs
+    tune = stages(CompressConfig(**base))  # the one-batch stage 1 is not measured on the test split
+    assert tune == [("mask", 2, False)] + [("tune", 2 * batches, False)] * 2 + [("tune", 2 * batches, True)]
     even = stages(CompressConfig(**{**base, "channel_split": "even"}))
-    assert even == [("mask", 2 * batches)] * 2 + [("tune", 2 * batches)]
+    assert even == [("mask", 2 * batches, False), ("mask", 2 * batches, True), ("tune", 2 * batches, True)]
+    tune, even = [t[:2] for t in tune], [t[:2] for t in even]
     assert sum(s for _, s in tune) == sum(s for _, s in even) + 2  # equal optimiser steps, plus that batch

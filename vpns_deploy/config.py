@@ -315,7 +315,7 @@ class CompressConfig:
     val_fraction: float = cli(DEFAULT_VAL_FRACTION, "Training images held out for validation (it decides the prompt); 0: none.", (  # of the training split; 0: no validation split
         "Fraction of the training split held out (class-balanced, the same images for every --seed) as the "
         "validation split: it is evaluated after every epoch and decides whether the prompt ships; the test "
-        "split is measured only at the end of each stage and never chooses anything. 0: no validation split. "
+        "split is measured only at the end of a stage (of at least one epoch) and never chooses anything. 0: no validation split. "
         "With --train-subset N it is carved from the N images."))
     workers: int | None = cli(None, "Processes that decode streamed images. Default: CPU cores - 1, at most 8.", (  # None: data.loader.default_workers()
         "DataLoader processes that decode and augment streamed images. Default: the CPU cores minus one, at "
@@ -517,7 +517,7 @@ DEVIATIONS: tuple[str, ...] = (
     "no model selection on the test set: the last epoch of stage 2 is reported",
     "per-epoch evaluation on a validation split held out from the training images (val_fraction, "
     "class-balanced, fixed seed) instead of the test set; the test set is measured only at the end of "
-    "each stage",
+    "each stage that trains at least one epoch (not after channel mode's one-batch stage 1)",
     "inputs above 64 px: training images resized to 9/8 of the side, random crop + flip (the paper's "
     "upsampled-CIFAR recipe); at 64 px and below the reference's pad-4-style crop (side / 8) + flip",
     "weights, biases and BN affine are frozen in stage 1 (equivalent: no optimiser held them)",
