@@ -1,7 +1,8 @@
 """Regenerate one table of the results page (docs/benchmarks.md), by name.
 
     python -m bench TABLE [--partial] [--out DIR]   # accuracy (and floor), channel, transfer, int8,
-                                                    # target, prompt
+                                                    # target, target-transfer, prompt,
+                                                    # prompt-budget
     python -m bench TABLE --show                    # print the committed table; reads no runs
     python -m bench precision | throughput          # print a measurement table from its JSON
     python -m bench --list
@@ -25,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results"
 GRID_TABLES = {"accuracy": "bench.accuracy", "floor": "bench.accuracy", "channel": "bench.channel",
-               "transfer": "bench.transfer", "int8": "bench.int8", "target": "bench.target", "prompt": "bench.prompt"}
+               "transfer": "bench.transfer", "int8": "bench.int8", "target": "bench.target", "prompt": "bench.prompt",
+               "prompt-budget": "bench.prompt_budget", "target-transfer": "bench.target_transfer"}
 
 
 def _grid(name: str) -> Callable[[list[str]], None]:
@@ -47,6 +49,8 @@ def _grid(name: str) -> Callable[[list[str]], None]:
         "int8": "fp32 vs int8 per network (recipes/int8.toml).",
         "target": "--speedup measured vs the MACs budget per backbone and batch (recipes/target.toml).",
         "prompt": "The learned prompt vs its zero-prompt control, paired by seed (recipes/prompt.toml).",
+        "prompt-budget": "The same at 64 px on the full training split (recipes/prompt-budget.toml).",
+        "target-transfer": "--speedup measured, accuracy: VPNs vs Torch-Pruning (recipes/target-transfer.toml).",
     }[name]
     return table
 

@@ -55,7 +55,7 @@ def mask_difference(a: Path, b: Path) -> dict:
             "fraction_of_kept": differ / 2 / max(kept, 1)}
 
 
-def summarise(records: dict[str, dict]) -> dict:
+def summarise(records: dict[str, dict], title: str = "The learned prompt against its zero-prompt control") -> dict:
     cells = {seed: {a: records.get(f"{a}-s0.9-seed{seed}") for a in ("vpns", "zero")} for seed in SEEDS}
     pairs = [c for c in cells.values() if c["vpns"] and c["zero"]]
     out: dict = {"paired_seeds": [s for s, c in cells.items() if c["vpns"] and c["zero"]]}
@@ -71,7 +71,7 @@ def summarise(records: dict[str, dict]) -> dict:
         if a in records and b in records:
             masks[key] = mask_difference(Path(records[a]["run"]), Path(records[b]["run"]))
     out["masks"] = masks
-    out["markdown"] = {"The learned prompt against its zero-prompt control": markdown(cells, out)}
+    out["markdown"] = {title: markdown(cells, out)}
     return out
 
 
@@ -95,7 +95,7 @@ def markdown(cells: dict, out: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path, title: str = "EfficientNet-Lite0 -> CIFAR-10, 128 px, 90 %") -> None:
     """Per seed: test top-1 of VPNs (prompted, plain) and of its control."""
     import matplotlib
 
@@ -111,10 +111,11 @@ def plot(result: dict, path: Path) -> None:
         ys = [100 * runs[f"{name}-s0.9-seed{s}"][key] for s in seeds if f"{name}-s0.9-seed{s}" in runs]
         ax.bar(xs, ys, 0.25, label=label)
     ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
-    ax.set_ylim(70, 80)
+    values = [100 * r[k] for r in runs.values() for k in ("top1_plain", "top1_prompted") if r[k] is not None]
+    ax.set_ylim(math.floor(min(values)) - 2, math.ceil(max(values)) + 1)
     ax.set_ylabel("test top-1 %")
     ax.legend(fontsize=8)
-    ax.set_title("EfficientNet-Lite0 -> CIFAR-10, 90 %: learned prompt vs zero prompt", fontsize=9)
+    ax.set_title(f"{title}: learned prompt vs zero prompt", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

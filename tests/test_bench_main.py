@@ -32,6 +32,7 @@ NAMES = {"accuracy": {"2k-e1-vpns-s0.9-seed7": "vpns", "2k-e1-hydra-s0.9-seed7":
          "channel": {"e1-vpns-seed7": "vpns", "e1-tp_steps-seed7": "hydra", "e1-vpns-seed9": "vpns"},
          "transfer": {"vpns-s0.9-seed7": "vpns", "hydra-s0.9-seed7": "hydra", "vpns-pad18-s0.9-seed7": "vpns"},
          "prompt": {"vpns-s0.9-seed7": "vpns", "zero-s0.9-seed7": "hydra", "zero-s0.9-seed9": "vpns"}}
+NAMES["prompt-budget"] = NAMES["prompt"]
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +152,14 @@ def test_grid_recipes_give_every_method_equal_optimiser_steps(table, group):
         assert high[0] - low[0] <= 0.01 * high[0], (key, low, high)
 
 
-def test_prompt_summariser_pairs_each_seed_with_its_control_and_compares_masks(tmp_path, digits_grid, digits_model):
-    """Real runs under the prompt grid's names (the HYDRA run stands in for the zero-prompt control): the
+@pytest.mark.parametrize("table", ["prompt", "prompt-budget"])
+def test_prompt_summariser_pairs_each_seed_with_its_control_and_compares_masks(table, tmp_path, digits_grid,
+                                                                              digits_model):
+    """Real runs under the prompt grids' names (the HYDRA run stands in for the zero-prompt control): the
     paired difference, |P| per stage and the fraction of kept weights on which two masks differ."""
-    from bench import prompt
-
-    recipe = _table_recipe(tmp_path, "prompt", digits_grid, digits_model)
-    result = prompt.main(["--recipe", str(recipe), "--out", str(tmp_path / "results")])
+    recipe = _table_recipe(tmp_path, table, digits_grid, digits_model)
+    tables.main([table, "--recipe", str(recipe), "--out", str(tmp_path / "results")])
+    result = json.loads((tmp_path / "results" / f"{table}.json").read_text())
     vpns = json.loads((digits_grid / "vpns" / "manifest.json").read_text())["metrics"]
     hydra = json.loads((digits_grid / "hydra" / "manifest.json").read_text())["metrics"]
     d = result["vpns_minus_control"]["prompted"]
@@ -167,5 +169,6 @@ def test_prompt_summariser_pairs_each_seed_with_its_control_and_compares_masks(t
     assert masks["control_seed7_vs_seed9"]["fraction_of_kept"] > 0  # HYDRA's mask is not VPNs'
     assert masks["vpns_vs_control_seed7"]["fraction_of_kept"] == pytest.approx(
         masks["control_seed7_vs_seed9"]["fraction_of_kept"], rel=0.2)  # the same two masks, compared both ways
-    assert (tmp_path / "results" / "prompt.png").stat().st_size > 0
-    assert "VPNs prompted minus control" in result["markdown"]["The learned prompt against its zero-prompt control"]
+    assert (tmp_path / "results" / f"{table}.png").stat().st_size > 0
+    (md,) = result["markdown"].values()
+    assert "VPNs prompted minus control" in md and result["table"] == table

@@ -151,6 +151,16 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
     assert any(n["module"].startswith("features") for n in layers["dense"]), layers["dense"]
     assert "Slowest layers, fp32, batch 1" in md
 
+    # the accuracy cells' summariser reads manifest and report together (bench/target_transfer.py)
+    from bench import target_transfer
+
+    acc = target_transfer.cell(out)
+    assert acc["verified"]["speedup"] == lat["verified"]["speedup"] and acc["target_met"] is False
+    assert acc["speedup"]["1"] == report["shipping"]["candidates"][acc["ships"]["1"]]["speedup_vs_dense_fp32"]["1"]
+    assert acc["optimizer_steps"] == sum(e["optimizer_steps"] for e in RunDir.open(out).manifest.metrics["epochs"])
+    table = target_transfer.summarise({"digits": acc})["markdown"]["Latency targets: accuracy"]
+    assert table.splitlines()[2].startswith("| digits | VPNs | 20x |")
+
 
 def test_run_identity_ignores_target_settings_a_run_does_not_use():
     """Runs made before the latency target existed keep their identity (found, skipped, resumed): its
