@@ -47,6 +47,25 @@ def test_search_meets_a_target_when_macs_mispredict_latency(exponent):
     assert found.chosen.macs_ratio == pytest.approx(2.0 ** (1 / exponent), rel=0.1)
 
 
+class Loaded(PowerLaw):
+    """The same runtime on a machine whose load grows: every call, the dense graph runs 10 % slower."""
+
+    def measure(self, widths, build) -> Measured:
+        m = super().measure(widths, build)
+        slow = 1.1 ** self.calls
+        return Measured(m.speedup, m.ci95, m.dense_ms * slow, m.ms * slow, cached=False)
+
+
+def test_a_search_on_a_busy_machine_says_so():
+    quiet = search(2.0, _select, PowerLaw(0.5), max_ratio=50.0)
+    assert quiet.busy_line() is None and quiet.to_dict()["busy"] is False
+    busy = search(2.0, _select, Loaded(0.5), max_ratio=50.0)
+    assert len(busy.candidates) >= 3  # 1.1 ** 3 > BUSY_SPREAD
+    assert busy.to_dict()["busy"] and "something else was using this machine" in busy.busy_line()
+    lo, hi = busy.to_dict()["dense_ms_range"]
+    assert hi / lo == pytest.approx(1.1 ** (len(busy.candidates) - 1))
+
+
 def test_an_unreachable_target_gives_the_fastest_point_and_says_so():
     found = search(3.0, _select, PowerLaw(1.0, ceiling=1.6), max_ratio=4.0)
     assert not found.met and found.reachable == pytest.approx(1.6)

@@ -234,6 +234,8 @@ def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConf
     with reporter.task("latency budget: compact, export and time candidates", MAX_CANDIDATES) as bar:
         found = search(cfg.speedup, select, probe, masks.floor_ratio(), lambda s: (bar.advance(), reporter.line(s)))
     reporter.line(found.line())
+    if (busy := found.busy_line()) is not None:
+        reporter.line(busy)
     return found.to_dict() | {"widths": list(masks.kept_widths()), "seconds": time.perf_counter() - t0}
 
 

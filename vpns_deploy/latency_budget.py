@@ -26,6 +26,10 @@ from torch import nn
 TOLERANCE = 0.05  # a measured speedup within 5 % of the target meets it
 MAX_CANDIDATES = 5  # compacted, exported and timed at most this many budgets
 MIN_SLOPE, MAX_SLOPE = 0.25, 4.0  # a secant outside these is timing noise; clamp it
+# The dense graph is timed with every candidate: its median moving by more than this within one search
+# means other work shared the machine, and ratios move with it (measured: dense 1.68 -> 2.44 ms over one
+# search under another process's load, which read a network later measured at 3.32x as 2.96x)
+BUSY_SPREAD = 1.15
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,23 @@ class LatencyBudget:
                 f"{len(self.candidates)} candidates (latency falls in steps as widths cross kernel block sizes); "
                 f"shipping the least pruned network at least that fast: {got}")
 
+    def dense_ms_range(self) -> tuple[float, float] | None:
+        """The dense graph's fastest and slowest median over the candidates timed now (not cached)."""
+        fresh = [c.measured.dense_ms for c in self.candidates if not c.measured.cached]
+        return (min(fresh), max(fresh)) if fresh else None
+
+    def busy_line(self) -> str | None:
+        """A warning when the dense graph's own latency moved more than BUSY_SPREAD during the search."""
+        r = self.dense_ms_range()
+        if r is None or r[1] <= BUSY_SPREAD * r[0]:
+            return None
+        return (f"warning: the dense graph ran between {r[0]:.3g} and {r[1]:.3g} ms while the candidates were timed: "
+                "something else was using this machine, and the speedups measured may be off by as much; run "
+                "compress on a quiet machine (report measures the shipped graph again)")
+
     def to_dict(self) -> dict:
         return {"target": self.target, "budget_by": "latency", "tolerance": TOLERANCE, "met": self.met,
+                "dense_ms_range": self.dense_ms_range(), "busy": self.busy_line() is not None,
                 "macs_ratio": self.chosen.macs_ratio if self.chosen else None,
                 "measured": asdict(self.chosen.measured) if self.chosen else None,
                 "reachable": self.reachable, "probe": self.probe,
