@@ -64,3 +64,10 @@ class LatencyCache:
         points = self._points() | {self.point_key(widths): point}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, {"version": VERSION, "key": self.key, "points": points})
+
+    def forget(self, widths: list[tuple[int, ...]]) -> None:
+        """Drop points (measured while the machine was busy: later runs must time them again)."""
+        points = self._points()
+        kept = {k: v for k, v in points.items() if k not in {self.point_key(w) for w in widths}}
+        if len(kept) != len(points):
+            atomic_write_json(self.path, {"version": VERSION, "key": self.key, "points": kept})

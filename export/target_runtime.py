@@ -1,8 +1,10 @@
 """The target runtime a latency budget is measured on, and the probe that times compacted networks
 against the dense one there (vpns_deploy/latency_budget.py searches; this module measures).
 
-One code path for every target: each candidate is exported to ONNX (network only, fp32, float NCHW
-input: the prompt and normalisation in front cost the same in both graphs) and opened as a
+One code path for every target: each candidate is exported to ONNX as it will ship, fp32, uint8
+NHWC images in with the cast, layout change and normalisation inside (export/deploy_graph.py, which
+`report` times too: that fixed cost is 2 % of a compacted EfficientNet-Lite0 at batch 1 but 13 % at
+batch 64, so a network-only search overstated what ships at larger batches), and opened as a
 calibration.Runtime, ONNX Runtime on the CPU or a CUDA GPU, or a TensorRT engine built from the same
 file; dense and candidate are timed interleaved (calibration/latency.py) at the target batch.
 """
@@ -20,10 +22,12 @@ from calibration.latency import measure_interleaved, speedup
 from calibration.latency_cache import LatencyCache, digest
 from calibration.runtime import OrtRuntime, Runtime
 from calibration.session import cpu_session, cpu_threads
+from export.deploy_graph import DeployGraph
 from export.onnx_export import export_onnx
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.errors import UserError
 from vpns_deploy.latency_budget import Measured
+from vpns_deploy.models.registry import InputSpec
 
 
 def open_target(runtime: str, onnx_path: Path, batch: int, workdir: Path) -> Runtime:
@@ -58,25 +62,33 @@ def structure_digest(net: nn.Module) -> str:
 
 
 class NetworkProbe:
-    """latency_budget.SpeedupProbe on one target runtime and batch; use as a context manager."""
+    """latency_budget.SpeedupProbe on one target runtime and batch; use as a context manager.
 
-    def __init__(self, dense: nn.Module, image_shape: tuple[int, ...], runtime: str, batch: int,
+    Graphs are the deployed form (DeployGraph: uint8 NHWC in, preprocessing inside) of the dense network
+    and of each candidate; the prompt and label map, which cost the same in both, are left out."""
+
+    def __init__(self, dense: nn.Module, inputs: InputSpec, image_shape: tuple[int, ...], runtime: str, batch: int,
                  budget_s: float = CompressConfig.target_probe_seconds, cache_root: Path | None = None) -> None:
         from calibration.cpu import measuring_machine
 
-        self.runtime, self.batch, self.budget_s = runtime, batch, budget_s
+        self.runtime, self.batch, self.budget_s, self.inputs = runtime, batch, budget_s, inputs
         self._tmp = tempfile.TemporaryDirectory(prefix="vpns-probe-")
         self.workdir = Path(self._tmp.name)
-        self.example = torch.zeros(2, *image_shape)  # batch 2: a batch-1 example pins the exported batch dimension
-        self.input = np.random.default_rng(0).standard_normal((batch, *image_shape)).astype(np.float32)
+        c, h, w = image_shape
+        # batch 2: a batch-1 example pins the exported batch dimension
+        self.example = torch.zeros(2, h, w, c, dtype=torch.uint8)
+        self.input = np.random.default_rng(0).integers(0, 256, (batch, h, w, c), dtype=np.uint8)
         dense_path = self.workdir / "dense.onnx"
-        export_onnx(dense, self.example, dense_path)
+        export_onnx(self.deployed(dense), self.example, dense_path)
         self.dense = open_target(runtime, dense_path, batch, self.workdir)
         threads = cpu_threads() if runtime == "ort-cpu" else None
         self.key = {"machine": measuring_machine(), "runtime": runtime, "threads": threads,
-                    "input": list(image_shape), "batch": batch, "precision": "fp32",
+                    "input": list(image_shape), "batch": batch, "precision": "fp32", "graph": "deployed",
                     "network": structure_digest(dense)}
         self.cache = LatencyCache(self.key, cache_root)
+
+    def deployed(self, net: nn.Module) -> nn.Module:
+        return DeployGraph(net, self.inputs, None)
 
     def __enter__(self) -> NetworkProbe:
         return self
@@ -85,16 +97,20 @@ class NetworkProbe:
         self._tmp.cleanup()
 
     def describe(self) -> dict:
-        return {"runtime": self.runtime, "batch": self.batch, "precision": "fp32", "graph": "network only",
+        return {"runtime": self.runtime, "batch": self.batch, "precision": "fp32",
+                "graph": "deployed (uint8 NHWC in, preprocessing inside; no prompt or label map)",
                 "budget_s_per_graph": self.budget_s, "cache": str(self.cache.path),
                 "machine": self.key["machine"]["cpu"], "threads": self.key["threads"]}
+
+    def forget(self, widths: list[tuple[int, ...]]) -> None:
+        self.cache.forget(widths)
 
     def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False) -> Measured:
         hit = None if fresh else self.cache.get(widths)
         if hit is not None:
             return Measured(hit["speedup"], tuple(hit["ci95"]), hit["dense_ms"], hit["ms"], cached=True)
         path = self.workdir / "candidate.onnx"
-        export_onnx(build(), self.example, path)
+        export_onnx(self.deployed(build()), self.example, path)
         candidate = open_target(self.runtime, path, self.batch, self.workdir)
         timed = measure_interleaved({"dense": self.dense, "candidate": candidate},
                                     {"dense": self.input, "candidate": self.input}, self.budget_s)

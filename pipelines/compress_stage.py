@@ -137,10 +137,10 @@ def target_probe(loaded: LoadedModel, splits: Splits, cfg: CompressConfig, ctx: 
                         "run the search once without torchrun, or pass --budget-by macs under torchrun")
     from export.target_runtime import NetworkProbe
 
-    reporter.line(f"latency budget: timing on {cfg.target_runtime} at batch {cfg.target_batch} "
-                  "(the dense network exported once; each candidate compacted, exported and timed against it)")
-    return NetworkProbe(copy.deepcopy(loaded.net).cpu().eval(), tuple(splits.train.image_shape), cfg.target_runtime,
-                        cfg.target_batch, cfg.target_probe_seconds)
+    reporter.line(f"latency budget: timing on {cfg.target_runtime} at batch {cfg.target_batch} (the dense graph "
+                  "exported once as it deploys; each candidate compacted, exported and timed against it)")
+    return NetworkProbe(copy.deepcopy(loaded.net).cpu().eval(), loaded.inputs, tuple(splits.train.image_shape),
+                        cfg.target_runtime, cfg.target_batch, cfg.target_probe_seconds)
 
 
 def resume_key(run_key: str, splits: Splits, ctx: DistContext | None, amp: Amp) -> str:

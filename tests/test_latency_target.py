@@ -6,6 +6,7 @@ import io
 import json
 import math
 
+import onnx
 import pytest
 from rich.console import Console
 from torch import nn
@@ -14,6 +15,7 @@ from calibration.latency_cache import LatencyCache
 from vpns_deploy.config import CompressConfig
 from vpns_deploy.errors import UserError
 from vpns_deploy.latency_budget import MAX_CANDIDATES, TOLERANCE, Measured, search
+from vpns_deploy.models.registry import InputSpec
 from vpns_deploy.progress import Reporter
 
 
@@ -30,6 +32,9 @@ class PowerLaw:
 
     def describe(self) -> dict:
         return {"runtime": "power law", "batch": 1}
+
+    def forget(self, widths) -> None:
+        pass
 
 
 def _select(ratio: float):
@@ -89,6 +94,9 @@ def test_the_cache_is_keyed_by_machine_runtime_batch_and_input(tmp_path):
     assert LatencyCache(key, tmp_path).get((16, 32)) is None
     LatencyCache(key, tmp_path).put((16, 32), point)
     assert json.loads(path.read_text())["points"]
+    LatencyCache(key, tmp_path).put((32, 32), point)
+    LatencyCache(key, tmp_path).forget([(16, 32)])  # points timed on a busy machine are dropped, others kept
+    assert LatencyCache(key, tmp_path).get((16, 32)) is None and LatencyCache(key, tmp_path).get((32, 32))
 
 
 def test_the_probe_times_once_per_widths_and_target(tmp_path):
@@ -102,12 +110,17 @@ def test_the_probe_times_once_per_widths_and_target(tmp_path):
     def never():
         raise AssertionError("a cached candidate must not be built")
 
-    with NetworkProbe(dense, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
+    inputs = InputSpec(3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 16)
+    with NetworkProbe(dense, inputs, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
         first = probe.measure((16,), lambda: small)
+        # what is timed is the graph as it deploys: uint8 NHWC images in, preprocessing inside
+        (graph_input,) = onnx.load(probe.workdir / "candidate.onnx").graph.input
+        assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:] == [16, 16, 3]
     assert not first.cached and first.speedup > 0 and first.dense_ms > 0
-    with NetworkProbe(dense, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
+    with NetworkProbe(dense, inputs, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
         assert probe.measure((16,), never) == Measured(first.speedup, first.ci95, first.dense_ms, first.ms, True)
-    with NetworkProbe(dense, (3, 16, 16), "ort-cpu", 2, budget_s=0.2, cache_root=tmp_path) as probe:
+    with NetworkProbe(dense, inputs, (3, 16, 16), "ort-cpu", 2, budget_s=0.2, cache_root=tmp_path) as probe:
         assert not probe.measure((16,), lambda: small).cached
 
 

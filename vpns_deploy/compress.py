@@ -236,6 +236,7 @@ def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConf
     reporter.line(found.line())
     if (busy := found.busy_line()) is not None:
         reporter.line(busy)
+        probe.forget([c.widths for c in found.candidates if not c.measured.cached])
     return found.to_dict() | {"widths": list(masks.kept_widths()), "seconds": time.perf_counter() - t0}
 
 

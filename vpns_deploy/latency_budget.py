@@ -55,6 +55,10 @@ class SpeedupProbe(Protocol):
         """What the measurements are of: runtime, batch, precision, machine (for the manifest)."""
         ...
 
+    def forget(self, widths: list[tuple[int, ...]]) -> None:
+        """Drop these widths' points from the cache (timed while the machine was busy)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -109,8 +113,9 @@ class LatencyBudget:
         if r is None or r[1] <= BUSY_SPREAD * r[0]:
             return None
         return (f"warning: the dense graph ran between {r[0]:.3g} and {r[1]:.3g} ms while the candidates were timed: "
-                "something else was using this machine, and the speedups measured may be off by as much; run "
-                "compress on a quiet machine (report measures the shipped graph again)")
+                "something else was using this machine, and the speedups measured may be off by as much (they are "
+                "not kept in the latency cache); run compress on a quiet machine (report measures the shipped "
+                "graph again)")
 
     def to_dict(self) -> dict:
         return {"target": self.target, "budget_by": "latency", "tolerance": TOLERANCE, "met": self.met,
