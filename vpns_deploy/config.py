@@ -223,7 +223,7 @@ class CompressConfig:
                                "channels (channel). Unused by N:M.")
     speedup: float | None = cli(None, "--mode channel: how many times faster than dense, instead of --sparsity.", (  # channel mode only: overrides sparsity
         "Channel mode: how many times faster the compressed network must run than the dense one, replacing "
-        "--sparsity. With --budget-by latency (default) it is measured: the network-only graphs (fp32) on "
+        "--sparsity. With --budget-by latency (default) it is measured: the deployed graphs (fp32) on "
         "--target-runtime at --target-batch, the channel budget searched until the compacted network meets it "
         "(within 5 %); with --budget-by macs it is a MACs reduction (2.0 halves the MACs). Unstructured and N:M "
         "sparsity keep every layer's shape, so no runtime here runs them faster: only channel mode can."))
