@@ -67,7 +67,7 @@ class LatencyCache:
 
     def forget(self, widths: list[tuple[int, ...]]) -> None:
         """Drop points (measured while the machine was busy: later runs must time them again)."""
-        points = self._points()
-        kept = {k: v for k, v in points.items() if k not in {self.point_key(w) for w in widths}}
+        points, gone = self._points(), {self.point_key(w) for w in widths}
+        kept = {k: v for k, v in points.items() if k not in gone}
         if len(kept) != len(points):
             atomic_write_json(self.path, {"version": VERSION, "key": self.key, "points": kept})

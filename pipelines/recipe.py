@@ -115,7 +115,7 @@ class ExportSection:
 @dataclass(frozen=True)
 class ReportSection:
     enabled: bool = True
-    latency_budget: float = cli(DEFAULT_BUDGET_S, "Seconds of timed calls per graph (at least 3 calls, at most 200).", (
+    latency_budget: float = cli(DEFAULT_BUDGET_S, "Seconds of timed calls per graph (at least 3 calls, at most 1,000).", (
         "Seconds of timed calls per graph (over batch 1 and 64; graphs compared are timed interleaved): the "
         "latency measurement stops there, or at 1,000 timed calls each, whichever comes first; every graph gets at "
         "least 3 timed calls."))

@@ -120,8 +120,8 @@ def target_line(r: Report) -> str | None:
                         if c else ".")
     verdict = "met" if s["met"] else "not met"
     c = t.get("at_compress")
-    why = (f"; compress measured {c['speedup']:.2f}x for the network-only graphs it searched with, so the "
-           "whole graphs (preprocessing, head, another session) measure differently here" if c and not s["met"] else "")
+    why = (f"; compress measured {c['speedup']:.2f}x when it searched, in another measurement at another time "
+           "(report again on a quiet machine to tell load from a miss)" if c and not s["met"] else "")
     return f"{asked}: {verdict} by {graph_file(s['graph'])}, {speedup_text(s)} measured here{why}."
 
 

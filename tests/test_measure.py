@@ -42,7 +42,7 @@ def test_latency_stops_at_its_budget_with_an_interval(tmp_path):
     _matmul_graph(tmp_path / "slow.onnx")
     rt = OrtRuntime(cpu_session(tmp_path / "slow.onnx", threads=1))
     # batch 256: about 6 ms a call on one idle core, so MAX_RUNS calls never fit the 0.4 s budget (at
-    # batch 64 an idle machine made all 200 calls in time and the budget was never what stopped it)
+    # batch 64 an idle machine made all its calls in time and the budget was never what stopped it)
     sample = np.random.default_rng(0).integers(0, 255, (256, 384, 1, 1), dtype=np.uint8)
     t0 = time.perf_counter()
     lat = latency_by_batch({"a": rt, "b": rt}, sample, budget_s=0.4, batches=(256,))
