@@ -11,12 +11,17 @@ the other graph had just filled: on EfficientNet-Lite0 at batch 1 (ONNX Runtime,
 read a 3.5x faster compressed graph as 2.4x to 2.9x, differently each time; blocks read 3.51x to
 3.62x over five repeats. Every graph gets `budget_s` seconds (split over the batch sizes); a call
 slower than the budget still runs MIN_TIMED times.
+
+Intervals resample whole rounds, not single calls: calls in one turn share the machine's state, so
+treating them as independent draws narrows the interval past what a repeat shows; and a speedup takes
+the same rounds of both graphs, which ran side by side, so load that hits both cancels as it does in
+the median ratio itself.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -51,10 +56,11 @@ class Latency:
     p90_ms: float
     mean_ms: float
     min_ms: float
-    ci95_ms: tuple[float, float]  # bootstrap interval of the median
+    ci95_ms: tuple[float, float]  # bootstrap interval of the median, rounds resampled
     seconds: float  # wall time spent on this graph at this batch, warm-up included
     budget_stopped: bool  # fewer than MIN_RUNS timed calls because the budget ran out
-    times_ms: tuple[float, ...] = field(default=(), repr=False)
+    times_ms: tuple[float, ...] = field(default=(), repr=False)  # in the order timed
+    block: int = 1  # timed calls per turn: times_ms holds runs / block rounds of `block` calls each
 
     @property
     def per_image_ms(self) -> float:
@@ -66,21 +72,37 @@ class Latency:
         return out
 
 
-def _interval(samples: np.ndarray, stat: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
-    """Percentile bootstrap of a statistic of the rows of `samples` (resampled with replacement)."""
-    lo, hi = np.percentile(stat(samples), [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+def _interval(resampled: np.ndarray) -> tuple[float, float]:
+    """The percentile bootstrap interval from a statistic's values over the resamples."""
+    lo, hi = np.percentile(resampled, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
     return float(lo), float(hi)
 
 
-def _resample(times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return times[rng.integers(0, len(times), size=(BOOTSTRAP, len(times)))]
+def _rounds(lat: Latency) -> np.ndarray:
+    """A latency's timed calls as rounds x calls per turn (a ragged tail, which measure_interleaved
+    never leaves, is dropped)."""
+    t = np.asarray(lat.times_ms)
+    block = max(1, lat.block)
+    return t[: len(t) // block * block].reshape(-1, block)
 
 
-def _latency(batch: int, times: list[float], warmup: int, seconds: float) -> Latency:
+def _round_draws(n: int, rng: np.random.Generator) -> np.ndarray:
+    """BOOTSTRAP resamples of n round indices, with replacement."""
+    return rng.integers(0, n, size=(BOOTSTRAP, n))
+
+
+def _medians(rounds: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The median of every resample's calls (the drawn rounds, all their calls)."""
+    return np.median(rounds[draws].reshape(len(draws), -1), axis=1)
+
+
+def _latency(batch: int, times: list[float], warmup: int, seconds: float, block: int = 1) -> Latency:
     t = np.asarray(times)
-    ci = _interval(_resample(t, np.random.default_rng(0)), lambda s: np.median(s, axis=1))
-    return Latency(batch, len(t), warmup, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
-                   float(t.min()), ci, seconds, len(t) < MIN_RUNS, tuple(float(x) for x in t))
+    lat = Latency(batch, len(t), warmup, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
+                  float(t.min()), (0.0, 0.0), seconds, len(t) < MIN_RUNS, tuple(float(x) for x in t), block)
+    rounds = _rounds(lat)
+    ci = _interval(_medians(rounds, _round_draws(len(rounds), np.random.default_rng(0))))
+    return replace(lat, ci95_ms=ci)
 
 
 def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndarray], budget_s: float,
@@ -117,7 +139,7 @@ def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndar
         if n >= MAX_RUNS or (n >= MIN_TIMED and time.perf_counter() >= deadline):
             break
     seconds = (time.perf_counter() - start) / len(timers)
-    return {name: _latency(int(batches[name].shape[0]), t, warm, seconds) for name, t in times.items()}
+    return {name: _latency(int(batches[name].shape[0]), t, warm, seconds, blocks[name]) for name, t in times.items()}
 
 
 def block_size(call_ms: float) -> int:
@@ -149,7 +171,7 @@ def latency_by_batch(runtimes: dict[str, Runtime], sample: np.ndarray, budget_s:
 
 @dataclass(frozen=True)
 class Speedup:
-    """reference / candidate median latency, with a bootstrap interval over both graphs' timed calls."""
+    """reference / candidate median latency, with a bootstrap interval over the rounds both graphs took."""
 
     speedup: float
     ci95: tuple[float, float]
@@ -164,8 +186,11 @@ class Speedup:
 
 
 def speedup(reference: Latency, candidate: Latency) -> Speedup:
+    """Timed in one interleaved measurement (the same number of rounds), both graphs' resamples draw
+    the same rounds; otherwise each draws its own."""
     rng = np.random.default_rng(0)
-    ref = np.median(_resample(np.asarray(reference.times_ms), rng), axis=1)
-    cand = np.median(_resample(np.asarray(candidate.times_ms), rng), axis=1)
-    lo, hi = _interval(ref / cand, lambda s: s)
+    ref, cand = _rounds(reference), _rounds(candidate)
+    draws = _round_draws(len(ref), rng)
+    other = draws if len(cand) == len(ref) else _round_draws(len(cand), rng)
+    lo, hi = _interval(_medians(ref, draws) / _medians(cand, other))
     return Speedup(reference.median_ms / candidate.median_ms, (lo, hi))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vpns_deploy.atomic import atomic_write_json
 
-VERSION = 2  # 2: graphs timed in turns (calibration/latency.py); version-1 points were timed call by call
+VERSION = 3  # 2: graphs timed in turns (version 1: call by call); 3: intervals resample whole rounds
 
 
 def cache_root() -> Path:

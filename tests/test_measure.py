@@ -98,10 +98,10 @@ def test_cpu_sessions_sleep_between_calls(tmp_path):
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def _latency(times: list[float]) -> Latency:
+def _latency(times: list[float], block: int = 1) -> Latency:
     t = np.asarray(times)
     return Latency(1, len(t), 0, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
-                   float(t.min()), (0.0, 0.0), 0.0, False, tuple(times))
+                   float(t.min()), (0.0, 0.0), 0.0, False, tuple(float(x) for x in times), block)
 
 
 def test_speedup_interval_flags_noise():
@@ -112,6 +112,26 @@ def test_speedup_interval_flags_noise():
     noisy = speedup(dense, _latency(list(10 + rng.normal(0, 3.0, 40))))
     assert noisy.ci95[0] <= 1.0 <= noisy.ci95[1] and noisy.within_noise
     assert noisy.to_dict()["within_noise"] is True
+
+
+def test_intervals_resample_whole_rounds_and_pair_the_graphs_rounds():
+    """A turn's calls share the machine's state: one draw, not ten. Load that hits both graphs in a
+    round cancels in the speedup's interval as it does in the ratio; the same loads in another order
+    (rounds no longer side by side) do not."""
+    from calibration.latency import _latency as timed
+
+    rng = np.random.default_rng(2)
+    load = rng.lognormal(0.0, 0.1, 40)  # the machine's state in each of 40 rounds
+    per_round = np.repeat(10 * load, 10) + rng.normal(0, 0.01, 400)
+    by_call, by_round = timed(1, list(per_round), 0, 1.0, block=1), timed(1, list(per_round), 0, 1.0, block=10)
+    assert by_round.block == 10 and by_round.median_ms == by_call.median_ms
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(by_round.ci95_ms) > 2 * width(by_call.ci95_ms)
+    dense = _latency(list(np.repeat(10 * load, 10)), block=10)
+    paired = speedup(dense, _latency(list(np.repeat(4 * load, 10)), block=10))
+    assert paired.speedup == pytest.approx(2.5) and width(paired.ci95) < 1e-9
+    apart = speedup(dense, _latency(list(np.repeat(4 * rng.permutation(load), 10)), block=10))
+    assert apart.ci95[0] < 2.45 and apart.ci95[1] > 2.55 and width(apart.ci95) > 0.1
 
 
 def test_cpu_facts_name_the_instruction_sets_and_the_int8_verdict(tmp_path):
