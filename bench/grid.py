@@ -95,8 +95,15 @@ def run_record(run: Path) -> dict:
         "sparsity_achieved": m.get("sparsity"), "optimizer_steps": steps,
         "train_seconds": sum(e["train_seconds"] for e in m["epochs"]), "val_curve": curve,
         **({"macs": structure["macs"], "params": structure["params"]} if "macs" in structure else {}),
-        "platform": manifest["versions"]["platform"],
+        **made_by(run),
     }
+
+
+def made_by(run: Path) -> dict:
+    """The machine and the source commit a run was made on, as its manifest records them (runs made
+    before manifests recorded the commit: None)."""
+    versions = json.loads((run / "manifest.json").read_text())["versions"]
+    return {"platform": versions["platform"], "commit": versions.get("vpns-deploy commit")}
 
 
 def commit() -> str:
@@ -106,7 +113,8 @@ def commit() -> str:
 
 def provenance(records: dict[str, dict], previous: dict | None, command: str) -> list[dict]:
     """Who measured which run: groups of runs with the same commit, machine and command. A run whose
-    name and creation time are in `previous` (the committed JSON) keeps its group there."""
+    name and creation time are in `previous` (the committed JSON) keeps its group there. The commit is
+    the one the run records; a run that records none is stamped with the summarising commit, marked so."""
     kept: dict[str, dict] = {}
     for group in (previous or {}).get("measured", []):
         for name in group["runs"]:
@@ -115,7 +123,8 @@ def provenance(records: dict[str, dict], previous: dict | None, command: str) ->
                 kept[name] = group
     groups: list[dict] = []
     for name, record in records.items():
-        group = kept.get(name) or {"commit": commit(), "machine": record.get("platform"),
+        made = record.get("commit") or f"{commit()} (summarised; the run records no commit)"
+        group = kept.get(name) or {"commit": made, "machine": record.get("platform"),
                                    "command": command, "dates": []}
         match = next((g for g in groups if all(g[k] == group[k] for k in ("commit", "machine", "command"))), None)
         if match is None:

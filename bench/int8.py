@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid.require_all(runs, args.partial)
     reports = [json.loads((r / "report.json").read_text()) for r in runs.runs.values()]
     cpu = reports[0]["cpu"]
-    created = {name: {"created": json.loads((r / "manifest.json").read_text())["created"],
-                      "platform": json.loads((r / "manifest.json").read_text())["versions"]["platform"]}
+    created = {name: {"created": json.loads((r / "manifest.json").read_text())["created"], **grid.made_by(r)}
                for name, r in runs.runs.items()}
     previous = args.out / "int8.json"
     result = {

@@ -21,11 +21,11 @@ SEEDS = (7, 9, 17)
 
 def arm(run: Path) -> dict:
     """Test top-1 (plain, prompted), |P| after each stage, the prompt decision of one finished run."""
-    from bench.grid import run_record
+    from bench.grid import made_by
 
     m = json.loads((run / "manifest.json").read_text())
     metrics = m["metrics"]
-    return {"created": m["created"], "platform": run_record(run).get("platform"), "run": str(run),
+    return {"created": m["created"], **made_by(run), "run": str(run),
             "top1_plain": metrics["top1_plain"], "top1_prompted": metrics["top1_prompted"],
             "prompt_mean_abs": {e["stage"]: e.get("prompt_mean_abs") for e in metrics["epochs"]},
             "fold": metrics["prompt_decision"]["fold"],

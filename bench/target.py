@@ -36,14 +36,14 @@ def ensure_models(folder: Path = RUNS / "models") -> None:
 
 def cell(run: Path) -> dict:
     """One run's latency target: asked, what the MACs budget alone gave, chosen, re-measured."""
-    from bench.grid import run_record
+    from bench.grid import made_by
 
     m = json.loads((run / "manifest.json").read_text())
     t = m["metrics"]["target"]
     lat = t["latency"]
     first, chosen, check = lat["candidates"][0], lat["measured"], lat["verified"]
     net = run.name.rsplit("-", 2)[0]
-    return {"created": m["created"], "platform": run_record(run).get("platform"),
+    return {"created": m["created"], **made_by(run),
             "network": NETWORKS.get(net, net), "target": lat["target"], "batch": t["batch"],
             "macs_budget": {"macs_ratio": first["macs_ratio"], "speedup": first["speedup"], "ci95": first["ci95"]},
             "latency_budget": {"macs_ratio": lat["macs_ratio"], "speedup": chosen["speedup"], "ci95": chosen["ci95"],

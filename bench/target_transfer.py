@@ -28,7 +28,7 @@ def dense_finetune(results: Path = ROOT / "bench/results/transfer.json") -> dict
 
 def cell(run: Path) -> dict:
     """One run: the search, the re-measurement, what report ships and how fast and accurate it is."""
-    from bench.grid import run_record
+    from bench.grid import made_by
 
     m = json.loads((run / "manifest.json").read_text())
     r = json.loads((run / "report.json").read_text())
@@ -37,7 +37,7 @@ def cell(run: Path) -> dict:
     ship = r["shipping"]
     best = {b: ship["best"][b] for b in ship["best"]}
     speed = {b: ship["candidates"][g]["speedup_vs_dense_fp32"][b] for b, g in best.items()}
-    return {"created": m["created"], "platform": run_record(run).get("platform"),
+    return {"created": m["created"], **made_by(run),
             "method": m["config"]["method"], "seed": m["config"]["seed"], "target": lat["target"],
             "batch": t["batch"], "macs_ratio": lat["macs_ratio"],
             "search": {"speedup": lat["measured"]["speedup"], "ci95": lat["measured"]["ci95"]},

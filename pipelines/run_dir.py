@@ -23,10 +23,29 @@ from vpns_deploy.errors import UserError
 DEFAULT_RUNS = Path("runs")
 
 
+def source_commit() -> str | None:
+    """The git commit the running vpns-deploy source is at ("+dirty" when tracked files differ from it),
+    so a result names the code that made it; None for an installed wheel (its version says it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty=+dirty", "--abbrev=7",
+                               "--exclude", "*"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    commit = source_commit()
+    if commit:
+        out["vpns-deploy commit"] = commit
     for dist in ("vpns-deploy", "torch", "torchvision", "onnx", "onnxscript", "onnxruntime-gpu",
                  "onnxruntime", "torch-pruning"):
         try:

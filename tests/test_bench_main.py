@@ -75,6 +75,9 @@ def test_summariser_reads_real_runs_and_writes_json_png_and_markdown(table, tmp_
     assert len({r["optimizer_steps"] for r in result["runs"].values()}) == 1
     (group,) = result["measured"]
     assert group["commit"] and group["runs"] == list(NAMES[table]) and group["command"].startswith("vpns-deploy run")
+    made = json.loads((digits_grid / "vpns" / "manifest.json").read_text())["versions"].get("vpns-deploy commit")
+    if (ROOT / ".git").exists():  # a checkout: the run records the commit its code was at, and the table names it
+        assert made and re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", made) and group["commit"] == made
     out = capsys.readouterr().out
     for md in result["markdown"].values():
         assert md in out
