@@ -183,6 +183,27 @@ def test_sigkill_of_the_launcher_then_resume_on_two_nodes_matches(tmp_path, digi
     assert not ckpt.parent.exists()
 
 
+def test_a_latency_target_under_torchrun_is_searched_on_rank_0_and_trained_alike(tmp_path, digits_model):
+    """--speedup measured under torchrun: rank 0 alone exports and times (one search line), the other
+    rank takes its budget, and both train the same masks (checksums after every stage)."""
+    out, recipe = tmp_path / "run", tmp_path / "recipe.toml"
+    recipe.write_text(f'[run]\nout = "{out}"\n[model]\npath = "{digits_model}"\narch = "digits_cnn"\n'
+                      f'[data]\nspec = "digits"\n[compress]\nmode = "channel"\nspeedup = 1.5\ntarget_batch = 2\n'
+                      f'target_probe_seconds = 0.3\nepochs_mask = 1\nepochs_tune = 1\ntrain_subset = 400\n'
+                      f'batch_size = {BATCH}\ndevice = "cpu"\n')
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", EXE, "run", str(recipe), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("latency budget: timing on ort-cpu at batch 2") == 1, done.stderr[-3000:]
+    assert done.stderr.count("latency check: the compacted network runs") == 1
+    _assert_ranks_identical(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    lat = manifest["metrics"]["target"]["latency"]
+    assert lat["budget_by"] == "latency" and lat["candidates"] and lat["macs_ratio"] > 1.0
+    assert "verified" in lat and lat["probe"]["batch"] == 2
+
+
 def test_a_global_batch_that_does_not_split_is_one_line_before_anything(tmp_path, digits_model, monkeypatch):
     """What every rank of a torchrun job with WORLD_SIZE=2 says about --batch-size 63 (checked before the
     process group is joined, so no rank waits for another)."""

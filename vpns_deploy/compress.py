@@ -4,6 +4,7 @@ checkpoint after every epoch (shared/docs/VPNS.md §1, §2)."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -15,7 +16,7 @@ from torch.optim import SGD
 from vpns_deploy.config import CompressConfig, default_pad
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
-from vpns_deploy.distributed import identical_on_ranks
+from vpns_deploy.distributed import DistContext, broadcast_state, identical_on_ranks
 from vpns_deploy.heads import set_label_map
 from vpns_deploy.latency_budget import MAX_CANDIDATES, TOLERANCE, SpeedupProbe, search
 from vpns_deploy.models.checkpoint import LoadedModel
@@ -198,8 +199,9 @@ def compress(
         _restore(result, saved, reporter)
     else:
         method.start(masks)
-        if probe is not None:
-            result.latency_budget = latency_target(net, masks, method, cfg, probe, reporter)
+        if probe is not None or (cfg.latency_budget and opts is not None and opts.dist is not None):
+            result.latency_budget = latency_target(net, masks, method, cfg, probe, reporter,
+                                                   opts.dist if opts is not None else None)
     for note in masks.notes():  # groups kept whole, a target out of reach
         reporter.line(note)
     if dense_map is not None:  # label_map_on "dense": computed before the mask, frozen from here on
@@ -221,15 +223,33 @@ def compress(
     return result
 
 
-def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConfig, probe: SpeedupProbe,
-                   reporter: Reporter) -> dict:
+def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConfig, probe: SpeedupProbe | None,
+                   reporter: Reporter, ctx: DistContext | None = None) -> dict:
     """Search the channel budget that meets cfg.speedup measured on the probe's runtime (latency_budget.py);
-    the masks are left at it, their widths fixed for the run (channel_widths "init")."""
+    the masks are left at it, their widths fixed for the run (channel_widths "init"). Under torchrun
+    rank 0 holds the probe and searches, timing alone while the others wait; they take its budget."""
     def select(ratio: float):
         masks.retarget(ratio)
         method.start(masks)
         return masks.kept_widths(), lambda: masks.baked(net)
 
+    record = _search(net, masks, cfg, probe, reporter, select) if probe is not None else None
+    if ctx is None:
+        return record
+    # The random stream too: whatever the search drew on rank 0 (exports), every rank continues alike.
+    shared = broadcast_state({"record": json.dumps(record), "rng": torch.get_rng_state()} if ctx.is_main else None,
+                             ctx)
+    record = json.loads(shared["record"])
+    if not ctx.is_main:
+        select(record["macs_ratio"])
+        torch.set_rng_state(shared["rng"])
+        if list(masks.kept_widths()) != record["widths"]:
+            raise RuntimeError(f"rank {ctx.rank}: the latency budget's widths differ from rank 0's")
+    return record
+
+
+def _search(net: nn.Module, masks: Granularity, cfg: CompressConfig, probe: SpeedupProbe, reporter: Reporter,
+            select) -> dict:
     t0 = time.perf_counter()
     with reporter.task("latency budget: compact, export and time candidates", MAX_CANDIDATES) as bar:
         found = search(cfg.speedup, select, probe, masks.floor_ratio(), lambda s: (bar.advance(), reporter.line(s)))
