@@ -109,7 +109,8 @@ def _run_compress(
                 t_dense = time.perf_counter() - t_dense
                 result = compress(loaded, splits, cfg, device, reporter,
                                   checkpoint if ctx is None else RankCheckpoint(checkpoint, ctx),
-                                  StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn), probe)
+                                  StepOptions(amp if amp.enabled else None, ctx, cfg.sync_bn), probe,
+                                  given_map=dense.label_map_record if dense.record["kind"] == "as-given" else None)
         except KeyboardInterrupt:
             if checkpoint.path.exists() and main:
                 reporter.line("interrupted; the same command resumes from the last finished epoch")

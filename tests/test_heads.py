@@ -189,9 +189,12 @@ def _onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, digits_model, digits_splits):
+def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, digits_model, digits_splits,
+                                                                      monkeypatch):
     """A 10-digit model on a 4-class folder of real digits: FLM finds each class's own digit, the
-    manifest records it by name, and model.onnx outputs the 4 data classes in order."""
+    manifest records it by name, and model.onnx outputs the 4 data classes in order. The dense
+    reference (the network as given) and the run share one pass over the training set for it."""
+    import vpns_deploy.heads as heads
     from pipelines.compress_stage import run_compress
     from pipelines.export_stage import run_export
     from pipelines.load_run import load_run
@@ -205,7 +208,10 @@ def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, d
     with pytest.raises(UserError, match="--head map"):
         run_compress(digits_model, "digits_cnn", f"imagefolder:{folder}", CompressConfig(epochs_mask=1), out,
                      reporter=Reporter(quiet=True))
+    passes, count = [], heads.prediction_counts
+    monkeypatch.setattr(heads, "prediction_counts", lambda *a, **k: passes.append(1) or count(*a, **k))
     run_compress(digits_model, "digits_cnn", f"imagefolder:{folder}", cfg, out, reporter=Reporter(quiet=True))
+    assert len(passes) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     mapping = manifest["method"]["label_mapping"]
     classes = manifest["data"]["classes"]

@@ -17,7 +17,7 @@ from vpns_deploy.config import CompressConfig, default_pad
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
 from vpns_deploy.distributed import DistContext, broadcast_state, identical_on_ranks
-from vpns_deploy.heads import set_label_map
+from vpns_deploy.heads import label_map_line, set_label_map
 from vpns_deploy.latency_budget import MAX_CANDIDATES, TOLERANCE, SpeedupProbe, search
 from vpns_deploy.models.checkpoint import LoadedModel
 from vpns_deploy.progress import Reporter
@@ -168,6 +168,7 @@ def compress(
     checkpoint: TrainingCheckpoint | None = None,
     opts: StepOptions | None = None,
     probe: SpeedupProbe | None = None,
+    given_map: dict | None = None,
 ) -> CompressResult:
     """Run the method's stages; with a checkpoint, save after every epoch and resume from it.
 
@@ -175,6 +176,8 @@ def compress(
     and scheduler states, data-stream generators and the global RNG, so on the CPU it ends
     bit-identical to an uninterrupted run. With a probe (channel mode, --budget-by latency) the
     channel budget is the MACs reduction whose compacted network meets cfg.speedup on the probe's runtime.
+    `given_map`: the frequency label map already computed on this very network before any mask (the dense
+    reference's, when that is the network as given), reused rather than computed a second time.
     """
     torch.manual_seed(cfg.seed)
     method, granularity = get_method(cfg.method), granularity_for(cfg.mode)
@@ -182,7 +185,10 @@ def compress(
     net = loaded.net.to(device, memory_format=torch.channels_last)
     saved = checkpoint.load() if checkpoint is not None else None
     dense_map = None
-    if cfg.head == "map" and cfg.label_map_on == "dense" and saved is None:  # before any mask exists
+    if cfg.head == "map" and cfg.label_map_on == "dense" and saved is None and given_map is not None:
+        dense_map = given_map
+        reporter.line(label_map_line(given_map))
+    elif cfg.head == "map" and cfg.label_map_on == "dense" and saved is None:  # before any mask exists
         dense_view = PromptedNet(net, loaded.inputs, None, torch.arange(splits.num_classes)).to(device)
         dense_map = set_label_map(dense_view, splits, cfg, device, reporter)
     placeholder = torch.arange(splits.num_classes) if cfg.head == "map" else None

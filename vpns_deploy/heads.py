@@ -235,10 +235,15 @@ def set_label_map(model: "PromptedNet", splits: "Splits", cfg: "CompressConfig",
     assert model.label_map is not None, "PromptedNet was built without a label-map buffer"
     model.label_map.copy_(seq.to(model.label_map.device))
     record = label_map_record(seq, counts, list(splits.train.classes))
-    hits = sum(r["images"] for r in record["map"])
-    reporter.line(f"label map (frequency, {record['source_classes']} -> {len(seq)} classes): "
-                  f"{hits / max(1, int(counts.sum())):.1%} of training images fall on their class's source")
+    reporter.line(label_map_line(record))
     return record
+
+
+def label_map_line(record: dict) -> str:
+    """What the user reads about a frozen frequency label map."""
+    hits, seen = sum(r["images"] for r in record["map"]), sum(r["of"] for r in record["map"])
+    return (f"label map (frequency, {record['source_classes']} -> {len(record['seq'])} classes): "
+            f"{hits / max(1, seen):.1%} of training images fall on their class's source")
 
 
 # --- what compress does with the head, before and after the method runs --------------------------------
