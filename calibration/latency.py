@@ -32,6 +32,8 @@ LATENCY_BATCHES = (1, 64)  # what every report and benchmark times: one image, a
 DEFAULT_BUDGET_S = 30.0  # per graph, over all its batch sizes (`report --latency-budget`)
 MIN_RUNS = 20  # timed calls wanted before the budget may stop a graph
 MIN_TIMED = 3  # timed calls every graph gets, budget or not (a median and an interval need a few)
+MIN_ROUNDS = 10  # rounds before the budget may stop graphs that all take multi-call turns (the interval
+# resamples rounds: one round has no spread); at under 13 ms a call, ten rounds are well under a second
 MAX_RUNS = 1000  # timed calls that stop a fast graph before its budget: a tight interval, a second or less
 BLOCK_MS = 20.0  # a graph's turn: back-to-back calls for about this long
 MAX_BLOCK = 50  # calls in one turn at most (a sub-0.4-ms graph)
@@ -111,7 +113,8 @@ def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndar
     untimed call); `budget_s` seconds per runtime.
 
     Stops when every runtime has MAX_RUNS timed calls, or when the budget is spent and each has at
-    least MIN_TIMED. `tick(status)` is called once per timed call (progress)."""
+    least MIN_TIMED (and MIN_ROUNDS rounds where every turn is several calls). `tick(status)` is called
+    once per timed call (progress)."""
     timers = {name: rt.timer(batches[name]) for name, rt in runtimes.items()}
     start = time.perf_counter()
     warm = 0
@@ -125,7 +128,8 @@ def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndar
     times: dict[str, list[float]] = {name: [] for name in timers}
     deadline = start + budget_s * len(timers)
     order = list(timers)
-    n = 0
+    n, rounds = 0, 0
+    min_rounds = MIN_ROUNDS if min(blocks.values()) > 1 else MIN_TIMED
     while True:
         for name in order:  # the order flips every round: neither graph always runs right after the other
             once = timers[name]
@@ -133,10 +137,11 @@ def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndar
                 once()  # the caches the other graph filled are this graph's again
             times[name].extend(once() for _ in range(blocks[name]))
         order.reverse()
+        rounds += 1
         before, n = n, min(len(t) for t in times.values())
         for _ in range(n - before if tick else 0):  # one tick per timed call: MAX_RUNS ticks fill a bar
             tick(f"{n} timed calls each")
-        if n >= MAX_RUNS or (n >= MIN_TIMED and time.perf_counter() >= deadline):
+        if n >= MAX_RUNS or (n >= MIN_TIMED and rounds >= min_rounds and time.perf_counter() >= deadline):
             break
     seconds = (time.perf_counter() - start) / len(timers)
     return {name: _latency(int(batches[name].shape[0]), t, warm, seconds, blocks[name]) for name, t in times.items()}

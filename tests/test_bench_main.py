@@ -15,6 +15,7 @@ from bench import accuracy, channel, grid, transfer
 from conftest import DIGITS_RECIPE
 from pipelines.cli import app
 from pipelines.recipe import load_grid
+from pipelines.run_dir import source_commit
 from vpns_deploy.config import ONE_BATCH_FRACTION
 from vpns_deploy.sparsity.methods import get_method
 
@@ -76,7 +77,7 @@ def test_summariser_reads_real_runs_and_writes_json_png_and_markdown(table, tmp_
     (group,) = result["measured"]
     assert group["commit"] and group["runs"] == list(NAMES[table]) and group["command"].startswith("vpns-deploy run")
     made = json.loads((digits_grid / "vpns" / "manifest.json").read_text())["versions"].get("vpns-deploy commit")
-    if (ROOT / ".git").exists():  # a checkout: the run records the commit its code was at, and the table names it
+    if source_commit() is not None:  # a git checkout: the run records its code's commit, and the table names it
         assert made and re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", made) and group["commit"] == made
     out = capsys.readouterr().out
     for md in result["markdown"].values():

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from calibration.cpu import cpu_facts
-from calibration.latency import (BLOCK_MS, MAX_BLOCK, MAX_RUNS, MIN_TIMED, Latency, block_size, latency_by_batch,
-                                 measure_interleaved, speedup)
+from calibration.latency import (BLOCK_MS, MAX_BLOCK, MAX_RUNS, MIN_ROUNDS, MIN_TIMED, Latency, block_size,
+                                 latency_by_batch, measure_interleaved, speedup)
 from calibration.runtime import OrtRuntime, TorchRuntime, top1
 from calibration.session import cpu_session
 from pipelines.cli import app
@@ -53,6 +53,19 @@ def test_latency_stops_at_its_budget_with_an_interval(tmp_path):
         assert got.ci95_ms[0] <= got.median_ms <= got.ci95_ms[1]
     slowest = max(max(lat[n]["256"].times_ms) for n in lat) / 1e3
     assert took <= 2 * 0.4 + 4 * slowest + 0.5, took  # two graphs' budgets plus the calls that straddle them
+
+
+def test_fast_graphs_get_enough_rounds_for_an_interval_whatever_the_budget(tmp_path):
+    """The interval resamples rounds: graphs that take multi-call turns run MIN_ROUNDS rounds even when
+    a tiny budget is spent after the first, and the interval has a width."""
+    _matmul_graph(tmp_path / "fast.onnx", n=16, layers=1)  # microseconds a call: MAX_BLOCK calls a turn
+    rt = OrtRuntime(cpu_session(tmp_path / "fast.onnx", threads=1))
+    x = np.random.default_rng(0).integers(0, 255, (1, 16, 1, 1), dtype=np.uint8)
+    got = measure_interleaved({"a": rt, "b": rt}, {"a": x, "b": x}, 1e-4)
+    for lat in got.values():
+        assert lat.block > 1 and lat.runs == lat.block * (lat.runs // lat.block)
+        assert lat.runs // lat.block >= MIN_ROUNDS and lat.ci95_ms[0] < lat.ci95_ms[1], lat
+    assert speedup(got["a"], got["b"]).ci95[0] < speedup(got["a"], got["b"]).ci95[1]
 
 
 class _LoggedRuntime(OrtRuntime):

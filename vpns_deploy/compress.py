@@ -16,7 +16,7 @@ from torch.optim import SGD
 from vpns_deploy.config import CompressConfig, default_pad
 from vpns_deploy.data.batches import num_batches
 from vpns_deploy.data.dataset import Splits
-from vpns_deploy.distributed import DistContext, broadcast_state, identical_on_ranks
+from vpns_deploy.distributed import DistContext, broadcast_state, identical_on_ranks, rank0_alone
 from vpns_deploy.heads import label_map_line, set_label_map
 from vpns_deploy.latency_budget import MAX_CANDIDATES, TOLERANCE, SpeedupProbe, search
 from vpns_deploy.models.checkpoint import LoadedModel
@@ -176,8 +176,8 @@ def compress(
     and scheduler states, data-stream generators and the global RNG, so on the CPU it ends
     bit-identical to an uninterrupted run. With a probe (channel mode, --budget-by latency) the
     channel budget is the MACs reduction whose compacted network meets cfg.speedup on the probe's runtime.
-    `given_map`: the frequency label map already computed on this very network before any mask (the dense
-    reference's, when that is the network as given), reused rather than computed a second time.
+    `given_map`: the frequency label map the dense reference computed on the network as given (the same
+    function before any mask, with the same draws), reused rather than computed a second time.
     """
     torch.manual_seed(cfg.seed)
     method, granularity = get_method(cfg.method), granularity_for(cfg.mode)
@@ -239,10 +239,13 @@ def latency_target(net: nn.Module, masks: Granularity, method, cfg: CompressConf
         method.start(masks)
         return masks.kept_widths(), lambda: masks.baked(net)
 
-    record = _search(net, masks, cfg, probe, reporter, select) if probe is not None else None
     if ctx is None:
-        return record
-    # The random stream too: whatever the search drew on rank 0 (exports), every rank continues alike.
+        return _search(net, masks, cfg, probe, reporter, select)
+    if ctx.is_main and probe is None:
+        raise ValueError("rank 0 searches the latency budget: it needs the probe")
+    with rank0_alone():  # the other ranks wait on a socket while rank 0 exports and times
+        record = _search(net, masks, cfg, probe, reporter, select) if ctx.is_main else None
+    # The CPU random stream too: whatever the search drew on rank 0 (exports), every rank continues alike.
     shared = broadcast_state({"record": json.dumps(record), "rng": torch.get_rng_state()} if ctx.is_main else None,
                              ctx)
     record = json.loads(shared["record"])

@@ -24,6 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -211,6 +212,22 @@ def average_bn_stats(model: nn.Module, world: int) -> None:
             for t in (m.running_mean, m.running_var):
                 dist.all_reduce(t)
                 t /= world
+
+
+RANK0_WORK_TIMEOUT = timedelta(hours=2)  # what rank 0 alone may take while the others wait (a latency search)
+
+
+@contextlib.contextmanager
+def rank0_alone() -> Iterator[None]:
+    """For work rank 0 does alone (a latency search) while the others wait at the exit: on a gloo group of
+    its own, so the wait blocks on a socket (a CUDA wait in an NCCL collective can spin a core while rank
+    0 times on the CPU) and may last RANK0_WORK_TIMEOUT (NCCL's default gives up after 10 minutes)."""
+    group = dist.new_group(backend="gloo", timeout=RANK0_WORK_TIMEOUT)
+    try:
+        yield
+        dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)
 
 
 def broadcast_bytes(data: bytes | None, ctx: DistContext) -> bytes:
