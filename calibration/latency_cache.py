@@ -65,6 +65,13 @@ class LatencyCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, {"version": VERSION, "key": self.key, "points": points})
 
+    def dense_ms(self) -> float | None:
+        """The dense graph's median latency over the points kept here (each measured it alongside its
+        candidate): what it took on this machine before; None when nothing is kept."""
+        values = sorted(p["dense_ms"] for p in self._points().values()
+                        if isinstance(p, dict) and isinstance(p.get("dense_ms"), (int, float)))
+        return values[len(values) // 2] if values else None
+
     def forget(self, widths: list[tuple[int, ...]]) -> None:
         """Drop points (measured while the machine was busy: later runs must time them again)."""
         points, gone = self._points(), {self.point_key(w) for w in widths}

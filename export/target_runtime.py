@@ -86,6 +86,7 @@ class NetworkProbe:
                     "input": list(image_shape), "batch": batch, "precision": "fp32", "graph": "deployed",
                     "network": structure_digest(dense)}
         self.cache = LatencyCache(self.key, cache_root)
+        self._dense_before = self.cache.dense_ms()  # read before this search adds its own points
 
     def deployed(self, net: nn.Module) -> nn.Module:
         return DeployGraph(net, self.inputs, None)
@@ -104,6 +105,9 @@ class NetworkProbe:
 
     def forget(self, widths: list[tuple[int, ...]]) -> None:
         self.cache.forget(widths)
+
+    def dense_ms_before(self) -> float | None:
+        return self._dense_before
 
     def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False) -> Measured:
         hit = None if fresh else self.cache.get(widths)

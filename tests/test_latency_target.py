@@ -22,8 +22,8 @@ from vpns_deploy.progress import Reporter
 class PowerLaw:
     """A runtime whose speedup is macs_ratio ** exponent: the shape the search assumes, exactly."""
 
-    def __init__(self, exponent: float, ceiling: float = math.inf) -> None:
-        self.exponent, self.ceiling, self.calls = exponent, ceiling, 0
+    def __init__(self, exponent: float, ceiling: float = math.inf, dense_before: float | None = None) -> None:
+        self.exponent, self.ceiling, self.calls, self.dense_before = exponent, ceiling, 0, dense_before
 
     def measure(self, widths, build) -> Measured:
         self.calls += 1
@@ -35,6 +35,9 @@ class PowerLaw:
 
     def forget(self, widths) -> None:
         pass
+
+    def dense_ms_before(self) -> float | None:
+        return self.dense_before
 
 
 def _select(ratio: float):
@@ -69,6 +72,17 @@ def test_a_search_on_a_busy_machine_says_so():
     assert busy.to_dict()["busy"] and "something else was using this machine" in busy.busy_line()
     lo, hi = busy.to_dict()["dense_ms_range"]
     assert hi / lo == pytest.approx(1.1 ** (len(busy.candidates) - 1))
+
+
+def test_one_candidate_on_a_machine_busy_all_along_is_caught_by_the_cache():
+    """The dense graph took 7 ms here before and 10 ms now: one candidate met the target at once, so
+    the search's own spread is nil, and only the cache shows the load."""
+    steady = search(2.0, _select, PowerLaw(1.0, dense_before=9.5), max_ratio=50.0)
+    assert len(steady.candidates) == 1 and steady.busy_line() is None
+    busy = search(2.0, _select, PowerLaw(1.0, dense_before=7.0), max_ratio=50.0)
+    assert len(busy.candidates) == 1 and busy.met
+    assert "it took 7 ms when this machine measured it before" in busy.busy_line()
+    assert busy.to_dict()["busy"] and busy.to_dict()["dense_ms_cached"] == 7.0
 
 
 def test_an_unreachable_target_gives_the_fastest_point_and_says_so():
@@ -112,6 +126,7 @@ def test_the_probe_times_once_per_widths_and_target(tmp_path):
 
     inputs = InputSpec(3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 16)
     with NetworkProbe(dense, inputs, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
+        assert probe.dense_ms_before() is None  # nothing measured on this machine yet
         first = probe.measure((16,), lambda: small)
         # what is timed is the graph as it deploys: uint8 NHWC images in, preprocessing inside
         (graph_input,) = onnx.load(probe.workdir / "candidate.onnx").graph.input
@@ -119,6 +134,7 @@ def test_the_probe_times_once_per_widths_and_target(tmp_path):
         assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:] == [16, 16, 3]
     assert not first.cached and first.speedup > 0 and first.dense_ms > 0
     with NetworkProbe(dense, inputs, (3, 16, 16), "ort-cpu", 1, budget_s=0.2, cache_root=tmp_path) as probe:
+        assert probe.dense_ms_before() == first.dense_ms  # what the dense graph took here before
         assert probe.measure((16,), never) == Measured(first.speedup, first.ci95, first.dense_ms, first.ms, True)
     with NetworkProbe(dense, inputs, (3, 16, 16), "ort-cpu", 2, budget_s=0.2, cache_root=tmp_path) as probe:
         assert not probe.measure((16,), lambda: small).cached

@@ -59,6 +59,10 @@ class SpeedupProbe(Protocol):
         """Drop these widths' points from the cache (timed while the machine was busy)."""
         ...
 
+    def dense_ms_before(self) -> float | None:
+        """The dense graph's latency as the cache recorded it before this search (None: nothing cached)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -79,6 +83,7 @@ class LatencyBudget:
     chosen: Candidate | None = None
     reachable: float | None = None  # every candidate ran slower than the target: the fastest one's speedup
     probe: dict = field(default_factory=dict)
+    dense_ms_cached: float | None = None  # the dense graph's latency on this machine before (the cache)
 
     @property
     def met(self) -> bool:
@@ -108,18 +113,26 @@ class LatencyBudget:
         return (min(fresh), max(fresh)) if fresh else None
 
     def busy_line(self) -> str | None:
-        """A warning when the dense graph's own latency moved more than BUSY_SPREAD during the search."""
+        """A warning when the dense graph's own latency moved more than BUSY_SPREAD during the search, or
+        away from what it took on this machine before (the cache): with one candidate timed, the search
+        alone cannot see a machine that was busy all along."""
         r = self.dense_ms_range()
-        if r is None or r[1] <= BUSY_SPREAD * r[0]:
+        if r is None:
             return None
-        return (f"warning: the dense graph ran between {r[0]:.3g} and {r[1]:.3g} ms while the candidates were timed: "
-                "something else was using this machine, and the speedups measured may be off by as much (they are "
-                "not kept in the latency cache); run compress on a quiet machine (report measures the shipped "
-                "graph again)")
+        before = self.dense_ms_cached
+        lo, hi = min(r[0], before or r[0]), max(r[1], before or r[1])
+        if hi <= BUSY_SPREAD * lo:
+            return None
+        then = f" (it took {before:.3g} ms when this machine measured it before)" if before is not None else ""
+        return (f"warning: the dense graph ran between {r[0]:.3g} and {r[1]:.3g} ms while the candidates were timed"
+                f"{then}: something else was using this machine, and the speedups measured may be off by as much "
+                "(they are not kept in the latency cache); run compress on a quiet machine (report measures the "
+                "shipped graph again)")
 
     def to_dict(self) -> dict:
         return {"target": self.target, "budget_by": "latency", "tolerance": TOLERANCE, "met": self.met,
-                "dense_ms_range": self.dense_ms_range(), "busy": self.busy_line() is not None,
+                "dense_ms_range": self.dense_ms_range(), "dense_ms_cached": self.dense_ms_cached,
+                "busy": self.busy_line() is not None,
                 "macs_ratio": self.chosen.macs_ratio if self.chosen else None,
                 "measured": asdict(self.chosen.measured) if self.chosen else None,
                 "reachable": self.reachable, "probe": self.probe,
@@ -168,7 +181,7 @@ def search(target: float, select: Select, probe: SpeedupProbe, max_ratio: float,
     """Find the MACs reduction (<= max_ratio: every group at its floor) whose compacted network meets
     `target` on the probe's runtime. `select(ratio)` sets the masks at that budget and returns their
     widths and a builder of the compacted network; on return the masks are left at the chosen budget."""
-    out = LatencyBudget(target, probe=probe.describe())
+    out = LatencyBudget(target, probe=probe.describe(), dense_ms_cached=probe.dense_ms_before())
     ratio = min(target, max_ratio)
     tried: dict[tuple[int, ...], Candidate] = {}
     while len(out.candidates) < MAX_CANDIDATES:
