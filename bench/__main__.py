@@ -4,7 +4,7 @@
                                                     # target, target-transfer, prompt,
                                                     # prompt-budget
     python -m bench TABLE --show                    # print the committed table; reads no runs
-    python -m bench precision | throughput          # print a measurement table from its JSON
+    python -m bench precision | throughput | repeat # print a measurement table from its JSON
     python -m bench --list
 
 A grid table is a recipe plus a summariser: `vpns-deploy run bench/recipes/TABLE.toml` makes its runs
@@ -12,8 +12,8 @@ A grid table is a recipe plus a summariser: `vpns-deploy run bench/recipes/TABLE
 their manifest.json / report.json into bench/results/TABLE.json (the runs, the summary, the markdown
 table, what measured each run) and TABLE.png. It never trains: where runs are missing it names the
 `vpns-deploy run` command that makes them and writes nothing (--partial summarises those present).
-Measurement tables (precision, throughput) print from their JSON, which holds the command that
-measured it.
+Measurement tables (precision, throughput, repeat) print from their JSON, which holds the command
+that measured it.
 """
 from __future__ import annotations
 
@@ -89,8 +89,14 @@ def throughput(argv: list[str]) -> None:
             print(f"ResNet-20 epoch, {name}: train {r['train_seconds']:.1f} s, eval {r['eval_seconds']:.1f} s")
 
 
+def repeat(argv: list[str]) -> None:
+    """One speedup measured again and again vs its interval (latency_repeat.json; python -m bench.latency_repeat)."""
+    saved = json.loads((RESULTS / "latency_repeat.json").read_text())
+    print(f"{saved['command']} ({saved['created'][:10]}, {saved['machine']['cpu']}):\n{saved['markdown']}")
+
+
 TABLES: dict[str, Callable[[list[str]], None]] = {
-    **{name: _grid(name) for name in GRID_TABLES}, "precision": precision, "throughput": throughput}
+    **{name: _grid(name) for name in GRID_TABLES}, "precision": precision, "throughput": throughput, "repeat": repeat}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,6 +113,22 @@ def test_measurement_tables_print_from_their_json(capsys):
     assert "1 process(es):" in out and "2 process(es):" in out and "ResNet-20 epoch, new: train 133.4 s" in out
 
 
+def test_latency_repeat_measures_in_fresh_processes_and_prints_from_its_json(digits_run, tmp_path, capsys):
+    from bench import latency_repeat
+
+    out = tmp_path / "repeat.json"
+    result = latency_repeat.main([str(digits_run), "--processes", "2", "--repeats", "1", "--budget", "0.05",
+                                  "--out", str(out)])
+    assert json.loads(out.read_text()) == result and [m["process"] for m in result["measurements"]] == [0, 1]
+    for m in result["measurements"]:
+        assert m["ci95"][0] <= m["speedup"] <= m["ci95"][1] and m["rounds"] >= 3 and m["dense_ms"] > 0
+    s = result["summary"]
+    assert s["min"] <= s["mean"] <= s["max"] and 0 <= s["intervals_holding_the_mean"] <= 2
+    assert "2 measurements:" in capsys.readouterr().out
+    tables.main(["repeat"])  # the committed measurement
+    assert "measurements:" in capsys.readouterr().out
+
+
 def test_show_prints_the_committed_tables_without_runs(capsys):
     tables.main(["floor", "--show"])
     assert "| 50k-e1 (704) | 87.66 | 78.68 | 82.56 | 82.85 | met |" in capsys.readouterr().out
