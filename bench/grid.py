@@ -95,14 +95,14 @@ def run_record(run: Path) -> dict:
         "sparsity_achieved": m.get("sparsity"), "optimizer_steps": steps,
         "train_seconds": sum(e["train_seconds"] for e in m["epochs"]), "val_curve": curve,
         **({"macs": structure["macs"], "params": structure["params"]} if "macs" in structure else {}),
-        **made_by(run),
+        **made_by(manifest),
     }
 
 
-def made_by(run: Path) -> dict:
+def made_by(manifest: dict) -> dict:
     """The machine and the source commit a run was made on, as its manifest records them (runs made
     before manifests recorded the commit: None)."""
-    versions = json.loads((run / "manifest.json").read_text())["versions"]
+    versions = manifest["versions"]
     return {"platform": versions["platform"], "commit": versions.get("vpns-deploy commit")}
 
 

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     grid.require_all(runs, args.partial)
     reports = [json.loads((r / "report.json").read_text()) for r in runs.runs.values()]
     cpu = reports[0]["cpu"]
-    created = {name: {"created": json.loads((r / "manifest.json").read_text())["created"], **grid.made_by(r)}
-               for name, r in runs.runs.items()}
+    manifests = {name: json.loads((r / "manifest.json").read_text()) for name, r in runs.runs.items()}
+    created = {name: {"created": m["created"], **grid.made_by(m)} for name, m in manifests.items()}
     previous = args.out / "int8.json"
     result = {
         "table": "int8", "command": "python -m bench int8", "recipe": grid.rel(runs.recipe),

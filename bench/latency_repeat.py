@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cpu = cpu_facts()
     result = {"command": "python -m bench.latency_repeat " + shlex.join(map(str, argv or sys.argv[1:])),
               "created": now(), "run": str(args.run), "machine": {
-                  "cpu": f"{cpu.model} ({', '.join(cpu.instruction_sets)})", "threads": cpu_threads(),
+                  "cpu": cpu.description, "threads": cpu_threads(),
                   **versions()}, "budget_s": args.budget, "measurements": measurements,
               "summary": summarise(measurements)}
     result["markdown"] = markdown(result)

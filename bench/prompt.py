@@ -25,7 +25,7 @@ def arm(run: Path) -> dict:
 
     m = json.loads((run / "manifest.json").read_text())
     metrics = m["metrics"]
-    return {"created": m["created"], **made_by(run), "run": str(run),
+    return {"created": m["created"], **made_by(m), "run": str(run),
             "top1_plain": metrics["top1_plain"], "top1_prompted": metrics["top1_prompted"],
             "prompt_mean_abs": {e["stage"]: e.get("prompt_mean_abs") for e in metrics["epochs"]},
             "fold": metrics["prompt_decision"]["fold"],

@@ -43,7 +43,7 @@ def cell(run: Path) -> dict:
     lat = t["latency"]
     first, chosen, check = lat["candidates"][0], lat["measured"], lat["verified"]
     net = run.name.rsplit("-", 2)[0]
-    return {"created": m["created"], **made_by(run),
+    return {"created": m["created"], **made_by(m),
             "network": NETWORKS.get(net, net), "target": lat["target"], "batch": t["batch"],
             "macs_budget": {"macs_ratio": first["macs_ratio"], "speedup": first["speedup"], "ci95": first["ci95"]},
             "latency_budget": {"macs_ratio": lat["macs_ratio"], "speedup": chosen["speedup"], "ci95": chosen["ci95"],
@@ -72,7 +72,7 @@ def summarise(records: dict[str, dict]) -> dict:
                      f"{lb['macs_ratio']:.2f}x / {lb['speedup']:.2f}x | {ch['speedup']:.2f}x [{ch['ci95'][0]:.2f}, "
                      f"{ch['ci95'][1]:.2f}] | {'yes' if ch['within'] else 'no'} | {len(c['candidates'])} | "
                      f"{c['dense_ms']:.1f} |")
-    return {"machine": f"{facts.model} ({', '.join(facts.instruction_sets)}), {cpu_threads()} cores",
+    return {"machine": f"{facts.description}, {cpu_threads()} cores",
             "runtime": "ONNX Runtime CPU, fp32, network-only graphs, 224 px",
             "markdown": {"Latency targets": "\n".join(lines)}}
 

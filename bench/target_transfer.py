@@ -37,7 +37,7 @@ def cell(run: Path) -> dict:
     ship = r["shipping"]
     best = {b: ship["best"][b] for b in ship["best"]}
     speed = {b: ship["candidates"][g]["speedup_vs_dense_fp32"][b] for b, g in best.items()}
-    return {"created": m["created"], **made_by(run),
+    return {"created": m["created"], **made_by(m),
             "method": m["config"]["method"], "seed": m["config"]["seed"], "target": lat["target"],
             "batch": t["batch"], "macs_ratio": lat["macs_ratio"],
             "search": {"speedup": lat["measured"]["speedup"], "ci95": lat["measured"]["ci95"]},

@@ -37,6 +37,11 @@ class CpuFacts:
                     "size here, and for speed on CPUs with VNNI/AMX or on GPUs")
         return text + (f"; measured: {measured}." if measured else ".")
 
+    @property
+    def description(self) -> str:
+        """The CPU as results name it: model (instruction sets)."""
+        return f"{self.model} ({', '.join(self.instruction_sets)})"
+
     def to_dict(self) -> dict:
         return asdict(self) | {"int8_note": self.int8_note()}
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -80,11 +80,11 @@ def _interval(resampled: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _rounds(lat: Latency) -> np.ndarray:
-    """A latency's timed calls as rounds x calls per turn (a ragged tail, which measure_interleaved
-    never leaves, is dropped)."""
-    t = np.asarray(lat.times_ms)
-    block = max(1, lat.block)
+def _rounds(times_ms, block: int) -> np.ndarray:
+    """Timed calls as rounds x calls per turn (a ragged tail, which measure_interleaved never leaves,
+    is dropped)."""
+    t = np.asarray(times_ms)
+    block = max(1, block)
     return t[: len(t) // block * block].reshape(-1, block)
 
 
@@ -100,11 +100,10 @@ def _medians(rounds: np.ndarray, draws: np.ndarray) -> np.ndarray:
 
 def _latency(batch: int, times: list[float], warmup: int, seconds: float, block: int = 1) -> Latency:
     t = np.asarray(times)
-    lat = Latency(batch, len(t), warmup, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
-                  float(t.min()), (0.0, 0.0), seconds, len(t) < MIN_RUNS, tuple(float(x) for x in t), block)
-    rounds = _rounds(lat)
+    rounds = _rounds(t, block)
     ci = _interval(_medians(rounds, _round_draws(len(rounds), np.random.default_rng(0))))
-    return replace(lat, ci95_ms=ci)
+    return Latency(batch, len(t), warmup, float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
+                   float(t.min()), ci, seconds, len(t) < MIN_RUNS, tuple(float(x) for x in t), block)
 
 
 def measure_interleaved(runtimes: dict[str, Runtime], batches: dict[str, np.ndarray], budget_s: float,
@@ -194,7 +193,7 @@ def speedup(reference: Latency, candidate: Latency) -> Speedup:
     """Timed in one interleaved measurement (the same number of rounds), both graphs' resamples draw
     the same rounds; otherwise each draws its own."""
     rng = np.random.default_rng(0)
-    ref, cand = _rounds(reference), _rounds(candidate)
+    ref, cand = _rounds(reference.times_ms, reference.block), _rounds(candidate.times_ms, candidate.block)
     draws = _round_draws(len(ref), rng)
     other = draws if len(cand) == len(ref) else _round_draws(len(cand), rng)
     lo, hi = _interval(_medians(ref, draws) / _medians(cand, other))

@@ -185,12 +185,13 @@ def compress(
     net = loaded.net.to(device, memory_format=torch.channels_last)
     saved = checkpoint.load() if checkpoint is not None else None
     dense_map = None
-    if cfg.head == "map" and cfg.label_map_on == "dense" and saved is None and given_map is not None:
-        dense_map = given_map
-        reporter.line(label_map_line(given_map))
-    elif cfg.head == "map" and cfg.label_map_on == "dense" and saved is None:  # before any mask exists
-        dense_view = PromptedNet(net, loaded.inputs, None, torch.arange(splits.num_classes)).to(device)
-        dense_map = set_label_map(dense_view, splits, cfg, device, reporter)
+    if cfg.head == "map" and cfg.label_map_on == "dense" and saved is None:  # before any mask exists
+        if given_map is not None:
+            dense_map = given_map
+            reporter.line(label_map_line(given_map))
+        else:
+            dense_view = PromptedNet(net, loaded.inputs, None, torch.arange(splits.num_classes)).to(device)
+            dense_map = set_label_map(dense_view, splits, cfg, device, reporter)
     placeholder = torch.arange(splits.num_classes) if cfg.head == "map" else None
     teacher = (PromptedNet(copy.deepcopy(net), loaded.inputs, None, placeholder).to(device).eval()
                if cfg.distill else None)  # the dense network, before any mask
@@ -205,9 +206,9 @@ def compress(
         _restore(result, saved, reporter)
     else:
         method.start(masks)
-        if probe is not None or (cfg.latency_budget and opts is not None and opts.dist is not None):
-            result.latency_budget = latency_target(net, masks, method, cfg, probe, reporter,
-                                                   opts.dist if opts is not None else None)
+        ctx = opts.dist if opts is not None else None
+        if probe is not None or (cfg.latency_budget and ctx is not None):  # under torchrun only rank 0 has one
+            result.latency_budget = latency_target(net, masks, method, cfg, probe, reporter, ctx)
     for note in masks.notes():  # groups kept whole, a target out of reach
         reporter.line(note)
     if dense_map is not None:  # label_map_on "dense": computed before the mask, frozen from here on
