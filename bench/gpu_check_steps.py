@@ -390,6 +390,7 @@ def resume(s: Settings) -> dict:
     ma, mb = _manifest(full)["metrics"], _manifest(cut)["metrics"]
     result = {"killed_at": killed, "mask_epochs": mask_epochs, "device": _manifest(cut)["device"],
               "resumed_message": "resuming after mask epoch" in said, "bit_identical": same,
+              "checkpoint_removed": not ckpt.parent.exists(),
               "top1_plain": [ma["top1_plain"], mb["top1_plain"]],
               "note": "on CUDA cuDNN autotuning and atomics may change bits; the resume itself is the check"}
     if killed["stage"] != "mask" or not result["resumed_message"]:

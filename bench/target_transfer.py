@@ -1,4 +1,5 @@
-"""The latency target's accuracy side: EfficientNet-Lite0 -> CIFAR-10-JPEG (128 px, 596 optimiser steps)
+"""The latency target's accuracy side: EfficientNet-Lite0 -> CIFAR-10-JPEG (128 px, 596 optimiser steps;
+one 4x cell on three times as many, to measure what the step budget holds back)
 compressed to a measured --speedup at batch 1 on ONNX Runtime CPU, VPNs against Torch-Pruning's
 group-norm pruner at the same measured speedup and steps, and what ships (channels x precision).
 
@@ -6,7 +7,7 @@ Each cell is one run of bench/recipes/target-transfer.toml, read from its manife
 reduction chosen, the speedup it measured, the re-measurement at the end) and report.json (the graph to
 ship, chosen by measurement among fp32 and int8 within the export's tolerance, its speedup over the
 dense fp32 graph at batch 1 and 64 on the deployed uint8 graphs, and test top-1 on all 10,000 images).
-The dense fine-tune at the same steps is the transfer table's (bench/results/transfer.json).
+The dense fine-tune at 596 steps is the transfer table's (bench/results/transfer.json).
 
     vpns-deploy run bench/recipes/target-transfer.toml   # the runs (resumable; about 30 minutes each)
     python -m bench target-transfer [--partial]          # the table, JSON and PNG from them
@@ -86,7 +87,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlim(left=1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("EfficientNet-Lite0 -> CIFAR-10, 128 px, 596 steps", fontsize=9)
+    ax.set_title("EfficientNet-Lite0 -> CIFAR-10, 128 px (optimiser steps in the table)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

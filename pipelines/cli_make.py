@@ -14,7 +14,7 @@ from pipelines.cli_common import (
 from pipelines.cli_options import (
     HEAD_OPTIONS, METHOD_OPTIONS, MODEL_OPTIONS, TRAINING_OPTIONS, compress_config, input_overrides, with_options,
 )
-from pipelines.recipe import ARCH_SHORT
+from pipelines.recipe import ARCH_SHORT, ReportSection
 from vpns_deploy.config import DEVIATIONS, CompressConfig
 from vpns_deploy.errors import UserError
 
@@ -107,7 +107,7 @@ def compress(
 
 
 @friendly
-@with_options(MODEL_OPTIONS, METHOD_OPTIONS, TARGET, TRAINING_OPTIONS, HEAD_OPTIONS)
+@with_options(MODEL_OPTIONS, METHOD_OPTIONS, TARGET, TRAINING_OPTIONS, HEAD_OPTIONS, ((ReportSection, "latency_budget"),))
 def sweep(
     model: Annotated[Path, typer.Argument(help="Checkpoint, as for compress.")],
     data: Annotated[str, typer.Option(help=DATA_HELP)],
@@ -133,11 +133,12 @@ def sweep(
     sparsities = None if speedup else floats(sparsity, "--sparsity")
     for s in sparsities or []:
         CompressConfig(sparsity=s)  # one-line error for a value outside (0, 1), before anything runs
+    ReportSection(latency_budget=options["latency_budget"])  # likewise for the report's budget
     arch = options["arch"]
     out = out or DEFAULT_RUNS / f"sweep-{(arch or model.stem).replace(':', '-')}-{base.method}-{base.mode.replace(':', 'of')}"
     result = run_sweep(model, arch, data, base, out, sparsities, floats(speedup, "--speedup") if speedup else None,
                        precisions(precision), options["num_classes"], options["trust_pickle"], overwrite,
-                       reporter(quiet), inputs=input_overrides(options))
+                       reporter(quiet), inputs=input_overrides(options), latency_budget=options["latency_budget"])
     say(str(result))
 
 

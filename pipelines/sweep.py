@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from calibration.latency import DEFAULT_BUDGET_S
 from pipelines import plots
 from pipelines.compare import report_runs
 from pipelines.artifacts import PLOT_PNGS, REPORT_HTML, REPORT_JSON, REPORT_MD
@@ -54,14 +55,17 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
               sparsities: list[float] | None = None, speedups: list[float] | None = None,
               precisions: tuple[str, ...] = ("fp32",), num_classes: int | None = None,
               trust_pickle: bool = False, overwrite: bool = False, reporter: Reporter | None = None,
-              inputs: InputOverrides | None = None) -> Path:
+              inputs: InputOverrides | None = None, latency_budget: float = DEFAULT_BUDGET_S) -> Path:
+    """Every point compressed, exported and reported (`latency_budget`: seconds of timed calls per graph),
+    then the sweep's plots and side-by-side report."""
     reporter = reporter or Reporter()
     points = point_configs(base, sparsities, speedups)  # every config validated before anything runs
     run_dirs = []
     for i, (name, cfg) in enumerate(points, 1):
         reporter.line(f"sweep point {i}/{len(points)}: {name}")
         plan = Plan(out / name, "sweep", compress_request(model, arch, data, cfg, num_classes, trust_pickle, inputs),
-                    ExportRequest(ExportSection(precisions=list(precisions))), ReportRequest(), trust_pickle, cfg.device)
+                    ExportRequest(ExportSection(precisions=list(precisions))), ReportRequest(latency_budget), trust_pickle,
+                    cfg.device)
         run_plan(plan, overwrite=overwrite, reporter=reporter)
         run_dirs.append(out / name)
     if env_rank() != 0:  # under torchrun the other ranks only trained; rank 0 writes the sweep's files
@@ -76,7 +80,8 @@ def run_sweep(model: Path, arch: str | None, data: str, base: CompressConfig, ou
               plots.accuracy_vs_sparsity(summary, dense["top1"], out / "accuracy_vs_sparsity.png")),
              (f"Accuracy vs measured speedup over dense fp32, batch {PARETO_BATCH}, with the Pareto front",
               plots.pareto(summary, dense, out / "pareto.png", PARETO_BATCH))]
-    report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra, trust_pickle=trust_pickle)
+    report_runs(run_dirs, out=out, reporter=reporter, extra_images=extra, latency_budget=latency_budget,
+                trust_pickle=trust_pickle)
     # sweep.json last, recording the fingerprint and what it drew: the record that the sweep is done
     atomic_write_json(out / SWEEP_JSON, {"created": now(), "mode": base.mode, "method": base.method,
                                          "points": summary, "dense": dense,

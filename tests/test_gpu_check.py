@@ -71,6 +71,7 @@ def test_dry_run_measures_what_the_gpu_run_reports(dry_run):
     assert smoke["backend"] == "gloo" and smoke["ddp"] == "DistributedDataParallel" and smoke["broadcast_state_equal"]
     assert r["resume"]["killed_at"]["stage"] == "mask" and r["resume"]["resumed_message"]
     assert all(r["resume"]["bit_identical"].values())  # on the CPU the resumed run is bit-identical
+    assert r["resume"]["top1_plain"][0] == r["resume"]["top1_plain"][1] and r["resume"]["checkpoint_removed"]
 
 
 def test_a_step_past_its_limit_is_killed_and_recorded(tmp_path, monkeypatch):

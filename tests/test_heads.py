@@ -235,7 +235,7 @@ def test_head_map_end_to_end_maps_digits_to_their_own_source_classes(tmp_path, d
 
     from pipelines.report_stage import run_report
 
-    report = run_report(out, reporter=Reporter(quiet=True), print_table=False)
+    report = run_report(out, reporter=Reporter(quiet=True), print_table=False, latency_budget=1.0)
     assert report["head"]["map"][0].startswith(f"{classes[0]} -> {DIGIT_CLASSES[classes[0]]}")
     assert report["prompt_choice"]["decision"]["split"] == "validation"
     acc = report["accuracy"]  # like with like: PyTorch with the same map (and prompt choice) as the graphs

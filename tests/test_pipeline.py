@@ -75,7 +75,7 @@ def test_latest_run_ignores_partial_directories(tmp_path):
 
 
 def test_report_measures_accuracy_sizes_and_latency(digits_run):
-    report = run_report(digits_run, reporter=Reporter(quiet=True))
+    report = run_report(digits_run, reporter=Reporter(quiet=True), latency_budget=1.0)
     saved = json.loads((digits_run / "report.json").read_text())
     assert saved["accuracy"] == report["accuracy"]
     acc = report["accuracy"]

@@ -18,6 +18,7 @@ lr_prompt_mask = 1e-3
 prompt = true
 [report]
 enabled = true
+latency_budget = 1
 """
 
 

@@ -52,7 +52,7 @@ def second_run(tmp_path_factory, digits_model) -> Path:
 
 def test_report_on_two_runs_writes_table_markdown_pngs_and_html(tmp_path, digits_run, second_run, chromium):
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(app, ["report", str(digits_run), str(second_run), "--out", str(out)])
+    result = CliRunner().invoke(app, ["report", str(digits_run), str(second_run), "--out", str(out), "--latency-budget", "1"])
     assert result.exit_code == 0, result.output
     assert "digits-vpns" in result.stdout and "digits-channel" in result.stdout  # the rich table
     md = (out / "report.md").read_text()
@@ -76,7 +76,7 @@ def test_report_on_two_runs_writes_table_markdown_pngs_and_html(tmp_path, digits
 
 
 def test_report_on_one_run_adds_plots_and_html_to_the_run(digits_run, chromium):
-    result = CliRunner().invoke(app, ["report", str(digits_run)])
+    result = CliRunner().invoke(app, ["report", str(digits_run), "--latency-budget", "1"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((digits_run / "manifest.json").read_text())
     for name in ("report.html", "training_curves.png", "layer_sparsity.png", "latency.png"):
@@ -112,7 +112,7 @@ def test_sweep_runs_every_point_draws_its_plots_and_resumes_as_a_no_op(tmp_path,
     out = tmp_path / "sweep"
     args = ["sweep", str(digits_model), "--arch", "digits_cnn", "--data", "digits", "--sparsity", "0.5,0.8",
             "--method", "magnitude", "--epochs-mask", "0", "--epochs-tune", "1", "--batch-size", "64",
-            "--train-subset", "400", "--out", str(out), "--quiet"]
+            "--train-subset", "400", "--latency-budget", "1", "--out", str(out), "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "sweep.json").read_text())
@@ -136,6 +136,8 @@ def test_sweep_rejects_bad_targets_before_running(tmp_path, digits_model):
     assert bad.exit_code == 2 and "strictly between 0 and 1" in bad.stderr
     bad = CliRunner().invoke(app, base + ["--speedup", "2"])
     assert bad.exit_code == 2 and "--mode channel" in bad.stderr
+    bad = CliRunner().invoke(app, base + ["--latency-budget", "0"])
+    assert bad.exit_code == 2 and "--latency-budget" in bad.stderr
     assert not (tmp_path / "s").exists()
 
 

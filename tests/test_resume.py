@@ -1,5 +1,7 @@
 """A run killed with SIGKILL in the middle of stage 1 and resumed ends bit-identical to an
-uninterrupted run (CPU)."""
+uninterrupted run (CPU). Here channel mode, resumed by the same command again; unstructured mode resumed
+with `--resume RUN_DIR` is the GPU check's resume step, run for real by its dry run
+(tests/test_gpu_check.py)."""
 from __future__ import annotations
 
 import json
@@ -19,11 +21,11 @@ EXE = str(Path(sys.executable).with_name("vpns-deploy"))
 # Enough stage-1 epochs that the kill at the first checkpoint lands inside stage 1 with epochs still to
 # run (an epoch here is about a second; the watcher polls every 20 ms), few enough to keep CI short.
 MASK_EPOCHS = 3
-MODES = {"unstructured": ["--sparsity", "0.9"], "channel": ["--mode", "channel", "--sparsity", "0.5"]}
+CHANNEL = ["--mode", "channel", "--sparsity", "0.5"]
 
 
-def _cmd(model: Path, out: Path, mode: str = "unstructured") -> list[str]:
-    return [EXE, "compress", str(model), "--arch", "digits_cnn", "--data", "digits", *MODES[mode],
+def _cmd(model: Path, out: Path) -> list[str]:
+    return [EXE, "compress", str(model), "--arch", "digits_cnn", "--data", "digits", *CHANNEL,
             "--epochs-mask", str(MASK_EPOCHS), "--epochs-tune", "1", "--batch-size", "64", "--device", "cpu",
             "--out", str(out)]
 
@@ -32,10 +34,10 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _kill_at_first_checkpoint(model: Path, out: Path, mode: str = "unstructured") -> Path:
+def _kill_at_first_checkpoint(model: Path, out: Path) -> Path:
     """Start compress, SIGKILL it as soon as its first epoch checkpoint exists; returns that file."""
     ckpt = out.parent / f".{out.name}.partial" / "checkpoint.pt"
-    proc = subprocess.Popen(_cmd(model, out, mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    proc = subprocess.Popen(_cmd(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -45,19 +47,28 @@ def _kill_at_first_checkpoint(model: Path, out: Path, mode: str = "unstructured"
     return ckpt
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model, mode):
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_cmd(digits_model, full, mode), check=True, capture_output=True, env=_env(), timeout=600)
+def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_model):
+    """Killed in stage 1: other settings on the same --out are refused and the checkpoint kept; the same
+    command again resumes it, bit-identical to an uninterrupted run."""
+    from typer.testing import CliRunner
 
-    ckpt = _kill_at_first_checkpoint(digits_model, cut, mode)
+    from pipelines.cli import app
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_cmd(digits_model, full), check=True, capture_output=True, env=_env(), timeout=600)
+
+    ckpt = _kill_at_first_checkpoint(digits_model, cut)
     state = torch.load(ckpt, weights_only=True)["state"]
     assert state["stage"] == "mask" and state["epoch"] < MASK_EPOCHS  # killed inside stage 1
     assert not cut.exists()  # no run directory from a killed run
 
-    # Both ways in: `--resume RUN_DIR` (settings read from the checkpoint) and the same command again.
-    again = [EXE, "compress", "--resume", str(cut)] if mode == "unstructured" else _cmd(digits_model, cut, mode)
-    resumed = subprocess.run(again, capture_output=True, text=True, env=_env(), timeout=600)
+    other = _cmd(digits_model, cut)[1:]
+    other[other.index("--sparsity") + 1] = "0.4"
+    refused = CliRunner().invoke(app, other)
+    assert refused.exit_code == 2 and "unfinished run with different settings" in refused.stderr
+    assert ckpt.exists()  # kept for the user to resume
+
+    resumed = subprocess.run(_cmd(digits_model, cut), capture_output=True, text=True, env=_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after mask epoch" in resumed.stderr
     assert not ckpt.parent.exists() and not (cut / "checkpoint.pt").exists()
@@ -72,20 +83,6 @@ def test_sigkill_mid_stage1_then_resume_matches_uninterrupted(tmp_path, digits_m
     for key in ("val_acc_plain", "val_acc_prompted", "test_acc_plain"):
         assert [e[key] for e in ma["epochs"]] == [e[key] for e in mb["epochs"]], key
     assert all(e["val_acc_plain"] is not None for e in ma["epochs"])  # the validation split judged every epoch
-
-
-def test_different_settings_do_not_resume_a_foreign_checkpoint(tmp_path, digits_model):
-    from typer.testing import CliRunner
-
-    from pipelines.cli import app
-
-    cut = tmp_path / "cut"
-    ckpt = _kill_at_first_checkpoint(digits_model, cut)
-    args = _cmd(digits_model, cut)[1:]
-    args[args.index("--sparsity") + 1] = "0.8"
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "unfinished run with different settings" in result.stderr
-    assert ckpt.exists()  # kept for the user to resume
 
 
 def test_fingerprint_hashes_only_plain_settings():

@@ -165,6 +165,19 @@ def _release_freed_memory() -> None:
         pass
 
 
+@contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Collect once, then leave everything alive now out of later collections (gc.freeze): each
+    measurement's collection then walks only what the steps made, not the run's data and modules
+    (12 full collections cost 2.3 of a 16 s ResNet-20 run's 5 s preflight)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _measure(fn: Callable[[], None], device: torch.device) -> tuple[float, int]:
     """(seconds, peak bytes) of fn: process resident set on the CPU, allocator peak on CUDA."""
     gc.collect()
@@ -210,7 +223,7 @@ def measure_step(loaded_net: torch.nn.Module, inputs, image_shape: tuple[int, ..
     base = (int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else _status_kib("VmRSS"))
     available = available_bytes(device)
     sizes = sorted({min(batch, b) for b in SMALL_BATCHES[:2]})
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _gc_frozen(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         net = copy.deepcopy(loaded_net).to(device, memory_format=torch.channels_last)
         for p in net.parameters():
