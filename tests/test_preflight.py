@@ -2,6 +2,7 @@
 leaves nothing behind, progress lines on a pipe before the first epoch, and the recorded reference."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -61,7 +62,9 @@ def test_projection_from_small_batches_matches_a_measured_step(tmp_path):
     torch.save(get_arch("cifar_resnet20").build(10).state_dict(), tmp_path / "r20.pt")
     loaded = load_model(tmp_path / "r20.pt", "cifar_resnet20", 10)
     big, cpu = 128, torch.device("cpu")
+    assert gc.get_freeze_count() == 0
     cost = measure_step(loaded.net, loaded.inputs, (3, 32, 32), big, cpu)
+    assert gc.get_freeze_count() == 0  # the objects it froze to measure quickly are thawed again
     model = PromptedNet(loaded.net.to(memory_format=torch.channels_last), loaded.inputs, None)
     opt = torch.optim.SGD(loaded.net.parameters(), lr=1e-6, momentum=0.9)
     x, y = torch.rand(big, 3, 32, 32), torch.zeros(big, dtype=torch.long)
