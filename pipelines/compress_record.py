@@ -88,7 +88,9 @@ def write_run(run: RunDir, result, dense: DenseReference, given: RunInputs) -> M
     """Save the networks, masks and prompt into `run` and record them in its manifest (saved)."""
     loaded, splits, cfg = given.loaded, given.splits, given.cfg
     baked, final = shipped_metrics(result, loaded, splits, given.device)
-    decision = prompt_decision(final["val_top1_plain"], final["val_top1_prompted"], result.prompt_spec is not None)
+    checked = (result.latency_budget or {}).get("verified") or {}
+    decision = prompt_decision(final["val_top1_plain"], final["val_top1_prompted"], result.prompt_spec is not None,
+                               checked.get("with_prompt"))
     shipped_top1 = final["top1_prompted"] if decision["fold"] else final["top1_plain"]
     baseline = dense.baseline.compare(shipped_top1).to_dict() if dense.baseline is not None else None
     _save_network(run, MODEL_PT, baked, loaded.arch)
@@ -190,6 +192,8 @@ def summarise(m: Manifest, out: Path, reporter: Reporter) -> None:
     if m.prompt is not None:
         numbers = (f": validation top-1 {decision['val_top1_prompted']:.2%} with, {decision['val_top1_plain']:.2%} "
                    "without" if decision["split"] else "")
+        if decision.get("speedup_with_prompt") is not None:
+            numbers += f"{',' if numbers else ':'} {decision['speedup_with_prompt']:.2f}x faster than dense with it"
         reporter.line(f"prompt decision: {'fold it into' if decision['fold'] else 'leave it out of'} the exported "
                       f"graph{numbers} ({decision['rule']})")
     baseline = metrics.get("baseline")

@@ -175,6 +175,12 @@ def test_target_path_end_to_end_on_digits(digits_model, tmp_path, monkeypatch):
     assert lat["measured"]["speedup"] == max(c["speedup"] for c in lat["candidates"])
     assert lat["probe"]["runtime"] == "ort-cpu" and not lat["verified"]["cached"]  # timed again at the end
     assert "latency check: the compacted network runs" in said
+    # VPNs learned a prompt: the graph with it folded in was timed too, and decided whether it ships
+    with_prompt = lat["verified"]["with_prompt"]
+    assert with_prompt["speedup"] > 0 and "latency check, prompt folded in:" in said
+    decision = RunDir.open(out).manifest.metrics["prompt_decision"]
+    assert decision["speedup_with_prompt"] == with_prompt["speedup"]
+    assert not with_prompt["meets_target"] and not decision["fold"]  # 20x is out of reach: the prompt stays out
     assert target["accuracy"]["within"] and "accuracy budget" in said
     assert "time: " in said and "latency search 0:00:" in said  # what each phase of the run cost
 

@@ -46,9 +46,10 @@ class Measured:
 class SpeedupProbe(Protocol):
     """Measures a compacted network against the dense one on the target runtime."""
 
-    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False) -> Measured:
+    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False,
+                prompt: nn.Module | None = None) -> Measured:
         """The speedup of `build()` over the dense network; from the cache when `widths` were measured
-        before (then `build` is not called), unless `fresh`."""
+        before (then `build` is not called), unless `fresh` or a `prompt` to fold in is given."""
         ...
 
     def describe(self) -> dict:

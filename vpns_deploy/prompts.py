@@ -170,17 +170,30 @@ PROMPT_FALLBACK_RULE = ("no validation split (--val-fraction 0, or too few train
                         "prompt is folded in, as the method trained the network with it; the test split never decides")
 
 
-def prompt_decision(val_plain: float | None, val_prompted: float | None, has_prompt: bool) -> dict:
+PROMPT_LATENCY_RULE = ("left out: the graph with the prompt folded in misses the --speedup target by more than the "
+                       "latency tolerance, and the speed asked for comes before what the prompt adds")
+
+
+def prompt_decision(val_plain: float | None, val_prompted: float | None, has_prompt: bool,
+                    with_prompt: dict | None = None) -> dict:
     """Whether the exported graph carries the prompt, with the numbers and the rule that decided it.
 
     Measured on the validation split (never the test split): the prompt is kept only where it helps
     or ties, since the reference evaluates un-prompted and a prompt can cost accuracy at test time.
+    `with_prompt`: a latency target's check of the graph with the prompt folded in (compress.verify_latency);
+    a prompt that makes the shipped graph miss the target is left out, whatever validation says.
     """
     if not has_prompt:
         return {"fold": False, "rule": "the run learned no prompt", "split": None,
                 "val_top1_plain": val_plain, "val_top1_prompted": None}
     if val_plain is None or val_prompted is None:
-        return {"fold": True, "rule": PROMPT_FALLBACK_RULE, "split": None,
-                "val_top1_plain": None, "val_top1_prompted": None}
-    return {"fold": val_prompted >= val_plain, "rule": PROMPT_RULE, "split": "validation",
-            "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
+        decision = {"fold": True, "rule": PROMPT_FALLBACK_RULE, "split": None,
+                    "val_top1_plain": None, "val_top1_prompted": None}
+    else:
+        decision = {"fold": val_prompted >= val_plain, "rule": PROMPT_RULE, "split": "validation",
+                    "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
+    if with_prompt is not None:
+        decision["speedup_with_prompt"] = with_prompt["speedup"]
+        if decision["fold"] and not with_prompt["meets_target"]:
+            decision |= {"fold": False, "rule": PROMPT_LATENCY_RULE, "validation_preferred": True}
+    return decision
