@@ -4,7 +4,8 @@
                                                     # target, target-transfer, prompt,
                                                     # prompt-budget
     python -m bench TABLE --show                    # print the committed table; reads no runs
-    python -m bench precision | throughput | repeat # print a measurement table from its JSON
+    python -m bench precision | throughput | repeat | prompt-cost
+                                                    # print a measurement table from its JSON
     python -m bench --list
 
 A grid table is a recipe plus a summariser: `vpns-deploy run bench/recipes/TABLE.toml` makes its runs
@@ -12,7 +13,7 @@ A grid table is a recipe plus a summariser: `vpns-deploy run bench/recipes/TABLE
 their manifest.json / report.json into bench/results/TABLE.json (the runs, the summary, the markdown
 table, what measured each run) and TABLE.png. It never trains: where runs are missing it names the
 `vpns-deploy run` command that makes them and writes nothing (--partial summarises those present).
-Measurement tables (precision, throughput, repeat) print from their JSON, which holds the command
+Measurement tables (precision, throughput, repeat, prompt-cost) print from their JSON, which holds the command
 that measured it.
 """
 from __future__ import annotations
@@ -95,8 +96,15 @@ def repeat(argv: list[str]) -> None:
     print(f"{saved['command']} ({saved['created'][:10]}, {saved['machine']['cpu']}):\n{saved['markdown']}")
 
 
+def prompt_cost(argv: list[str]) -> None:
+    """The prompt's latency on the shipped graph (prompt_cost.json; python -m bench.prompt_cost)."""
+    saved = json.loads((RESULTS / "prompt_cost.json").read_text())
+    print(f"{saved['command']} ({saved['created'][:10]}, {saved['machine']['cpu']}):\n{saved['markdown']}")
+
+
 TABLES: dict[str, Callable[[list[str]], None]] = {
-    **{name: _grid(name) for name in GRID_TABLES}, "precision": precision, "throughput": throughput, "repeat": repeat}
+    **{name: _grid(name) for name in GRID_TABLES}, "precision": precision, "throughput": throughput, "repeat": repeat,
+    "prompt-cost": prompt_cost}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,6 +129,29 @@ def test_latency_repeat_measures_in_fresh_processes_and_prints_from_its_json(dig
     assert "measurements:" in capsys.readouterr().out
 
 
+def test_prompt_cost_times_the_graph_with_and_without_the_prompt_and_prints_from_its_json(digits_run, tmp_path,
+                                                                                         capsys):
+    from bench import prompt_cost
+
+    out = tmp_path / "prompt_cost.json"
+    before = {f.name: f.read_bytes() for f in digits_run.iterdir() if f.is_file()}
+    result = prompt_cost.main([str(digits_run), "--processes", "1", "--budget", "0.05", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and len(result["measurements"]) == 1
+    m = result["measurements"][0]
+    assert m["dense_ms"] > 0 and m["with_prompt_ms"] > 0 and m["without_prompt_ms"] > 0
+    r = m["with_over_without"]
+    assert r["ci95"][0] <= r["ratio"] <= r["ci95"][1]
+    assert m["speedup_with_prompt"]["speedup"] == pytest.approx(m["dense_ms"] / m["with_prompt_ms"], rel=0.5)
+    assert "| 0 |" in capsys.readouterr().out
+    assert {f.name: f.read_bytes() for f in digits_run.iterdir() if f.is_file()} == before  # exported in copies
+    tables.main(["prompt-cost"])  # the committed measurement
+    assert "with / without" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a run without a prompt has none to fold in
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        prompt_cost.main([str(bare)])
+
+
 def test_show_prints_the_committed_tables_without_runs(capsys):
     tables.main(["floor", "--show"])
     assert "| 50k-e1 (704) | 87.66 | 78.68 | 82.56 | 82.85 | met |" in capsys.readouterr().out

@@ -1,0 +1,115 @@
+"""What folding the learned prompt into the shipped graph costs in latency.
+
+Only the compressed graph carries the prompt (the dense graph it is compared with has none), so its
+cost comes off the measured speedup. A run's network is exported twice, with and without the prompt
+(`vpns-deploy export --prompt / --no-prompt`, each into a copy of the run), and the dense graph and
+both compressed graphs are timed in one interleaved measurement (calibration/latency.py) at batch 1,
+in each of PROCESSES fresh processes. Wants an idle machine: it times.
+
+    python -m bench.prompt_cost bench/runs/target-transfer/vpns-x4-latency-steps3   # 3 processes
+    python -m bench prompt-cost                                                     # print the saved table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench/results/prompt_cost.json"
+GRAPHS = ("dense", "with_prompt", "without_prompt")
+
+
+def export_both(run: Path, work: Path) -> dict[str, Path]:
+    """The run's dense graph and its compressed network exported with and without the prompt."""
+    from pipelines.export_stage import run_export
+    from vpns_deploy.progress import Reporter
+
+    paths = {}
+    for name, fold in (("with_prompt", True), ("without_prompt", False)):
+        copy = work / name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.onnx", "*.engine", "report*", "*.png", "*.html"))
+        run_export(copy, with_prompt=fold, reporter=Reporter(quiet=True))
+        paths[name] = copy / "model.onnx"
+    paths["dense"] = work / "with_prompt" / "dense.onnx"
+    return paths
+
+
+def measure(paths: dict[str, Path], budget_s: float) -> dict:
+    """One interleaved measurement of the three graphs at batch 1 in this process."""
+    from calibration.latency import measure_interleaved, speedup
+    from calibration.runtime import OrtRuntime
+    from calibration.session import cpu_session
+
+    runtimes = {name: OrtRuntime(cpu_session(paths[name])) for name in GRAPHS}
+    shape = [d if isinstance(d, int) else 1 for d in runtimes["dense"].session.get_inputs()[0].shape]
+    x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    lat = measure_interleaved(runtimes, {name: x for name in GRAPHS}, budget_s)
+    out = {f"{name}_ms": lat[name].median_ms for name in GRAPHS}
+    for name in GRAPHS[1:]:
+        s = speedup(lat["dense"], lat[name])
+        out[f"speedup_{name}"] = {"speedup": s.speedup, "ci95": list(s.ci95)}
+    cost = speedup(lat["without_prompt"], lat["with_prompt"])  # < 1: the prompt's graph is slower
+    out["with_over_without"] = {"ratio": 1 / cost.speedup, "ci95": [1 / cost.ci95[1], 1 / cost.ci95[0]]}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| process | dense ms | with prompt ms | without ms | speedup with | speedup without | "
+             "with / without [95 %] |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for m in result["measurements"]:
+        r = m["with_over_without"]
+        lines.append(f"| {m['process']} | {m['dense_ms']:.3f} | {m['with_prompt_ms']:.3f} | "
+                     f"{m['without_prompt_ms']:.3f} | {m['speedup_with_prompt']['speedup']:.2f}x | "
+                     f"{m['speedup_without_prompt']['speedup']:.2f}x | {r['ratio']:.3f} "
+                     f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = argparse.ArgumentParser(prog="python -m bench.prompt_cost", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a compressed run directory with a learned prompt (prompt.pt)")
+    p.add_argument("--processes", type=int, default=3)
+    p.add_argument("--budget", type=float, default=10.0, help="seconds per graph and measurement")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)  # JSON: the graphs' paths
+    args = p.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure({k: Path(v) for k, v in json.loads(args.child).items()}, args.budget)))
+        return None
+    if not (args.run / "prompt.pt").is_file():
+        p.error(f"{args.run} has no prompt.pt: only a run that learned a prompt can fold one in")
+    from calibration.cpu import cpu_facts
+    from calibration.session import cpu_threads
+    from pipelines.run_dir import now, versions
+    from vpns_deploy.atomic import atomic_write_json
+
+    with tempfile.TemporaryDirectory(prefix="prompt-cost-") as tmp:
+        paths = export_both(args.run, Path(tmp))
+        measurements = []
+        for proc in range(args.processes):
+            done = subprocess.run([sys.executable, "-m", "bench.prompt_cost", str(args.run), "--budget",
+                                   str(args.budget), "--child", json.dumps({k: str(v) for k, v in paths.items()})],
+                                  capture_output=True, text=True, cwd=ROOT, check=True)
+            measurements.append({"process": proc, **json.loads(done.stdout)})
+    cpu = cpu_facts()
+    result = {"command": "python -m bench.prompt_cost " + shlex.join(map(str, argv or sys.argv[1:])),
+              "created": now(), "run": str(args.run), "batch": 1,
+              "machine": {"cpu": cpu.description, "threads": cpu_threads(), **versions()},
+              "budget_s": args.budget, "measurements": measurements}
+    result["markdown"] = markdown(result)
+    atomic_write_json(args.out, result)
+    print(result["markdown"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
