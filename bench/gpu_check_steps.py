@@ -393,8 +393,9 @@ def resume(s: Settings) -> dict:
               "checkpoint_removed": not ckpt.parent.exists(),
               "top1_plain": [ma["top1_plain"], mb["top1_plain"]],
               "note": "on CUDA cuDNN autotuning and atomics may change bits; the resume itself is the check"}
-    if killed["stage"] != "mask" or not result["resumed_message"]:
-        raise StepFailed(f"killed in {killed}, resume message seen: {result['resumed_message']}", result)
+    if killed["stage"] != "mask" or not result["resumed_message"] or not result["checkpoint_removed"]:
+        raise StepFailed(f"killed in {killed}, resume message seen: {result['resumed_message']}, checkpoint "
+                         f"removed: {result['checkpoint_removed']}", result)
     return result
 
 

@@ -33,7 +33,7 @@ DETAILS = {
               "was started with. Re-running the same command does the same.",
     "prompt": "export: fold the learned prompt into the graph, or ship the network without it. Default: what "
               "compress decided on the validation split (folded in only where top-1 with it >= without it, "
-              "and with a latency --speedup only where the graph with it still meets the target; "
+              "and with a latency --speedup only where the graph with it stays within 5 % of the target; "
               "recorded in manifest.json).",
     "graph_resize": "Fold a Resize in front of the graph so it takes uint8 NHWC images of any height and width "
                     "(resize shorter side + centre crop, antialiased, as the training evaluation transform; its "

@@ -23,6 +23,8 @@ def _prompt_rows(r: Report) -> list[tuple[str, str, str]]:
     numbers = "—"
     if decision.get("val_top1_plain") is not None and decision.get("val_top1_prompted") is not None:
         numbers = f"{_pct(decision['val_top1_prompted'])} / {_pct(decision['val_top1_plain'])}"
+    if decision.get("validation_preferred") and not choice.get("fold"):
+        numbers += f" (too slow with it: {decision['speedup_with_prompt']:.2f}x for the --speedup target)"
     return [("prompt in the graph (validation top-1 with / without)", "",
              f"{'folded in' if choice.get('fold') else 'left out'}: {numbers}")]
 

@@ -160,10 +160,10 @@ def test_prompt_decision_each_way_measured_on_a_trained_model(digits_model, digi
     fallback = prompt_decision(None, None, True)
     assert fallback["fold"] and fallback["split"] is None and "no validation split" in fallback["rule"]
     # a latency target comes first: a prompt whose graph misses it stays out, whatever validation prefers
-    slow = prompt_decision(0.60, 0.62, True, {"speedup": 3.68, "meets_target": False})
+    slow = prompt_decision(0.60, 0.62, True, {"speedup": 3.68, "within_tolerance": False})
     assert not slow["fold"] and slow["validation_preferred"] and "--speedup" in slow["rule"]
     assert slow["speedup_with_prompt"] == 3.68
-    fast = prompt_decision(0.60, 0.62, True, {"speedup": 3.98, "meets_target": True})
+    fast = prompt_decision(0.60, 0.62, True, {"speedup": 3.98, "within_tolerance": True})
     assert fast["fold"] and fast["rule"] == tie["rule"]
 
 

@@ -51,6 +51,20 @@ def test_refusal_names_the_largest_batch_that_fits_and_a_smaller_input():
     assert verdict(_cost(available=64 * 1024 * MIB), phases, 500, 240).startswith("preflight: batch 256")
 
 
+def test_objects_a_process_froze_itself_stay_frozen(tmp_path):
+    from vpns_deploy.models import get_arch
+
+    torch.save(get_arch("cifar_resnet20").build(10).state_dict(), tmp_path / "r20.pt")
+    loaded = load_model(tmp_path / "r20.pt", "cifar_resnet20", 10)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        measure_step(loaded.net, loaded.inputs, (3, 32, 32), 8, torch.device("cpu"))
+        assert frozen > 0 and gc.get_freeze_count() > frozen // 2  # not thawed (frees may shrink it a little)
+    finally:
+        gc.unfreeze()
+
+
 def test_projection_from_small_batches_matches_a_measured_step(tmp_path):
     """The linear fit in the batch size, from steps at batches 2, 8 and 32, against a real step at batch 128
     of the same network (ResNet-20 at 32 px: activations of about 2 MiB per image): never far below it,

@@ -274,8 +274,9 @@ def verify_latency(net: nn.Module, masks: Granularity, probe: SpeedupProbe, reco
                    prompt: nn.Module | None = None) -> None:
     """The network that ships, compacted, exported and timed against the dense one once more (not read
     from the cache): an independent measurement of what the search chose; recorded as record["verified"].
-    With a learned prompt, also the graph with it folded in (record["verified"]["with_prompt"]): only the
-    compressed graph carries it, so it costs speedup, and the prompt ships only where the target holds."""
+    With a learned prompt, also what folding it in costs (record["verified"]["with_prompt"]): only the
+    compressed graph carries it, so it costs speedup; the prompt ships only where the speedup with it
+    stays within the tolerance of the target (of the speedup reached, where that falls short)."""
     m = probe.measure(masks.kept_widths(), lambda: masks.baked(net), fresh=True)
     record["verified"] = {"speedup": m.speedup, "ci95": list(m.ci95), "cached": m.cached,
                           "widths_changed": list(masks.kept_widths()) != record["widths"],
@@ -285,10 +286,12 @@ def verify_latency(net: nn.Module, masks: Granularity, probe: SpeedupProbe, reco
                   f"faster than dense {where} (measured again, target {record['target']:g}x)")
     if prompt is None:
         return
-    p = probe.measure(masks.kept_widths(), lambda: masks.baked(net), fresh=True,
-                      prompt=copy.deepcopy(prompt).cpu().eval())
-    meets = p.speedup >= record["target"] * (1 - TOLERANCE)
-    record["verified"]["with_prompt"] = {"speedup": p.speedup, "ci95": list(p.ci95), "meets_target": meets}
-    reporter.line(f"latency check, prompt folded in: {p.speedup:.2f}x [{p.ci95[0]:.2f}, {p.ci95[1]:.2f}] {where}"
-                  + ("" if meets else f": more than {TOLERANCE:.0%} short of {record['target']:g}x, so the prompt "
-                     "will not ship"))
+    ratio, ci95 = probe.prompt_cost(lambda: masks.baked(net), copy.deepcopy(prompt).cpu().eval())
+    with_prompt = m.speedup / ratio
+    bar = min(record["target"], m.speedup) * (1 - TOLERANCE)
+    keeps = with_prompt >= bar
+    record["verified"]["with_prompt"] = {"speedup": with_prompt, "latency_ratio": ratio, "latency_ratio_ci95": list(ci95),
+                                         "within_tolerance": keeps}
+    reporter.line(f"latency check, prompt folded in: {ratio:.3f}x the time without it [{ci95[0]:.3f}, {ci95[1]:.3f}], "
+                  f"so {with_prompt:.2f}x faster than dense"
+                  + ("" if keeps else f", under {bar:.2f}x: the prompt will not ship"))

@@ -46,10 +46,13 @@ class Measured:
 class SpeedupProbe(Protocol):
     """Measures a compacted network against the dense one on the target runtime."""
 
-    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False,
-                prompt: nn.Module | None = None) -> Measured:
+    def measure(self, widths: tuple[int, ...], build: Callable[[], nn.Module], fresh: bool = False) -> Measured:
         """The speedup of `build()` over the dense network; from the cache when `widths` were measured
-        before (then `build` is not called), unless `fresh` or a `prompt` to fold in is given."""
+        before (then `build` is not called), unless `fresh`."""
+        ...
+
+    def prompt_cost(self, build: Callable[[], nn.Module], prompt: nn.Module) -> tuple[float, tuple[float, float]]:
+        """`build()`'s latency with `prompt` folded in over without it (> 1: slower), and its 95 % interval."""
         ...
 
     def describe(self) -> dict:

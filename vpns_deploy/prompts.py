@@ -170,8 +170,9 @@ PROMPT_FALLBACK_RULE = ("no validation split (--val-fraction 0, or too few train
                         "prompt is folded in, as the method trained the network with it; the test split never decides")
 
 
-PROMPT_LATENCY_RULE = ("left out: the graph with the prompt folded in misses the --speedup target by more than the "
-                       "latency tolerance, and the speed asked for comes before what the prompt adds")
+PROMPT_LATENCY_RULE = ("the graph with the prompt folded in falls more than the latency tolerance short of the "
+                       "--speedup target (of the speedup reached, where that misses it): the speed asked for comes "
+                       "before what the prompt adds")
 
 
 def prompt_decision(val_plain: float | None, val_prompted: float | None, has_prompt: bool,
@@ -181,7 +182,7 @@ def prompt_decision(val_plain: float | None, val_prompted: float | None, has_pro
     Measured on the validation split (never the test split): the prompt is kept only where it helps
     or ties, since the reference evaluates un-prompted and a prompt can cost accuracy at test time.
     `with_prompt`: a latency target's check of the graph with the prompt folded in (compress.verify_latency);
-    a prompt that makes the shipped graph miss the target is left out, whatever validation says.
+    a prompt that costs more speed than the tolerance allows is left out, whatever validation says.
     """
     if not has_prompt:
         return {"fold": False, "rule": "the run learned no prompt", "split": None,
@@ -194,6 +195,6 @@ def prompt_decision(val_plain: float | None, val_prompted: float | None, has_pro
                     "val_top1_plain": val_plain, "val_top1_prompted": val_prompted}
     if with_prompt is not None:
         decision["speedup_with_prompt"] = with_prompt["speedup"]
-        if decision["fold"] and not with_prompt["meets_target"]:
+        if decision["fold"] and not with_prompt["within_tolerance"]:
             decision |= {"fold": False, "rule": PROMPT_LATENCY_RULE, "validation_preferred": True}
     return decision
