@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,40 +62,21 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    p = argparse.ArgumentParser(prog="python -m bench.latency_repeat", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a run directory with dense.onnx and model.onnx (exported)")
-    p.add_argument("--processes", type=int, default=3)
+    from bench.measured import in_fresh_processes, parser, save
+
+    p = parser("bench.latency_repeat", __doc__, "a run directory with dense.onnx and model.onnx (exported)", 5.0,
+               "seconds per graph and measurement (report's at b1)", OUT)
     p.add_argument("--repeats", type=int, default=2, help="measurements per process")
-    p.add_argument("--budget", type=float, default=5.0, help="seconds per graph and measurement (report's at b1)")
-    p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.run, args.repeats, args.budget)))
         return None
-    from calibration.cpu import cpu_facts
-    from calibration.session import cpu_threads
-    from pipelines.run_dir import now, versions
-    from vpns_deploy.atomic import atomic_write_json
-
-    measurements = []
-    for proc in range(args.processes):
-        done = subprocess.run([sys.executable, "-m", "bench.latency_repeat", str(args.run), "--child",
-                               "--repeats", str(args.repeats), "--budget", str(args.budget)],
-                              capture_output=True, text=True, cwd=ROOT, check=True)
-        measurements += [{"process": proc, **m} for m in json.loads(done.stdout)]
-    cpu = cpu_facts()
-    result = {"command": "python -m bench.latency_repeat " + shlex.join(map(str, argv or sys.argv[1:])),
-              "created": now(), "run": str(args.run), "machine": {
-                  "cpu": cpu.description, "threads": cpu_threads(),
-                  **versions()}, "budget_s": args.budget, "measurements": measurements,
-              "summary": summarise(measurements)}
-    result["markdown"] = markdown(result)
-    atomic_write_json(args.out, result)
-    print(result["markdown"])
+    measurements = in_fresh_processes("bench.latency_repeat", [str(args.run), "--child", "--repeats",
+                                                               str(args.repeats), "--budget", str(args.budget)],
+                                      args.processes)
+    result = save("bench.latency_repeat", argv, args, measurements, markdown, summary=summarise(measurements))
     return result
-
 
 if __name__ == "__main__":
     main()

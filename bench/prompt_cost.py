@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -74,12 +71,10 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    p = argparse.ArgumentParser(prog="python -m bench.prompt_cost", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a compressed run directory with a learned prompt (prompt.pt)")
-    p.add_argument("--processes", type=int, default=3)
-    p.add_argument("--budget", type=float, default=10.0, help="seconds per graph and measurement")
-    p.add_argument("--out", type=Path, default=OUT)
+    from bench.measured import in_fresh_processes, parser, save
+
+    p = parser("bench.prompt_cost", __doc__, "a compressed run directory with a learned prompt (prompt.pt)", 10.0,
+               "seconds per graph and measurement", OUT)
     p.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)  # JSON: the graphs' paths
     args = p.parse_args(argv)
     if args.child is not None:
@@ -87,29 +82,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     if not (args.run / "prompt.pt").is_file():
         p.error(f"{args.run} has no prompt.pt: only a run that learned a prompt can fold one in")
-    from calibration.cpu import cpu_facts
-    from calibration.session import cpu_threads
-    from pipelines.run_dir import now, versions
-    from vpns_deploy.atomic import atomic_write_json
-
     with tempfile.TemporaryDirectory(prefix="prompt-cost-") as tmp:
         paths = export_both(args.run, Path(tmp))
-        measurements = []
-        for proc in range(args.processes):
-            done = subprocess.run([sys.executable, "-m", "bench.prompt_cost", str(args.run), "--budget",
-                                   str(args.budget), "--child", json.dumps({k: str(v) for k, v in paths.items()})],
-                                  capture_output=True, text=True, cwd=ROOT, check=True)
-            measurements.append({"process": proc, **json.loads(done.stdout)})
-    cpu = cpu_facts()
-    result = {"command": "python -m bench.prompt_cost " + shlex.join(map(str, argv or sys.argv[1:])),
-              "created": now(), "run": str(args.run), "batch": 1,
-              "machine": {"cpu": cpu.description, "threads": cpu_threads(), **versions()},
-              "budget_s": args.budget, "measurements": measurements}
-    result["markdown"] = markdown(result)
-    atomic_write_json(args.out, result)
-    print(result["markdown"])
-    return result
-
+        child = [str(args.run), "--budget", str(args.budget), "--child", json.dumps({k: str(v) for k, v in paths.items()})]
+        measurements = in_fresh_processes("bench.prompt_cost", child, args.processes)
+    return save("bench.prompt_cost", argv, args, measurements, markdown, batch=1)
 
 if __name__ == "__main__":
     main()
