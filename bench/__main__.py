@@ -90,21 +90,20 @@ def throughput(argv: list[str]) -> None:
             print(f"ResNet-20 epoch, {name}: train {r['train_seconds']:.1f} s, eval {r['eval_seconds']:.1f} s")
 
 
-def repeat(argv: list[str]) -> None:
-    """One speedup measured again and again vs its interval (latency_repeat.json; python -m bench.latency_repeat)."""
-    saved = json.loads((RESULTS / "latency_repeat.json").read_text())
-    print(f"{saved['command']} ({saved['created'][:10]}, {saved['machine']['cpu']}):\n{saved['markdown']}")
+def _measurement(name: str, doc: str) -> Callable[[list[str]], None]:
+    """Print a measurement table saved by a bench module (bench/results/NAME.json, with its command)."""
+    def table(argv: list[str]) -> None:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        print(f"{saved['command']} ({saved['created'][:10]}, {saved['machine']['cpu']}):\n{saved['markdown']}")
 
-
-def prompt_cost(argv: list[str]) -> None:
-    """The prompt's latency on the shipped graph (prompt_cost.json; python -m bench.prompt_cost)."""
-    saved = json.loads((RESULTS / "prompt_cost.json").read_text())
-    print(f"{saved['command']} ({saved['created'][:10]}, {saved['machine']['cpu']}):\n{saved['markdown']}")
+    table.__doc__ = f"{doc} ({name}.json; python -m bench.{name})."
+    return table
 
 
 TABLES: dict[str, Callable[[list[str]], None]] = {
-    **{name: _grid(name) for name in GRID_TABLES}, "precision": precision, "throughput": throughput, "repeat": repeat,
-    "prompt-cost": prompt_cost}
+    **{name: _grid(name) for name in GRID_TABLES}, "precision": precision, "throughput": throughput,
+    "repeat": _measurement("latency_repeat", "One speedup measured again and again vs its interval"),
+    "prompt-cost": _measurement("prompt_cost", "The prompt's latency on the shipped graph")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,13 +22,10 @@ OUT = ROOT / "bench/results/latency_repeat.json"
 
 def measure(run: Path, repeats: int, budget_s: float) -> list[dict]:
     """REPEATS interleaved measurements of the run's dense and compressed graphs in this process."""
+    from bench.measured import open_graphs
     from calibration.latency import measure_interleaved, speedup
-    from calibration.runtime import OrtRuntime
-    from calibration.session import cpu_session
 
-    runtimes = {name: OrtRuntime(cpu_session(run / f"{name}.onnx")) for name in ("dense", "model")}
-    shape = [d if isinstance(d, int) else 1 for d in runtimes["dense"].session.get_inputs()[0].shape]
-    x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    runtimes, x = open_graphs({name: run / f"{name}.onnx" for name in ("dense", "model")})
     out = []
     for _ in range(repeats):
         lat = measure_interleaved(runtimes, {"dense": x, "model": x}, budget_s)

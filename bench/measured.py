@@ -39,6 +39,20 @@ def in_fresh_processes(module: str, child_args: list[str], processes: int) -> li
     return out
 
 
+def open_graphs(paths: dict[str, Path]):
+    """Each ONNX graph in an ONNX Runtime CPU session, and one uint8 batch of the first graph's input shape
+    (a dynamic dimension taken as 1) that every graph is timed on."""
+    import numpy as np
+
+    from calibration.runtime import OrtRuntime
+    from calibration.session import cpu_session
+
+    runtimes = {name: OrtRuntime(cpu_session(path)) for name, path in paths.items()}
+    first = next(iter(runtimes.values()))
+    shape = [d if isinstance(d, int) else 1 for d in first.session.get_inputs()[0].shape]
+    return runtimes, np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+
+
 def save(module: str, argv: list[str] | None, args: argparse.Namespace, measurements: list[dict],
          markdown: Callable[[dict], str], **extra: object) -> dict:
     """The record (command, time, machine, budget, measurements, `extra`), written to args.out and printed."""

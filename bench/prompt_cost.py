@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/results/prompt_cost.json"
@@ -41,13 +40,10 @@ def export_both(run: Path, work: Path) -> dict[str, Path]:
 
 def measure(paths: dict[str, Path], budget_s: float) -> dict:
     """One interleaved measurement of the three graphs at batch 1 in this process."""
+    from bench.measured import open_graphs
     from calibration.latency import measure_interleaved, speedup
-    from calibration.runtime import OrtRuntime
-    from calibration.session import cpu_session
 
-    runtimes = {name: OrtRuntime(cpu_session(paths[name])) for name in GRAPHS}
-    shape = [d if isinstance(d, int) else 1 for d in runtimes["dense"].session.get_inputs()[0].shape]
-    x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    runtimes, x = open_graphs({name: paths[name] for name in GRAPHS})
     lat = measure_interleaved(runtimes, {name: x for name in GRAPHS}, budget_s)
     out = {f"{name}_ms": lat[name].median_ms for name in GRAPHS}
     for name in GRAPHS[1:]:

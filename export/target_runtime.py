@@ -81,9 +81,7 @@ class NetworkProbe:
         # batch 2: a batch-1 example pins the exported batch dimension
         self.example = torch.zeros(2, h, w, c, dtype=torch.uint8)
         self.input = np.random.default_rng(0).integers(0, 256, (batch, h, w, c), dtype=np.uint8)
-        dense_path = self.workdir / "dense.onnx"
-        export_onnx(self.deployed(dense), self.example, dense_path)
-        self.dense = open_target(runtime, dense_path, batch, self.workdir)
+        self.dense = self._open(self.deployed(dense), "dense")
         threads = cpu_threads() if runtime == "ort-cpu" else None
         self.key = {"machine": measuring_machine(), "runtime": runtime, "threads": threads,
                     "input": list(image_shape), "batch": batch, "precision": "fp32", "graph": "deployed",
@@ -93,6 +91,12 @@ class NetworkProbe:
 
     def deployed(self, net: nn.Module, prompt: nn.Module | None = None) -> nn.Module:
         return DeployGraph(net, self.inputs, prompt)
+
+    def _open(self, graph: nn.Module, name: str) -> Runtime:
+        """`graph` exported to ONNX in the work folder as NAME.onnx and opened on the target runtime."""
+        path = self.workdir / f"{name}.onnx"
+        export_onnx(graph, self.example, path)
+        return open_target(self.runtime, path, self.batch, self.workdir)
 
     def __enter__(self) -> NetworkProbe:
         return self
@@ -116,9 +120,7 @@ class NetworkProbe:
         hit = None if fresh else self.cache.get(widths)
         if hit is not None:
             return Measured(hit["speedup"], tuple(hit["ci95"]), hit["dense_ms"], hit["ms"], cached=True)
-        path = self.workdir / "candidate.onnx"
-        export_onnx(self.deployed(build()), self.example, path)
-        candidate = open_target(self.runtime, path, self.batch, self.workdir)
+        candidate = self._open(self.deployed(build()), "candidate")
         timed = measure_interleaved({"dense": self.dense, "candidate": candidate},
                                     {"dense": self.input, "candidate": self.input}, self.budget_s)
         s = speedup(timed["dense"], timed["candidate"])
@@ -132,11 +134,8 @@ class NetworkProbe:
         (> 1: the prompt slows it), with the 95 % interval; never cached. The ratio of two graphs in one
         measurement moves less between measurements than either's speedup over the dense graph."""
         net = build()
-        graphs = {}
-        for name, folded in (("plain", None), ("prompted", prompt)):
-            path = self.workdir / f"{name}.onnx"
-            export_onnx(self.deployed(net, folded), self.example, path)
-            graphs[name] = open_target(self.runtime, path, self.batch, self.workdir)
+        graphs = {name: self._open(self.deployed(net, folded), name)
+                  for name, folded in (("plain", None), ("prompted", prompt))}
         timed = measure_interleaved(graphs, {name: self.input for name in graphs}, self.budget_s)
         s = speedup(timed["prompted"], timed["plain"])  # prompted ms / plain ms
         return s.speedup, s.ci95
